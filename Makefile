@@ -1,0 +1,68 @@
+# The whole project is driven from here. `make up` and `make test` install what
+# they need by themselves and are safe to run twice.
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+IMAGE_DIR := $(ROOT)/images/build
+GEN := proto/gen/cloudapi/v1
+PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
+
+.PHONY: up down status test unit bench lint proto image deps venv lock clean
+
+up: deps venv image
+	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR)
+	ln -sf $(VENV)/bin/cloudctl /usr/local/bin/cloudctl
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m localcloud down --dir $(ROOT)/.cloud; fi
+
+status:
+	$(PY) -m localcloud status --dir $(ROOT)/.cloud
+
+test: deps venv image
+	$(PY) -m pytest -q -ra tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: deps venv image
+	$(PY) bench/boot.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+deps: .stamps/deps
+.stamps/deps: scripts/install-deps.sh
+	scripts/install-deps.sh
+	@mkdir -p .stamps && touch $@
+
+# The virtualenv: pinned dependencies, then the project itself (editable) once
+# the generated stubs exist, so its package finder knows them.
+venv: $(VENV)/.project
+$(VENV)/.installed: requirements.lock .stamps/deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	touch $@
+$(VENV)/.project: $(VENV)/.installed $(GEN)/.generated pyproject.toml
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# Generated stubs are not committed: this is the one step that makes them.
+proto: $(GEN)/.generated
+$(GEN)/.generated: $(PROTOS) $(VENV)/.installed
+	mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen \
+	  --pyi_out=proto/gen $(PROTOS)
+	touch proto/gen/cloudapi/__init__.py $(GEN)/__init__.py $@
+
+image: $(IMAGE_DIR)/image.json
+$(IMAGE_DIR)/image.json: images/build-image.sh $(shell find images/rootfs -type f 2>/dev/null) .stamps/deps
+	images/build-image.sh $(IMAGE_DIR)
+
+lock: venv
+	$(PY) -m pip freeze --exclude-editable | grep -v '^pip==' > requirements.lock
+
+clean: down
+	rm -rf .cloud .stamps proto/gen $(IMAGE_DIR)

@@ -1,0 +1,34 @@
+"""Agent settings, read from the `[agent]` table of a TOML file."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class AgentConfig(BaseModel):
+    host_name: str = socket.gethostname()
+    listen: str = "127.0.0.1:50061"
+    # The address the control plane calls; defaults to listen's host and bound port.
+    advertise_address: str = ""
+    control_endpoint: str = "127.0.0.1:50051"
+    driver: Literal["libvirt", "fake"] = "libvirt"
+    libvirt_uri: str = "qemu:///system"
+    # kvm, qemu (software emulation), or auto: kvm only when /dev/kvm opens and
+    # the CPU has vmx/svm (nested virtualization off means KVM guests hang).
+    virt_type: Literal["kvm", "qemu", "auto"] = "auto"
+    state_dir: str = "/var/lib/cloud-agent"
+    # The NAT network the agent keeps on its host for its guests.
+    network_name: str = "cloud-net"
+    network_bridge: str = "cloudbr0"
+    network_cidr: str = "10.213.0.0/24"
+    heartbeat_interval_s: float = 2.0
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    with open(path, "rb") as f:
+        return AgentConfig(**tomllib.load(f).get("agent", {}))

@@ -1,0 +1,116 @@
+"""libvirt domain XML, built with lxml from a typed spec (never by string formatting).
+
+The domain is named by the instance's UUID. The tenant's display name only goes
+into <metadata> as element text, which lxml escapes, so no name can change the
+structure of the document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+METADATA_NS = "https://smallcloud.dev/xmlns/instance/1"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    uuid: str
+    display_name: str
+    owner_host: str        # the agent's host name: marks domains this agent manages
+    virt_type: str         # "kvm" or "qemu"
+    vcpus: int
+    max_vcpus: int
+    memory_mb: int
+    max_memory_mb: int
+    kernel: str
+    initrd: str
+    cmdline: str
+    disk_path: str
+    console_log: str
+    network: str
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        element.text = text
+    return element
+
+
+def build_domain_xml(spec: DomainSpec) -> str:
+    if spec.virt_type not in ("kvm", "qemu"):
+        raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
+    domain = etree.Element("domain", type=spec.virt_type)
+    _sub(domain, "name", spec.uuid)
+    _sub(domain, "uuid", spec.uuid)
+
+    metadata = _sub(domain, "metadata")
+    ours = etree.SubElement(metadata, f"{{{METADATA_NS}}}instance", nsmap={"cloud": METADATA_NS})
+    etree.SubElement(ours, f"{{{METADATA_NS}}}name").text = spec.display_name
+    etree.SubElement(ours, f"{{{METADATA_NS}}}host").text = spec.owner_host
+
+    # Maximums above the current sizes leave room for live scale-up.
+    _sub(domain, "memory", str(spec.max_memory_mb), unit="MiB")
+    _sub(domain, "currentMemory", str(spec.memory_mb), unit="MiB")
+    _sub(domain, "vcpu", str(spec.max_vcpus), placement="static", current=str(spec.vcpus))
+
+    os_ = _sub(domain, "os")
+    _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_, "kernel", spec.kernel)
+    _sub(os_, "initrd", spec.initrd)
+    _sub(os_, "cmdline", spec.cmdline)
+
+    # ACPI is needed for CPU hotplug and clean shutdown; direct kernel boot does not add it.
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if spec.virt_type == "kvm":
+        _sub(domain, "cpu", mode="host-passthrough")
+    _sub(domain, "clock", offset="utc")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+
+    devices = _sub(domain, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2", cache="none", discard="unmap")
+    _sub(disk, "source", file=spec.disk_path)
+    _sub(disk, "target", dev="vda", bus="virtio")
+
+    nic = _sub(devices, "interface", type="network")
+    _sub(nic, "source", network=spec.network)
+    _sub(nic, "model", type="virtio")
+
+    # A pty for interactive use; virtlogd copies everything to the log file.
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=spec.console_log, append="off")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+    balloon = _sub(devices, "memballoon", model="virtio")
+    _sub(balloon, "stats", period="5")
+    return etree.tostring(domain, pretty_print=True, encoding="unicode")
+
+
+def network_xml(name: str, bridge: str, gateway: str, netmask: str, dhcp_start: str,
+                dhcp_end: str) -> str:
+    """A libvirt NAT network with DHCP, for the guests of one host."""
+    network = etree.Element("network")
+    _sub(network, "name", name)
+    forward = _sub(network, "forward", mode="nat")
+    _sub(forward, "nat")
+    _sub(network, "bridge", name=bridge, stp="on", delay="0")
+    ip = _sub(network, "ip", address=gateway, netmask=netmask)
+    dhcp = _sub(ip, "dhcp")
+    _sub(dhcp, "range", start=dhcp_start, end=dhcp_end)
+    return etree.tostring(network, pretty_print=True, encoding="unicode")
+
+
+def owner_of(domain_xml: str) -> str | None:
+    """The host name recorded in a domain's metadata, or None if it is not ours."""
+    root = etree.fromstring(domain_xml.encode())
+    found = root.find(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}host")
+    return found.text if found is not None else None

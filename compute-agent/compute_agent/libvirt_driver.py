@@ -1,0 +1,250 @@
+"""The libvirt driver: QEMU/KVM guests on this host. The only module that imports libvirt."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import libvirt
+
+from compute_agent.domain_xml import DomainSpec, build_domain_xml, network_xml, owner_of
+from compute_agent.driver import (
+    ComputeDriver,
+    DriverError,
+    HostInventory,
+    ImageFiles,
+    InstanceSpec,
+    Observation,
+)
+
+log = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr by default; we handle them as exceptions.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_POWER_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",   # shutting down, still running
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+
+def detect_virt_type(setting: str) -> str:
+    """kvm or qemu. `auto` picks kvm only when /dev/kvm opens *and* the CPU
+    advertises vmx/svm: without them (nested virtualization off) /dev/kvm may
+    exist and a KVM guest still hangs."""
+    if setting in ("kvm", "qemu"):
+        return setting
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError:
+        return "qemu"
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    return "kvm" if flags & {"vmx", "svm"} else "qemu"
+
+
+class LibvirtDriver(ComputeDriver):
+    def __init__(self, uri: str, state_dir: str, host_name: str, virt_type: str = "auto",
+                 network_name: str = "cloud-net", network_bridge: str = "cloudbr0",
+                 network_cidr: str = "10.213.0.0/24"):
+        self.uri = uri
+        self.state_dir = Path(state_dir)
+        self.host_name = host_name
+        self.virt_type = detect_virt_type(virt_type)
+        self.network_name = network_name
+        self.network_bridge = network_bridge
+        self.network_cidr = ipaddress.ip_network(network_cidr)
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        self._base_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- host
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise DriverError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+            return self._conn
+
+    def init_host(self) -> None:
+        for sub in ("instances", "_base"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        # qemu runs as an unprivileged user: it must be able to reach the files.
+        for path in (self.state_dir, self.state_dir / "instances", self.state_dir / "_base"):
+            path.chmod(0o755)
+        self.ensure_network()
+
+    def ensure_network(self) -> None:
+        """Make sure the host's NAT network for guests exists and is running."""
+        try:
+            network = self.conn.networkLookupByName(self.network_name)
+        except libvirt.libvirtError:
+            hosts = list(self.network_cidr.hosts())
+            xml = network_xml(self.network_name, self.network_bridge, gateway=str(hosts[0]),
+                              netmask=str(self.network_cidr.netmask),
+                              dhcp_start=str(hosts[1]), dhcp_end=str(hosts[-1]))
+            network = self.conn.networkDefineXML(xml)
+            log.info("defined network %s (%s)", self.network_name, self.network_cidr)
+        if not network.isActive():
+            network.create()
+        network.setAutostart(True)
+
+    def host_inventory(self) -> HostInventory:
+        info = self.conn.getInfo()  # [model, memory MiB, cpus, ...]
+        # getInfo's memory comes from NUMA topology, which some hosts (VMs with
+        # hot-plugged memory) under-report; the node's memory stats are exact.
+        memory_kib = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]
+        disk = shutil.disk_usage(self.state_dir)
+        return HostInventory(vcpus=info[2], memory_mb=memory_kib // 1024,
+                             disk_gb=disk.total // 2**30)
+
+    def describe(self) -> tuple[str, str]:
+        def version(v: int) -> str:
+            return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+        return self.virt_type, (f"QEMU {version(self.conn.getVersion())} / "
+                                f"libvirt {version(self.conn.getLibVersion())}")
+
+    # ---------------------------------------------------------------- instances
+
+    def _domain(self, instance_id: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByUUIDString(instance_id)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise DriverError(str(exc)) from exc
+
+    def _instance_dir(self, instance_id: str) -> Path:
+        return self.state_dir / "instances" / instance_id
+
+    def _cached_base(self, image: ImageFiles) -> ImageFiles:
+        """A host-local copy of the image's files, made once per image and shared
+        (read-only) by every instance's overlay."""
+        base = self.state_dir / "_base" / image.id
+        with self._base_lock:
+            if not (base / "ready").exists():
+                base.mkdir(parents=True, exist_ok=True)
+                for src in (image.kernel_path, image.initrd_path, image.disk_path):
+                    tmp = base / (Path(src).name + ".part")
+                    shutil.copyfile(src, tmp)
+                    tmp.chmod(0o644)
+                    tmp.rename(base / Path(src).name)
+                (base / "ready").touch()
+                base.chmod(0o755)
+        return ImageFiles(id=image.id, cmdline=image.cmdline,
+                          kernel_path=str(base / Path(image.kernel_path).name),
+                          initrd_path=str(base / Path(image.initrd_path).name),
+                          disk_path=str(base / Path(image.disk_path).name))
+
+    def spawn(self, spec: InstanceSpec) -> str:
+        existing = self._domain(spec.instance_id)
+        if existing is not None and existing.isActive():
+            return self.power_state(spec.instance_id)
+        try:
+            return self._spawn(spec, existing)
+        except Exception as exc:
+            log.warning("spawn of %s failed, cleaning up: %s", spec.instance_id, exc)
+            self.destroy(spec.instance_id)
+            raise DriverError(f"spawn failed: {exc}") from exc
+
+    def _spawn(self, spec: InstanceSpec, domain: libvirt.virDomain | None) -> str:
+        if domain is None:
+            base = self._cached_base(spec.image)
+            directory = self._instance_dir(spec.instance_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+            disk = directory / "disk.qcow2"
+            if not disk.exists():
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                                "-b", base.disk_path, str(disk), f"{spec.disk_gb}G"],
+                               check=True, capture_output=True, text=True)
+            xml = build_domain_xml(DomainSpec(
+                uuid=spec.instance_id, display_name=spec.name, owner_host=self.host_name,
+                virt_type=self.virt_type, vcpus=spec.vcpus, max_vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb, max_memory_mb=spec.memory_mb,
+                kernel=base.kernel_path, initrd=base.initrd_path,
+                cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}",
+                disk_path=str(disk), console_log=str(directory / "console.log"),
+                network=self.network_name))
+            domain = self.conn.defineXML(xml)
+        domain.create()
+        log.info("spawned %s (%s)", spec.instance_id, spec.name)
+        return self.power_state(spec.instance_id)
+
+    def destroy(self, instance_id: str) -> bool:
+        domain = self._domain(instance_id)
+        existed = domain is not None
+        if domain is not None:
+            try:
+                if domain.isActive():
+                    domain.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise DriverError(str(exc)) from exc
+            try:
+                domain.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise DriverError(str(exc)) from exc
+        directory = self._instance_dir(instance_id)
+        if directory.exists():
+            existed = True
+            shutil.rmtree(directory, ignore_errors=True)
+        return existed
+
+    def power_state(self, instance_id: str) -> str:
+        domain = self._domain(instance_id)
+        if domain is None:
+            return "nostate"
+        return _POWER_STATES.get(domain.state()[0], "nostate")
+
+    def console_output(self, instance_id: str, max_bytes: int) -> bytes:
+        path = self._instance_dir(instance_id) / "console.log"
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - max_bytes))
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def _addresses(self, domain: libvirt.virDomain) -> list[str]:
+        try:
+            interfaces = domain.interfaceAddresses(
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        except libvirt.libvirtError:
+            return []
+        return sorted(addr["addr"] for iface in interfaces.values()
+                      for addr in (iface.get("addrs") or []))
+
+    def list_instances(self) -> list[Observation]:
+        found = []
+        for domain in self.conn.listAllDomains():
+            try:
+                if owner_of(domain.XMLDesc()) != self.host_name:
+                    continue
+                state = _POWER_STATES.get(domain.state()[0], "nostate")
+                addresses = self._addresses(domain) if domain.isActive() else []
+            except libvirt.libvirtError:
+                continue  # vanished while we looked
+            found.append(Observation(domain.UUIDString(), state, addresses))
+        return found

@@ -1,0 +1,165 @@
+"""`compute-agent --config FILE`: the agent's gRPC server and its heartbeat loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from cloudapi.v1 import agent_pb2, agent_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from compute_agent.config import AgentConfig, load_config
+from compute_agent.driver import ComputeDriver, DriverError, ImageFiles, InstanceSpec
+
+log = logging.getLogger(__name__)
+
+
+class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
+    def __init__(self, driver: ComputeDriver):
+        self.driver = driver
+
+    def Spawn(self, request, context):
+        image = request.image
+        spec = InstanceSpec(
+            instance_id=request.instance_id, name=request.name, vcpus=request.vcpus,
+            memory_mb=request.memory_mb, disk_gb=request.disk_gb,
+            image=ImageFiles(id=image.id, kernel_path=image.kernel_path,
+                             initrd_path=image.initrd_path, disk_path=image.disk_path,
+                             cmdline=image.cmdline))
+        try:
+            return agent_pb2.SpawnResponse(power_state=self.driver.spawn(spec))
+        except DriverError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    def Destroy(self, request, context):
+        try:
+            return agent_pb2.DestroyResponse(existed=self.driver.destroy(request.instance_id))
+        except DriverError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    def GetPowerState(self, request, context):
+        return agent_pb2.PowerStateResponse(
+            power_state=self.driver.power_state(request.instance_id))
+
+    def GetConsoleOutput(self, request, context):
+        return agent_pb2.AgentConsoleResponse(
+            output=self.driver.console_output(request.instance_id, request.max_bytes or 65536))
+
+    def GetInventory(self, request, context):
+        inv = self.driver.host_inventory()
+        return agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
+                                       disk_gb=inv.disk_gb)
+
+
+class Reporter:
+    """Registers the host with the control plane, then heartbeats with what the
+    driver sees of its instances. Keeps trying while the control plane is away."""
+
+    def __init__(self, config: AgentConfig, driver: ComputeDriver, address: str):
+        self.config = config
+        self.driver = driver
+        self.address = address
+        self.stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
+        self.interval = config.heartbeat_interval_s
+        self.registered = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def register(self) -> None:
+        inv = self.driver.host_inventory()
+        virt_type, hypervisor = self.driver.describe()
+        self.stub.RegisterHost(agent_pb2.RegisterHostRequest(
+            name=self.config.host_name, address=self.address,
+            inventory=agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
+                                              disk_gb=inv.disk_gb),
+            virt_type=virt_type, hypervisor=hypervisor), timeout=10)
+        self.registered.set()
+        log.info("registered host %s at %s", self.config.host_name, self.address)
+
+    def heartbeat(self) -> None:
+        observations = [agent_pb2.InstanceObservation(instance_id=o.instance_id,
+                                                      power_state=o.power_state,
+                                                      addresses=o.addresses)
+                        for o in self.driver.list_instances()]
+        self.stub.Heartbeat(agent_pb2.HeartbeatRequest(
+            name=self.config.host_name, instances=observations), timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.registered.is_set():
+                    self.register()
+                self.heartbeat()
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    self.registered.clear()  # the control plane forgot us: register again
+                log.warning("control plane at %s: %s", self.config.control_endpoint,
+                            exc.details() or exc.code())
+            except Exception:
+                log.exception("heartbeat failed")
+            self._stop.wait(self.interval)
+
+
+def make_driver(config: AgentConfig) -> ComputeDriver:
+    if config.driver == "fake":
+        from compute_agent.fake_driver import FakeDriver
+        return FakeDriver()
+    from compute_agent.libvirt_driver import LibvirtDriver
+    return LibvirtDriver(config.libvirt_uri, config.state_dir, config.host_name,
+                         config.virt_type, config.network_name, config.network_bridge,
+                         config.network_cidr)
+
+
+def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
+                 ) -> tuple[grpc.Server, int, Reporter]:
+    """Build the agent's server on config.listen (port 0 picks a free one) and its
+    reporter. Neither is started."""
+    driver = driver or make_driver(config)
+    driver.init_host()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service = agent_pb2.DESCRIPTOR.services_by_name["ComputeAgent"].full_name
+    for name in (service, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                                        server)
+    port = server.add_insecure_port(config.listen)
+    address = config.advertise_address or f"{config.listen.rsplit(':', 1)[0]}:{port}"
+    return server, port, Reporter(config, driver, address)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="compute-agent")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = load_config(args.config)
+    server, port, reporter = create_agent(config)
+    server.start()
+    reporter.start()
+    log.info("compute agent %s listening on port %d", config.host_name, port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    reporter.stop()
+    server.stop(grace=10).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Calls from the control plane to the compute agents (the ComputeAgent gRPC service)."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from cloudapi.v1 import agent_pb2, agent_pb2_grpc
+
+from control.errors import CloudError, Unavailable
+from control.models import Image, Instance
+
+
+class SpawnFailed(CloudError):
+    """The agent could not start the guest; it cleaned up what it had made."""
+
+
+class AgentClient:
+    """One channel per agent address, shared by all threads of the process."""
+
+    def __init__(self, timeout_s: float = 30.0):
+        self.timeout_s = timeout_s
+        self._stubs: dict[str, agent_pb2_grpc.ComputeAgentStub] = {}
+        self._lock = threading.Lock()
+
+    def _stub(self, address: str) -> agent_pb2_grpc.ComputeAgentStub:
+        with self._lock:
+            if address not in self._stubs:
+                self._stubs[address] = agent_pb2_grpc.ComputeAgentStub(
+                    grpc.insecure_channel(address))
+            return self._stubs[address]
+
+    def _call(self, address: str, method: str, request: object, timeout_s: float | None = None):
+        try:
+            return getattr(self._stub(address), method)(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"compute agent at {address} unreachable: {exc.details()}") from exc
+            detail = exc.details() or str(exc.code())
+            if method == "Spawn":
+                raise SpawnFailed(detail) from exc
+            raise CloudError(f"compute agent at {address}: {detail}") from exc
+
+    def spawn(self, address: str, instance: Instance, image: Image, timeout_s: float) -> str:
+        request = agent_pb2.SpawnRequest(
+            instance_id=instance.id, name=instance.name, vcpus=instance.resources.vcpus,
+            memory_mb=instance.resources.memory_mb, disk_gb=instance.resources.disk_gb,
+            image=agent_pb2.ImageSource(id=image.id, kernel_path=image.kernel_path,
+                                        initrd_path=image.initrd_path,
+                                        disk_path=image.disk_path, cmdline=image.cmdline))
+        return self._call(address, "Spawn", request, timeout_s).power_state
+
+    def destroy(self, address: str, instance_id: str) -> bool:
+        return self._call(address, "Destroy", agent_pb2.InstanceRef(instance_id=instance_id)).existed
+
+    def console(self, address: str, instance_id: str, max_bytes: int) -> bytes:
+        request = agent_pb2.AgentConsoleRequest(instance_id=instance_id, max_bytes=max_bytes)
+        return self._call(address, "GetConsoleOutput", request).output

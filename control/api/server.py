@@ -1,0 +1,88 @@
+"""`cloud-api --config FILE`: the control plane's gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from cloudapi.v1 import agent_pb2, agent_pb2_grpc, compute_pb2, compute_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control.api.interceptors import ErrorInterceptor
+from control.api.servicers import (
+    FlavorServicer,
+    HostServicer,
+    ImageServicer,
+    InstanceServicer,
+)
+from control.config import ControlConfig, load_config
+from control.plane import ControlPlane, build_control_plane
+
+log = logging.getLogger(__name__)
+
+
+def _service_names() -> list[str]:
+    compute = compute_pb2.DESCRIPTOR.services_by_name
+    agent = agent_pb2.DESCRIPTOR.services_by_name
+    return [compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService")] + [
+        agent["HostService"].full_name]
+
+
+def create_server(config: ControlConfig, plane: ControlPlane | None = None,
+                  ) -> tuple[grpc.Server, int, ControlPlane]:
+    """Build the API server on config.listen (port 0 picks a free port).
+    Returns the unstarted server, its port, and the control plane it serves."""
+    plane = plane or build_control_plane(config)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
+                         interceptors=[ErrorInterceptor()])
+    compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
+    compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
+    compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
+    agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*_service_names(), ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    port = server.add_insecure_port(config.listen)
+    return server, port, plane
+
+
+def seed(plane: ControlPlane) -> None:
+    """Seed data of a new cloud; safe on every start."""
+    plane.catalog.seed_flavors()
+    for directory in plane.config.image_dirs:
+        image = plane.catalog.register_image_dir(directory)
+        log.info("image %s (%s) registered", image.name, image.id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cloud-api")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = load_config(args.config)
+    server, port, plane = create_server(config)
+    seed(plane)
+    server.start()
+    log.info("API listening on port %d", port)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down: finishing calls in flight")
+    server.stop(grace=10).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The Celery application, built from a ControlConfig (one factory for the API and workers)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from control.config import ControlConfig
+
+
+def create_celery_app(config: ControlConfig) -> Celery:
+    app = Celery("cloud", broker=config.redis_url)
+    app.conf.update(
+        # A task is acknowledged only when it finished, and a worker that dies
+        # mid-task hands it back: tasks are written to be safe to run twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Redis redelivers unacknowledged tasks after this; above the longest task.
+        broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": 2,
+                                  "socket_timeout": 5},
+        broker_connection_timeout=2,
+        broker_connection_retry_on_startup=True,
+        # Publishing to a Redis that is down fails fast, so the API can say so.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,41 @@
+"""Control-plane settings, read from one TOML file (the `[control]` table).
+
+Every process of the control plane (API server, Celery worker) is built from a
+ControlConfig, so tests can start them on free ports with temporary settings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class ControlConfig(BaseModel):
+    # etcd client endpoints, "host:port"; the first that answers is used.
+    etcd_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"])
+    etcd_timeout_s: float = 3.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    listen: str = "127.0.0.1:50051"
+    # A host whose last heartbeat is older than this is not given new instances.
+    host_down_after_s: float = 30.0
+    heartbeat_interval_s: int = 2
+    # Overcommit: capacity = (total - reserved) * ratio.
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    reserved_host_memory_mb: int = 512
+    reserved_host_disk_gb: int = 0
+    # Seconds allowed for the agent to spawn a guest before the build fails.
+    spawn_timeout_s: float = 120.0
+    celery_worker_concurrency: int = 4
+    # Image used when a create names none, and image directories registered at start.
+    default_image: str = "debian-busybox"
+    image_dirs: list[str] = Field(default_factory=list)
+
+
+def load_config(path: str | Path) -> ControlConfig:
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return ControlConfig(**data.get("control", {}))

@@ -1,0 +1,79 @@
+"""Compute hosts as the control plane sees them: registration, heartbeats, and
+what the agents observe of their instances (power state, addresses)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from control import keys
+from control.models import Host, Instance, Resources
+from control.states import PowerState
+from control.store import Store, Txn
+
+log = logging.getLogger(__name__)
+
+
+class Hosts:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def register(self, name: str, address: str, inventory: Resources, virt_type: str,
+                 hypervisor: str) -> Host:
+        key = keys.host(name)
+
+        def change(record):
+            host = Host(**record.value).model_copy(update={
+                "address": address, "inventory": inventory, "virt_type": virt_type,
+                "hypervisor": hypervisor, "last_heartbeat": time.time()})
+            return Txn().expect(record).put(key, host.model_dump())
+
+        if self.store.update(key, change) is None:
+            host = Host(name=name, address=address, inventory=inventory, virt_type=virt_type,
+                        hypervisor=hypervisor)
+            if not self.store.put_if_absent(key, host.model_dump()):
+                self.store.update(key, change)  # registered concurrently: update it
+        log.info("host %s registered at %s with %s", name, address, inventory)
+        return self.get(name)
+
+    def get(self, name: str) -> Host:
+        record = self.store.get(keys.host(name))
+        if record is None:
+            raise KeyError(name)
+        return Host(**record.value)
+
+    def list(self) -> list[Host]:
+        return [Host(**r.value) for r in self.store.list(keys.hosts())]
+
+    def heartbeat(self, name: str, observations: list[tuple[str, str, list[str]]]) -> bool:
+        """Record that host `name` is alive and what it sees of its instances.
+
+        observations: (instance_id, power_state, addresses). Returns False if
+        the host is not registered (the agent should register again).
+        """
+        key = keys.host(name)
+        updated = self.store.update(key, lambda r: Txn().expect(r).put(
+            key, {**r.value, "last_heartbeat": time.time()}))
+        if updated is None:
+            return False
+        for instance_id, power_state, addresses in observations:
+            self._observe(name, instance_id, PowerState(power_state), addresses)
+        return True
+
+    def _observe(self, host: str, instance_id: str, power: PowerState,
+                 addresses: list[str]) -> None:
+        index = self.store.get(keys.instance_index(instance_id))
+        if index is None:
+            return  # not ours (or being deleted); the reconciler deals with strays
+        key = keys.instance(index.value["project"], instance_id)
+
+        def change(record):
+            instance = Instance(**record.value)
+            if instance.host != host:
+                return None
+            if instance.power_state == power and instance.addresses == addresses:
+                return None
+            observed = instance.model_copy(update={"power_state": power, "addresses": addresses})
+            return Txn().expect(record).put(key, observed.model_dump(mode="json"))
+
+        self.store.update(key, change)

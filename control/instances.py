@@ -1,0 +1,141 @@
+"""Instance records: what the API does with them (validate, record intent, enqueue).
+
+The API never acts on hosts itself: it writes the desired state to etcd and
+hands the instance id to a Celery task (control/tasks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from control import keys
+from control.catalog import Catalog
+from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from control.models import Instance, validate_name
+from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
+from control.states import Event, TaskState
+from control.store import CAS_ATTEMPTS, Record, Store, Txn
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+class Instances:
+    def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, default_image: str = ""):
+        self.store = store
+        self.queue = queue
+        self.catalog = catalog
+        self.default_image = default_image
+
+    # ---------------------------------------------------------------- reads
+
+    def _record(self, project: str, id_or_name: str) -> Record:
+        if id_or_name and "/" not in id_or_name:
+            instance_id = id_or_name
+            if not _is_uuid(id_or_name):
+                index = self.store.get(keys.instance_name(project, id_or_name))
+                instance_id = index.value["id"] if index else ""
+            if instance_id:
+                record = self.store.get(keys.instance(project, instance_id))
+                if record is not None:
+                    return record
+        raise NotFound(f"instance {id_or_name!r} not found")
+
+    def get(self, project: str, id_or_name: str) -> Instance:
+        return Instance(**self._record(project, id_or_name).value)
+
+    def list(self, project: str) -> list[Instance]:
+        instances = [Instance(**r.value) for r in self.store.list(keys.instances(project))]
+        return sorted(instances, key=lambda i: (i.created_at, i.name))
+
+    # ---------------------------------------------------------------- create
+
+    def _check_request_id(self, request_id: str) -> None:
+        if request_id and not REQUEST_ID_PATTERN.fullmatch(request_id):
+            raise InvalidArgument("invalid request_id: 1 to 128 characters from A-Z a-z 0-9 . _ : -")
+
+    def _replay(self, project: str, request_id: str) -> Instance | None:
+        """The result of an earlier request with this id, if there was one."""
+        if not request_id:
+            return None
+        record = self.store.get(keys.request(project, request_id))
+        if record is None:
+            return None
+        found = self.store.get(keys.instance(project, record.value["instance_id"]))
+        # The instance may be gone since (deleted): answer with what was recorded.
+        return Instance(**(found.value if found else record.value["instance"]))
+
+    def create(self, project: str, name: str, flavor_name: str, image_ref: str,
+               request_id: str = "") -> Instance:
+        validate_name(name, "instance name")
+        self._check_request_id(request_id)
+        if (earlier := self._replay(project, request_id)) is not None:
+            return earlier
+        flavor = self.catalog.flavor(flavor_name)
+        image = self.catalog.image(image_ref or self.default_image)
+        if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
+            raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
+        instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
+                            resources=flavor.resources, image=image.id, request_id=request_id)
+        data = instance.model_dump(mode="json")
+        txn = (Txn().expect_absent(keys.instance_name(project, name))
+               .put(keys.instance(project, instance.id), data)
+               .put(keys.instance_name(project, name), {"id": instance.id})
+               .put(keys.instance_index(instance.id), {"project": project}))
+        if request_id:
+            txn.expect_absent(keys.request(project, request_id)).put(
+                keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
+        if not self.store.commit(txn):
+            if (earlier := self._replay(project, request_id)) is not None:
+                return earlier  # the same request raced with itself
+            raise AlreadyExists(f"an instance named {name!r} already exists")
+        try:
+            self.queue.send(BUILD_INSTANCE, instance.id)
+        except Unavailable:
+            self._forget(project, instance, request_id)  # no half-created instance is left
+            raise
+        log.info("instance %s (%s) requested: flavor %s", instance.id, name, flavor.name)
+        return instance
+
+    def _forget(self, project: str, instance: Instance, request_id: str = "") -> None:
+        txn = (Txn().delete(keys.instance(project, instance.id))
+               .delete(keys.instance_name(project, instance.name))
+               .delete(keys.instance_index(instance.id)))
+        if request_id:
+            txn.delete(keys.request(project, request_id))
+        self.store.commit(txn)
+
+    # ---------------------------------------------------------------- delete
+
+    def delete(self, project: str, id_or_name: str) -> Instance:
+        for _ in range(CAS_ATTEMPTS):
+            record = self._record(project, id_or_name)
+            before = Instance(**record.value)
+            if before.task_state is TaskState.DELETING:
+                # Already asked: send the task again, in case the first one was lost.
+                self.queue.send(DELETE_INSTANCE, before.id)
+                return before
+            deleting = before.after(Event.DELETE)
+            key = keys.instance(project, before.id)
+            if self.store.commit(Txn().expect(record).put(key, deleting.model_dump(mode="json"))):
+                break
+        else:
+            raise Conflict(f"instance {id_or_name!r} is changing too often; try again")
+        try:
+            self.queue.send(DELETE_INSTANCE, before.id)
+        except Unavailable:
+            # Put back the state it had, so no delete is left without a task.
+            self.store.update(key, lambda r: Txn().expect(r).put(
+                key, {**r.value, "task_state": before.task_state.value}))
+            raise
+        return deleting

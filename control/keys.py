@@ -1,0 +1,77 @@
+"""Every etcd key the control plane uses is built here, and only here.
+
+Layout (all under one prefix so a cloud can share an etcd cluster):
+
+    /cloud/flavors/{name}                          flavor record
+    /cloud/images/{id}                             image record
+    /cloud/hosts/{name}                            host registration and last heartbeat
+    /cloud/placement/usage/{host}                  resources claimed on a host (CAS target)
+    /cloud/placement/allocations/{instance_id}     the one allocation an instance holds
+    /cloud/projects/{project}/instances/{id}       instance record
+    /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
+    /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
+    /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
+"""
+
+from __future__ import annotations
+
+PREFIX = "/cloud"
+
+
+def _part(value: str) -> str:
+    # Key parts are ids and validated names; a "/" would escape the namespace.
+    if not value or "/" in value:
+        raise ValueError(f"invalid key part: {value!r}")
+    return value
+
+
+def flavor(name: str) -> str:
+    return f"{PREFIX}/flavors/{_part(name)}"
+
+
+def flavors() -> str:
+    return f"{PREFIX}/flavors/"
+
+
+def image(image_id: str) -> str:
+    return f"{PREFIX}/images/{_part(image_id)}"
+
+
+def images() -> str:
+    return f"{PREFIX}/images/"
+
+
+def host(name: str) -> str:
+    return f"{PREFIX}/hosts/{_part(name)}"
+
+
+def hosts() -> str:
+    return f"{PREFIX}/hosts/"
+
+
+def host_usage(host_name: str) -> str:
+    return f"{PREFIX}/placement/usage/{_part(host_name)}"
+
+
+def allocation(instance_id: str) -> str:
+    return f"{PREFIX}/placement/allocations/{_part(instance_id)}"
+
+
+def instance(project: str, instance_id: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/instances/{_part(instance_id)}"
+
+
+def instances(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/instances/"
+
+
+def instance_name(project: str, name: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/instance-names/{_part(name)}"
+
+
+def request(project: str, request_id: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/requests/{_part(request_id)}"
+
+
+def instance_index(instance_id: str) -> str:
+    return f"{PREFIX}/instance-index/{_part(instance_id)}"

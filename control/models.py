@@ -1,0 +1,117 @@
+"""The records kept in etcd, as typed models. Stored as JSON by control.store."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from pydantic import BaseModel, Field
+
+from control.errors import InvalidArgument
+from control.states import INITIAL, Event, PowerState, State, TaskState, VmState, transition
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,63}")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise InvalidArgument(
+            f"invalid {what} {name!r}: 1 to 63 characters from A-Z a-z 0-9 . _ -"
+        )
+    return name
+
+
+class Resources(BaseModel):
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(vcpus=self.vcpus + other.vcpus, memory_mb=self.memory_mb + other.memory_mb,
+                         disk_gb=self.disk_gb + other.disk_gb)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(vcpus=self.vcpus - other.vcpus, memory_mb=self.memory_mb - other.memory_mb,
+                         disk_gb=self.disk_gb - other.disk_gb)
+
+
+class Flavor(BaseModel):
+    name: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(vcpus=self.vcpus, memory_mb=self.memory_mb, disk_gb=self.disk_gb)
+
+
+class Image(BaseModel):
+    id: str
+    name: str
+    os: str = "linux"
+    kernel_path: str
+    initrd_path: str
+    disk_path: str
+    cmdline: str
+    min_disk_gb: int = 1
+    min_memory_mb: int = 128
+    status: str = "active"
+
+
+class Host(BaseModel):
+    name: str
+    address: str
+    inventory: Resources
+    virt_type: str = ""
+    hypervisor: str = ""
+    enabled: bool = True
+    registered_at: float = Field(default_factory=time.time)
+    last_heartbeat: float = Field(default_factory=time.time)
+
+    def is_up(self, down_after_s: float, now: float | None = None) -> bool:
+        return ((now or time.time()) - self.last_heartbeat) < down_after_s
+
+
+class Allocation(BaseModel):
+    """The share of one host that one instance holds."""
+
+    instance_id: str
+    project: str
+    host: str
+    resources: Resources
+
+
+class Fault(BaseModel):
+    message: str
+    phase: str
+    time: float = Field(default_factory=time.time)
+
+
+class Instance(BaseModel):
+    id: str
+    project: str
+    name: str
+    flavor: str
+    resources: Resources
+    image: str
+    request_id: str = ""
+    host: str = ""
+    vm_state: VmState = INITIAL.vm
+    task_state: TaskState = INITIAL.task
+    power_state: PowerState = PowerState.NOSTATE
+    addresses: list[str] = Field(default_factory=list)
+    fault: Fault | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    launched_at: float | None = None
+
+    @property
+    def state(self) -> State:
+        return State(self.vm_state, self.task_state)
+
+    def after(self, event: Event, **changes: object) -> Instance:
+        """A copy of this instance after `event` (raises InvalidTransition if illegal)."""
+        new = transition(self.state, event)
+        return self.model_copy(update={"vm_state": new.vm, "task_state": new.task,
+                                       "updated_at": time.time(), **changes})

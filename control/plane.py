@@ -1,0 +1,46 @@
+"""Wiring: every part of the control plane, built from one ControlConfig.
+
+The API server and the Celery worker both start from `build_control_plane`,
+so tests can build either against their own etcd and Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+
+from control.agent_client import AgentClient
+from control.catalog import Catalog
+from control.celery_app import create_celery_app
+from control.config import ControlConfig
+from control.hosts import Hosts
+from control.instances import Instances
+from control.placement import Placement
+from control.queue import TaskQueue
+from control.store import Store
+
+
+@dataclass
+class ControlPlane:
+    config: ControlConfig
+    store: Store
+    celery: Celery
+    queue: TaskQueue
+    catalog: Catalog
+    instances: Instances
+    hosts: Hosts
+    placement: Placement
+    agents: AgentClient
+
+
+def build_control_plane(config: ControlConfig) -> ControlPlane:
+    store = Store(config.etcd_endpoints, config.etcd_timeout_s)
+    celery = create_celery_app(config)
+    queue = TaskQueue(celery)
+    catalog = Catalog(store)
+    return ControlPlane(
+        config=config, store=store, celery=celery, queue=queue, catalog=catalog,
+        instances=Instances(store, queue, catalog, config.default_image),
+        hosts=Hosts(store), placement=Placement(store, config), agents=AgentClient(),
+    )

@@ -1,0 +1,138 @@
+"""The state store: the only module that talks to etcd.
+
+Values are JSON documents. Every write is a transaction that compares what the
+writer read (a key's mod_revision, or that it is absent), so concurrent writers
+never lose each other's updates: the loser re-reads and retries a bounded
+number of times, then gets Conflict (ABORTED on the wire).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyetcd
+from pyetcd.exceptions import Etcd3Exception
+
+from control.errors import Conflict, Unavailable
+
+log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 8
+
+
+@dataclass
+class Record:
+    key: str
+    value: dict[str, Any]
+    mod_revision: int
+
+
+@dataclass
+class Txn:
+    """A set of compares and writes that commit together or not at all."""
+
+    unchanged: dict[str, int] = field(default_factory=dict)  # key -> mod_revision read
+    absent: list[str] = field(default_factory=list)
+    puts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deletes: list[str] = field(default_factory=list)
+
+    def expect(self, record: Record) -> Txn:
+        self.unchanged[record.key] = record.mod_revision
+        return self
+
+    def expect_absent(self, key: str) -> Txn:
+        self.absent.append(key)
+        return self
+
+    def put(self, key: str, value: dict[str, Any]) -> Txn:
+        self.puts[key] = value
+        return self
+
+    def delete(self, key: str) -> Txn:
+        self.deletes.append(key)
+        return self
+
+
+@contextmanager
+def _etcd_errors() -> Iterator[None]:
+    try:
+        yield
+    except (Etcd3Exception, ValueError) as exc:
+        # pyetcd raises ValueError when its only endpoint is marked failed.
+        raise Unavailable(f"state store (etcd) unavailable: {type(exc).__name__}") from exc
+
+
+def _endpoint(address: str) -> pyetcd.Endpoint:
+    host, _, port = address.rpartition(":")
+    # time_retry: how long a failed endpoint is skipped; short, so a restarted
+    # etcd is used again at once.
+    return pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.5)
+
+
+class Store:
+    def __init__(self, endpoints: list[str], timeout_s: float = 3.0):
+        self._client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=[_endpoint(e) for e in endpoints], timeout=timeout_s, failover=True
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def get(self, key: str) -> Record | None:
+        with _etcd_errors():
+            value, meta = self._client.get(key)
+        if value is None:
+            return None
+        return Record(key, json.loads(value), meta.mod_revision)
+
+    def list(self, prefix: str) -> list[Record]:
+        with _etcd_errors():
+            items = list(self._client.get_prefix(prefix, sort_order="ascend"))
+        return [Record(meta.key.decode(), json.loads(value), meta.mod_revision)
+                for value, meta in items]
+
+    def commit(self, txn: Txn) -> bool:
+        """Apply txn if every compare holds; return whether it did."""
+        t = self._client.transactions
+        compares = [t.mod(k) == rev for k, rev in txn.unchanged.items()]
+        compares += [t.version(k) == 0 for k in txn.absent]
+        ops = [t.put(k, json.dumps(v, sort_keys=True)) for k, v in txn.puts.items()]
+        ops += [t.delete(k) for k in txn.deletes]
+        with _etcd_errors():
+            succeeded, _ = self._client.transaction(compare=compares, success=ops, failure=[])
+        return bool(succeeded)
+
+    def update(self, key: str, change: Callable[[Record], Txn | None]) -> Record | None:
+        """Read-modify-write `key` under compare-and-swap, retrying on conflict.
+
+        `change` gets the current record and returns the transaction to commit
+        (which should `expect` that record), or None to leave things as they are.
+        Returns the record as it was when `change` was applied, or None if the
+        key does not exist.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            record = self.get(key)
+            if record is None:
+                return None
+            txn = change(record)
+            if txn is None or self.commit(txn):
+                return record
+            log.debug("conflict on %s, retrying", key)
+        raise Conflict(f"too many concurrent updates to {key}; try again")
+
+    def put_if_absent(self, key: str, value: dict[str, Any]) -> bool:
+        return self.commit(Txn().expect_absent(key).put(key, value))
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        """Unconditional write: only for records a single writer owns (seed data)."""
+        with _etcd_errors():
+            self._client.put(key, json.dumps(value, sort_keys=True))
+
+    def ping(self) -> None:
+        with _etcd_errors():
+            self._client.status()

@@ -1,0 +1,166 @@
+"""Celery tasks for the long operations: building and deleting instances.
+
+Each task takes an instance id, re-reads the state from etcd, returns early if
+the work is already done, and acts idempotently, so running it twice (a
+redelivery after a worker died) is harmless. A failure leaves a recorded fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Celery, Task
+
+from control import keys
+from control.agent_client import SpawnFailed
+from control.errors import CloudError, NotFound, ResourceExhausted, Unavailable
+from control.models import Allocation, Fault, Instance
+from control.plane import ControlPlane
+from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
+from control.states import Event, PowerState, TaskState, VmState
+from control.store import Record, Txn
+
+log = logging.getLogger(__name__)
+
+# An unreachable agent is retried this many times (with backoff) before the
+# operation is given up and recorded as a fault.
+AGENT_RETRIES = 5
+
+
+class InstanceWork:
+    """The steps of the instance tasks, apart from Celery so they read plainly."""
+
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
+
+    def _record(self, instance_id: str) -> Record | None:
+        index = self.plane.store.get(keys.instance_index(instance_id))
+        if index is None:
+            return None
+        return self.plane.store.get(keys.instance(index.value["project"], instance_id))
+
+    def _advance(self, instance_id: str, event: Event, **changes: object) -> Instance | None:
+        """Apply `event` under compare-and-swap. None if the instance is gone or
+        being deleted meanwhile (the delete wins over whatever was in flight)."""
+        result: list[Instance] = []
+
+        def change(record: Record) -> Txn | None:
+            instance = Instance(**record.value)
+            if instance.task_state is TaskState.DELETING:
+                return None
+            result[:] = [instance.after(event, **changes)]
+            return Txn().expect(record).put(record.key, result[0].model_dump(mode="json"))
+
+        index = self.plane.store.get(keys.instance_index(instance_id))
+        if index is None:
+            return None
+        self.plane.store.update(keys.instance(index.value["project"], instance_id), change)
+        return result[0] if result else None
+
+    def fail(self, instance_id: str, phase: str, message: str) -> None:
+        log.warning("instance %s failed while %s: %s", instance_id, phase, message)
+        self.plane.placement.release(instance_id)
+        self._advance(instance_id, Event.FAILED, fault=Fault(message=message, phase=phase))
+
+    # ---------------------------------------------------------------- build
+
+    def build(self, instance_id: str, give_up_on_unreachable: bool) -> None:
+        record = self._record(instance_id)
+        if record is None:
+            return
+        instance = Instance(**record.value)
+        if instance.vm_state is not VmState.BUILDING or instance.task_state is TaskState.DELETING:
+            return  # done already, or a delete overtook the build
+        try:
+            image = self.plane.catalog.image(instance.image)
+        except NotFound as exc:
+            self.fail(instance_id, "scheduling", str(exc))
+            return
+
+        if instance.task_state is TaskState.SCHEDULING:
+            allocation = Allocation(instance_id=instance.id, project=instance.project, host="",
+                                    resources=instance.resources)
+            try:
+                host = self.plane.placement.schedule(allocation, f"flavor {instance.flavor}")
+            except ResourceExhausted as exc:
+                self.fail(instance_id, "scheduling", str(exc))
+                return
+            scheduled = self._advance(instance_id, Event.SCHEDULED, host=host.name)
+            if scheduled is None:
+                self.plane.placement.release(instance_id)
+                return
+            instance = scheduled
+
+        try:
+            address = self.plane.hosts.get(instance.host).address
+            power = self.plane.agents.spawn(address, instance, image,
+                                            self.plane.config.spawn_timeout_s)
+        except KeyError:
+            self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
+            return
+        except SpawnFailed as exc:
+            self.fail(instance_id, "spawning", f"host {instance.host}: {exc}")
+            return
+        except Unavailable as exc:
+            if not give_up_on_unreachable:
+                raise  # retried by Celery
+            self.fail(instance_id, "spawning", str(exc))
+            return
+
+        active = self._advance(instance_id, Event.SPAWNED, power_state=PowerState(power),
+                               launched_at=time.time())
+        if active is None:
+            # Deleted while spawning: make sure the guest we just started goes too.
+            self.plane.agents.destroy(address, instance_id)
+            if self._record(instance_id) is None:
+                self.plane.placement.release(instance_id)
+            return
+        log.info("instance %s is active on %s", instance_id, instance.host)
+
+    # ---------------------------------------------------------------- delete
+
+    def delete(self, instance_id: str) -> None:
+        record = self._record(instance_id)
+        if record is None:
+            self.plane.placement.release(instance_id)
+            return
+        instance = Instance(**record.value)
+        if instance.task_state is not TaskState.DELETING:
+            return
+        if instance.host:
+            try:
+                address = self.plane.hosts.get(instance.host).address
+            except KeyError:
+                address = ""  # the host is gone, and its guests with it
+            if address:
+                self.plane.agents.destroy(address, instance_id)
+        self.plane.placement.release(instance_id)
+
+        def change(current: Record) -> Txn:
+            Instance(**current.value).after(Event.DELETED)  # checks the move is legal
+            return (Txn().expect(current).delete(current.key)
+                    .delete(keys.instance_name(instance.project, instance.name))
+                    .delete(keys.instance_index(instance_id)))
+
+        self.plane.store.update(record.key, change)
+        log.info("instance %s deleted", instance_id)
+
+
+def register_tasks(app: Celery, plane: ControlPlane) -> None:
+    work = InstanceWork(plane)
+
+    @app.task(name=BUILD_INSTANCE, bind=True, max_retries=AGENT_RETRIES)
+    def build_instance(self: Task, instance_id: str) -> None:
+        try:
+            work.build(instance_id, give_up_on_unreachable=self.request.retries >= AGENT_RETRIES)
+        except Unavailable as exc:
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+
+    @app.task(name=DELETE_INSTANCE, bind=True, max_retries=None)
+    def delete_instance(self: Task, instance_id: str) -> None:
+        try:
+            work.delete(instance_id)
+        except (Unavailable, CloudError) as exc:
+            # A delete must finish: keep trying (the agent or etcd will come back).
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc

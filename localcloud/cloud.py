@@ -1,0 +1,180 @@
+"""An all-in-one cloud: etcd, Redis, libvirtd, the API, a Celery worker and one
+compute agent, all on this machine."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localcloud.processes import ProcessSet, free_port, port_open, wait_until
+
+LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
+
+
+@dataclass
+class Ports:
+    etcd: int = 23790
+    etcd_peer: int = 23800
+    redis: int = 63790
+    api: int = 50051
+    agent: int = 50061
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(5)))
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass
+class LocalCloud:
+    root: Path
+    ports: Ports = field(default_factory=Ports)
+    host_name: str = field(default_factory=socket.gethostname)
+    image_dirs: list[str] = field(default_factory=list)
+    control_settings: dict[str, object] = field(default_factory=dict)
+    agent_settings: dict[str, object] = field(default_factory=dict)
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.procs = ProcessSet(self.root)
+        self.config_path = self.root / "cloud.toml"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.ports.api}"
+
+    def write_config(self) -> None:
+        control = {
+            "etcd_endpoints": [f"127.0.0.1:{self.ports.etcd}"],
+            "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
+            "listen": self.endpoint,
+            "image_dirs": self.image_dirs,
+            **self.control_settings,
+        }
+        agent = {
+            "host_name": self.host_name,
+            "listen": f"127.0.0.1:{self.ports.agent}",
+            "control_endpoint": self.endpoint,
+            "state_dir": str(self.root / "agent"),
+            **self.agent_settings,
+        }
+        lines = ["# Written by localcloud; regenerated on every `make up`.", "[control]"]
+        lines += [f"{k} = {_toml(v)}" for k, v in control.items()]
+        lines += ["", "[agent]"] + [f"{k} = {_toml(v)}" for k, v in agent.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    # ---------------------------------------------------------------- services
+
+    def start_etcd(self) -> None:
+        p = self.ports
+        self.procs.start("etcd", [
+            "etcd", "--name", "local", "--data-dir", str(self.root / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{p.etcd}",
+            "--advertise-client-urls", f"http://127.0.0.1:{p.etcd}",
+            "--listen-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
+            "--initial-cluster", f"local=http://127.0.0.1:{p.etcd_peer}",
+            "--logger", "zap", "--log-level", "warn"])
+        wait_until(lambda: port_open(p.etcd), 30, "etcd")
+
+    def start_redis(self) -> None:
+        (self.root / "redis").mkdir(exist_ok=True)
+        self.procs.start("redis", [
+            "redis-server", "--port", str(self.ports.redis), "--bind", "127.0.0.1",
+            "--dir", str(self.root / "redis"), "--save", "", "--appendonly", "yes",
+            "--daemonize", "no"])
+        wait_until(lambda: port_open(self.ports.redis), 30, "redis")
+
+    def ensure_libvirtd(self) -> None:
+        """Use the host's libvirtd if it runs; otherwise start virtlogd and libvirtd
+        (there is no systemd here to do it) and record them as ours."""
+        if _libvirt_answers():
+            return
+        self.procs.start("virtlogd", ["virtlogd"])
+        self.procs.start("libvirtd", ["libvirtd"])
+        wait_until(_libvirt_answers, 60, "libvirtd")
+
+    def start_api(self) -> None:
+        self.procs.start("api", [self.python, "-m", "control.api.server",
+                                 "--config", str(self.config_path)])
+        wait_until(lambda: port_open(self.ports.api), 60, "the API server")
+
+    def start_worker(self) -> None:
+        self.procs.start("worker", [self.python, "-m", "control.worker",
+                                    "--config", str(self.config_path),
+                                    "--name", f"worker@{self.host_name}"])
+
+    def start_agent(self) -> None:
+        self.procs.start("agent", [self.python, "-m", "compute_agent.server",
+                                   "--config", str(self.config_path)])
+        wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent")
+
+    def up(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # qemu, running unprivileged, reads guest disks below
+        self.write_config()
+        self.start_etcd()
+        self.start_redis()
+        self.ensure_libvirtd()
+        self.start_api()
+        self.start_worker()
+        self.start_agent()
+
+    def down(self) -> list[str]:
+        """Stop what `up` started, newest first; guests of our agent are shut off."""
+        stopped = []
+        for name in ("agent", "worker", "api"):
+            if self.procs.stop(name):
+                stopped.append(name)
+        self.shut_off_guests()
+        for name in ("redis", "etcd", "libvirtd", "virtlogd"):
+            if self.procs.stop(name):
+                stopped.append(name)
+        return stopped
+
+    def shut_off_guests(self) -> None:
+        """Power off the guests this cloud's agent started (their records stay)."""
+        if not _libvirt_answers():
+            return
+        from compute_agent.libvirt_driver import LibvirtDriver  # only when libvirt is there
+        driver = LibvirtDriver("qemu:///system", str(self.root / "agent"), self.host_name)
+        for observation in driver.list_instances():
+            if observation.power_state == "running":
+                domain = driver.conn.lookupByUUIDString(observation.instance_id)
+                domain.destroy()
+
+    def destroy_everything(self) -> None:
+        """For tests: stop all and delete the guests and files this cloud made."""
+        self.procs.stop("agent")
+        self.procs.stop("worker")
+        self.procs.stop("api")
+        if _libvirt_answers():
+            from compute_agent.libvirt_driver import LibvirtDriver
+            driver = LibvirtDriver("qemu:///system", str(self.root / "agent"), self.host_name)
+            for observation in driver.list_instances():
+                driver.destroy(observation.instance_id)
+        for name in ("redis", "etcd", "libvirtd", "virtlogd"):
+            self.procs.stop(name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _libvirt_answers() -> bool:
+    if not LIBVIRT_SOCKET.exists():
+        return False
+    result = subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                            capture_output=True, timeout=10)
+    return result.returncode == 0

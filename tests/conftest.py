@@ -1,0 +1,107 @@
+"""Fixtures shared by the integration tests: a whole local cloud on free ports,
+with real etcd, Redis, Celery worker, compute agent, libvirtd and QEMU."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE_DIR = REPO / "images" / "build"
+OUTPUT = REPO / "test-output"
+
+
+class ApiClient:
+    """The public API's stubs on one channel."""
+
+    def __init__(self, endpoint: str):
+        from cloudapi.v1 import compute_pb2_grpc
+
+        self.channel = grpc.insecure_channel(endpoint)
+        self.instances = compute_pb2_grpc.InstanceServiceStub(self.channel)
+        self.flavors = compute_pb2_grpc.FlavorServiceStub(self.channel)
+        self.images = compute_pb2_grpc.ImageServiceStub(self.channel)
+
+    def wait_status(self, instance_id: str, statuses: set[str], timeout_s: float = 120):
+        from cloudapi.v1 import compute_pb2 as pb
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = self.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
+            if current.status in statuses or time.monotonic() > deadline:
+                return current
+            time.sleep(0.1)
+
+    def wait_gone(self, instance_id: str, timeout_s: float = 60) -> bool:
+        from cloudapi.v1 import compute_pb2 as pb
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return True
+                raise
+            time.sleep(0.1)
+        return False
+
+
+def start_cloud(name: str):
+    from localcloud.cloud import LocalCloud, Ports
+
+    root = Path(tempfile.mkdtemp(prefix=f"smallcloud-{name}-"))
+    cloud = LocalCloud(root, ports=Ports.free(), host_name=f"test-{name}-{uuid.uuid4().hex[:6]}",
+                       image_dirs=[str(IMAGE_DIR)],
+                       control_settings={"heartbeat_interval_s": 1},
+                       agent_settings={"heartbeat_interval_s": 1.0})
+    cloud.up()
+    store = make_store(cloud)
+    from control import keys
+    from localcloud.processes import wait_until
+    wait_until(lambda: store.get(keys.host(cloud.host_name)) is not None, 60,
+               "registration of the compute agent")
+    return cloud, store
+
+
+def make_store(cloud):
+    from control.store import Store
+
+    return Store([f"127.0.0.1:{cloud.ports.etcd}"], timeout_s=3)
+
+
+def stop_cloud(cloud, name: str) -> None:
+    # Keep the logs for a failed run to read.
+    target = OUTPUT / "logs" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(cloud.root / "logs", target, dirs_exist_ok=True)
+    cloud.destroy_everything()
+
+
+@pytest.fixture(scope="session")
+def cloud_and_store() -> Iterator[tuple]:
+    cloud, store = start_cloud("main")
+    yield cloud, store
+    stop_cloud(cloud, "main")
+
+
+@pytest.fixture(scope="session")
+def cloud(cloud_and_store):
+    return cloud_and_store[0]
+
+
+@pytest.fixture(scope="session")
+def store(cloud_and_store):
+    return cloud_and_store[1]
+
+
+@pytest.fixture(scope="session")
+def api(cloud) -> ApiClient:
+    return ApiClient(cloud.endpoint)

@@ -1,0 +1,84 @@
+"""The walking skeleton, end to end: a real guest boots under QEMU through the
+whole control plane and is deleted without leaving anything behind."""
+
+import re
+import subprocess
+from pathlib import Path
+
+from cloudapi.v1 import compute_pb2 as pb
+
+from control import keys
+
+
+def domain_exists(uuid: str) -> bool:
+    result = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", uuid],
+                            capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def wait_console(api, instance_id: str, pattern: str, timeout_s: float = 120) -> str:
+    import time
+    deadline = time.monotonic() + timeout_s
+    output = ""
+    while time.monotonic() < deadline:
+        output = api.instances.GetConsoleOutput(
+            pb.GetConsoleOutputRequest(id_or_name=instance_id)).output
+        if re.search(pattern, output):
+            return output
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} not on the console after {timeout_s}s:\n{output[-3000:]}")
+
+
+def test_create_boot_console_delete(api, cloud, store):
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(
+        name="e2e-web1", flavor="small", request_id="e2e-create-1"))
+    assert created.status == "BUILD"
+    assert created.flavor == "small" and created.vcpus == 1 and created.memory_mb == 512
+
+    active = api.wait_status(created.id, {"ACTIVE", "ERROR"})
+    assert active.status == "ACTIVE", active.fault.message
+    assert active.host == cloud.host_name
+    assert active.power_state == "running"
+    assert domain_exists(created.id)
+    disk = Path(cloud.root / "agent" / "instances" / created.id / "disk.qcow2")
+    assert disk.exists()
+    # The claim on the host is recorded.
+    assert store.get(keys.allocation(created.id)) is not None
+
+    # The guest booted *this* instance: its id is on its own serial console.
+    output = wait_console(api, created.id, rf"CLOUD-BOOT-OK instance_id={created.id} ")
+    assert "boot_id=" in output
+
+    # It got an address from the host's NAT network by DHCP, seen through the lease.
+    wait_console(api, created.id, r"CLOUD-NET-OK ip=\d+\.\d+\.\d+\.\d+")
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not api.instances.GetInstance(
+            pb.GetInstanceRequest(id_or_name=created.id)).addresses:
+        time.sleep(0.5)
+    shown = api.instances.GetInstance(pb.GetInstanceRequest(id_or_name="e2e-web1"))
+    assert shown.id == created.id
+    assert shown.addresses and shown.addresses[0].startswith("10.213.0.")
+
+    listed = api.instances.ListInstances(pb.ListInstancesRequest()).instances
+    assert created.id in [i.id for i in listed]
+
+    deleting = api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name="e2e-web1"))
+    assert deleting.status == "DELETING"
+    assert api.wait_gone(created.id)
+    assert not domain_exists(created.id)
+    assert not disk.parent.exists()
+    assert created.id not in [i.id for i in api.instances.ListInstances(
+        pb.ListInstancesRequest()).instances]
+    assert store.get(keys.allocation(created.id)) is None
+
+
+def test_repeated_request_id_returns_the_first_instance(api):
+    request = pb.CreateInstanceRequest(name="idem-1", flavor="tiny", request_id="idem-req-1")
+    first = api.instances.CreateInstance(request)
+    again = api.instances.CreateInstance(request)
+    assert again.id == first.id
+    names = [i.name for i in api.instances.ListInstances(pb.ListInstancesRequest()).instances]
+    assert names.count("idem-1") == 1
+    api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=first.id))
+    assert api.wait_gone(first.id)

@@ -1,0 +1,51 @@
+import pytest
+
+from control.errors import InvalidTransition
+from control.states import INITIAL, Event, State, TaskState, VmState, status, transition
+
+
+def test_build_path_reaches_active():
+    state = transition(INITIAL, Event.SCHEDULED)
+    assert state == State(VmState.BUILDING, TaskState.SPAWNING)
+    state = transition(state, Event.SPAWNED)
+    assert state == State(VmState.ACTIVE)
+    assert status(state) == "ACTIVE"
+
+
+@pytest.mark.parametrize("task", [TaskState.SCHEDULING, TaskState.SPAWNING])
+def test_failure_while_building_is_error(task):
+    assert transition(State(VmState.BUILDING, task), Event.FAILED) == State(VmState.ERROR)
+
+
+@pytest.mark.parametrize("state", [
+    State(VmState.BUILDING, TaskState.SCHEDULING), State(VmState.BUILDING, TaskState.SPAWNING),
+    State(VmState.ACTIVE), State(VmState.ERROR)])
+def test_delete_is_legal_from_every_state(state):
+    deleting = transition(state, Event.DELETE)
+    assert deleting.task is TaskState.DELETING
+    assert status(deleting) == "DELETING"
+    assert transition(deleting, Event.DELETED).vm is VmState.DELETED
+
+
+def test_delete_twice_is_refused():
+    deleting = transition(State(VmState.ACTIVE), Event.DELETE)
+    with pytest.raises(InvalidTransition):
+        transition(deleting, Event.DELETE)
+
+
+@pytest.mark.parametrize("state,event", [
+    (State(VmState.ACTIVE), Event.SPAWNED),
+    (State(VmState.ACTIVE), Event.SCHEDULED),
+    (State(VmState.ERROR), Event.SPAWNED),
+    (INITIAL, Event.SPAWNED),
+    (State(VmState.BUILDING, TaskState.DELETING), Event.SPAWNED),
+    (State(VmState.ACTIVE), Event.DELETED),
+])
+def test_illegal_moves_raise(state, event):
+    with pytest.raises(InvalidTransition):
+        transition(state, event)
+
+
+def test_status_words():
+    assert status(INITIAL) == "BUILD"
+    assert status(State(VmState.ERROR)) == "ERROR"
