@@ -60,6 +60,7 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 image: $(IMAGE_DIR)/image.json
 $(IMAGE_DIR)/image.json: images/build-image.sh $(shell find images/rootfs -type f 2>/dev/null) .stamps/deps
 	images/build-image.sh $(IMAGE_DIR)
+	touch $@
 
 lock: venv
 	$(PY) -m pip freeze --exclude-editable | grep -v '^pip==' > requirements.lock

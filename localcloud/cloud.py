@@ -102,6 +102,7 @@ class LocalCloud:
     def ensure_libvirtd(self) -> None:
         """Use the host's libvirtd if it runs; otherwise start virtlogd and libvirtd
         (there is no systemd here to do it) and record them as ours."""
+        prepare_kvm_device()
         if _libvirt_answers():
             return
         self.procs.start("virtlogd", ["virtlogd"])
@@ -170,6 +171,24 @@ class LocalCloud:
         for name in ("redis", "etcd", "libvirtd", "virtlogd"):
             self.procs.stop(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def prepare_kvm_device() -> None:
+    """Give /dev/kvm the owner and mode Debian's udev rule gives it (root:kvm 0660).
+
+    Without udev it stays root-only. libvirt then finds KVM "unusable" for the
+    qemu user while its cached QEMU capabilities say KVM works, so it throws the
+    cache away and re-probes QEMU on every domain define: about 80 s each
+    under emulation, instead of 0.5 s.
+    """
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        return
+    try:
+        shutil.chown(kvm, group="kvm")
+        kvm.chmod(0o660)
+    except (LookupError, PermissionError, OSError):
+        pass  # no kvm group or not root: leave the host as it is
 
 
 def _libvirt_answers() -> bool:

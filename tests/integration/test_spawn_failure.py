@@ -1,0 +1,46 @@
+"""An agent that fails to spawn: the instance goes to ERROR with the reason, and
+its domain, disk and claim are cleaned up; delete still works."""
+
+import shutil
+import subprocess
+
+from cloudapi.v1 import compute_pb2 as pb
+
+from control import keys
+from control.catalog import Catalog
+from tests.conftest import IMAGE_DIR
+
+
+def make_broken_image(tmp_path):
+    """An image whose kernel is garbage: QEMU refuses it after the domain and
+    its disk were made, so the cleanup has something to clean."""
+    directory = tmp_path / "broken-image"
+    directory.mkdir()
+    directory.chmod(0o755)
+    (directory / "vmlinuz").write_bytes(b"\x00not a kernel" * 100)
+    shutil.copy(IMAGE_DIR / "initrd.img", directory / "initrd.img")
+    shutil.copy(IMAGE_DIR / "disk.qcow2", directory / "disk.qcow2")
+    (directory / "image.json").write_text(
+        '{"name": "broken-kernel", "kernel": "vmlinuz", "initrd": "initrd.img",'
+        ' "disk": "disk.qcow2", "cmdline": "console=ttyS0"}')
+    return directory
+
+
+def test_failed_spawn_leaves_error_and_nothing_behind(api, cloud, store, tmp_path):
+    tmp_path.chmod(0o755)
+    Catalog(store).register_image_dir(make_broken_image(tmp_path))
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(
+        name="broken1", flavor="tiny", image="broken-kernel"))
+    failed = api.wait_status(created.id, {"ACTIVE", "ERROR"})
+    assert failed.status == "ERROR"
+    assert failed.fault.phase == "spawning"
+    assert failed.fault.message  # the reason, from the host
+    assert cloud.host_name in failed.fault.message
+
+    assert subprocess.run(["virsh", "-c", "qemu:///system", "domstate", created.id],
+                          capture_output=True).returncode != 0
+    assert not (cloud.root / "agent" / "instances" / created.id).exists()
+    assert store.get(keys.allocation(created.id)) is None
+
+    api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name="broken1"))
+    assert api.wait_gone(created.id)
