@@ -21,6 +21,7 @@ status:
 	$(PY) -m localcloud status --dir $(ROOT)/.cloud
 
 test: deps venv image
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra tests
 
 unit: venv

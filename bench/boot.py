@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
-from conftest import ApiClient, start_cloud, stop_cloud  # noqa: E402
-
 from compute_agent.driver import ImageFiles, InstanceSpec  # noqa: E402
 from compute_agent.libvirt_driver import LibvirtDriver  # noqa: E402
+from conftest import ApiClient, start_cloud, stop_cloud  # noqa: E402
+
 from control.catalog import Catalog  # noqa: E402
 
 RUNS = 5

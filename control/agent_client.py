@@ -9,6 +9,7 @@ from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 
 from control.errors import CloudError, Unavailable
 from control.models import Image, Instance
+from control.store import RECONNECT_OPTIONS
 
 
 class SpawnFailed(CloudError):
@@ -27,7 +28,7 @@ class AgentClient:
         with self._lock:
             if address not in self._stubs:
                 self._stubs[address] = agent_pb2_grpc.ComputeAgentStub(
-                    grpc.insecure_channel(address))
+                    grpc.insecure_channel(address, options=RECONNECT_OPTIONS))
             return self._stubs[address]
 
     def _call(self, address: str, method: str, request: object, timeout_s: float | None = None):

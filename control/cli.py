@@ -190,7 +190,8 @@ def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: f
 @instance.command("create")
 @click.option("--name", required=True, help="1-63 characters from A-Z a-z 0-9 . _ -")
 @click.option("--flavor", "flavor_name", required=True)
-@click.option("--image", "image_ref", default="", help="image id or name (default: the cloud's default image)")
+@click.option("--image", "image_ref", default="",
+              help="image id or name (default: the cloud's default image)")
 @click.option("--request-id", default="", help="idempotency key; default: a new one")
 @click.option("--wait", is_flag=True, help="wait until ACTIVE or ERROR; exit non-zero on ERROR")
 @click.option("--timeout", default=300.0, show_default=True)

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 8
 
+# gRPC backs off up to 2 minutes between reconnects by default; a restarted etcd
+# should be used again within a second.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.min_reconnect_backoff_ms", 100),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
+
 
 @dataclass
 class Record:
@@ -71,7 +77,8 @@ def _endpoint(address: str) -> pyetcd.Endpoint:
     host, _, port = address.rpartition(":")
     # time_retry: how long a failed endpoint is skipped; short, so a restarted
     # etcd is used again at once.
-    return pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.5)
+    return pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.5,
+                           opts=RECONNECT_OPTIONS)
 
 
 class Store:

@@ -89,7 +89,17 @@ class LocalCloud:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
             "--initial-cluster", f"local=http://127.0.0.1:{p.etcd_peer}",
             "--logger", "zap", "--log-level", "warn"])
-        wait_until(lambda: port_open(p.etcd), 30, "etcd")
+        wait_until(self._etcd_answers, 30, "etcd")
+
+    def _etcd_answers(self) -> bool:
+        from control.store import Store  # the venv's client, only once etcd is wanted
+
+        store = Store([f"127.0.0.1:{self.ports.etcd}"], timeout_s=1)
+        try:
+            store.ping()
+            return True
+        finally:
+            store.close()
 
     def start_redis(self) -> None:
         (self.root / "redis").mkdir(exist_ok=True)

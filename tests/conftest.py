@@ -62,12 +62,16 @@ def start_cloud(name: str):
                        image_dirs=[str(IMAGE_DIR)],
                        control_settings={"heartbeat_interval_s": 1},
                        agent_settings={"heartbeat_interval_s": 1.0})
-    cloud.up()
-    store = make_store(cloud)
-    from control import keys
-    from localcloud.processes import wait_until
-    wait_until(lambda: store.get(keys.host(cloud.host_name)) is not None, 60,
-               "registration of the compute agent")
+    try:
+        cloud.up()
+        store = make_store(cloud)
+        from control import keys
+        from localcloud.processes import wait_until
+        wait_until(lambda: store.get(keys.host(cloud.host_name)) is not None, 60,
+                   "registration of the compute agent")
+    except BaseException:
+        stop_cloud(cloud, name)  # leave no daemons behind, keep the logs
+        raise
     return cloud, store
 
 
@@ -83,6 +87,18 @@ def stop_cloud(cloud, name: str) -> None:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(cloud.root / "logs", target, dirs_exist_ok=True)
     cloud.destroy_everything()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def libvirtd():
+    """One libvirtd for the whole run, before any cloud: started here (and
+    stopped at the end) only if the host does not already run one."""
+    from localcloud.cloud import LocalCloud
+
+    owner = LocalCloud(Path(tempfile.mkdtemp(prefix="smallcloud-libvirtd-")))
+    owner.ensure_libvirtd()
+    yield
+    owner.destroy_everything()
 
 
 @pytest.fixture(scope="session")

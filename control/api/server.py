@@ -12,6 +12,7 @@ import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc, compute_pb2, compute_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from control.api.interceptors import ErrorInterceptor
 from control.api.servicers import (
@@ -21,6 +22,7 @@ from control.api.servicers import (
     InstanceServicer,
 )
 from control.config import ControlConfig, load_config
+from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,10 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     return server, port, plane
 
 
+@retry(retry=retry_if_exception_type(Unavailable), wait=wait_fixed(1), stop=stop_after_delay(60),
+       reraise=True)
 def seed(plane: ControlPlane) -> None:
-    """Seed data of a new cloud; safe on every start."""
+    """Seed data of a new cloud; safe on every start. Waits for etcd to answer."""
     plane.catalog.seed_flavors()
     for directory in plane.config.image_dirs:
         image = plane.catalog.register_image_dir(directory)

@@ -1,6 +1,5 @@
-from lxml import etree
-
 from compute_agent.domain_xml import DomainSpec, build_domain_xml, owner_of
+from lxml import etree
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
