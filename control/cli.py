@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
-out = Console()
+# Piped output is not cut to 80 columns: ids must stay whole for scripts and logs.
+out = Console(width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True)
 
 

@@ -82,3 +82,16 @@ def test_repeated_request_id_returns_the_first_instance(api):
     assert names.count("idem-1") == 1
     api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=first.id))
     assert api.wait_gone(first.id)
+
+
+def test_delete_while_building_leaves_nothing(api, cloud, store):
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(name="early-del", flavor="tiny"))
+    deleting = api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
+    assert deleting.status == "DELETING"
+    assert api.wait_gone(created.id)
+    import time
+    time.sleep(2)  # let a build that was already in flight finish its own cleanup
+    assert not domain_exists(created.id)
+    assert not (cloud.root / "agent" / "instances" / created.id).exists()
+    assert store.get(keys.allocation(created.id)) is None
+    assert store.get(keys.instance_index(created.id)) is None
