@@ -79,6 +79,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     out.print(table)
 
 
+def print_rows(rows: list[dict[str, Any]], columns: list[str], output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, columns)
+
+
 def print_instance(i: pb.Instance, output: str) -> None:
     data = instance_dict(i)
     if output == "json":
@@ -131,11 +138,7 @@ def flavor() -> None:
 @click.pass_context
 def flavor_list(ctx: click.Context, output: str) -> None:
     flavors = api(ctx).flavors.ListFlavors(pb.ListFlavorsRequest()).flavors
-    rows = [as_dict(f) for f in flavors]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, ["name", "vcpus", "memory_mb", "disk_gb"])
+    print_rows([as_dict(f) for f in flavors], ["name", "vcpus", "memory_mb", "disk_gb"], output)
 
 
 @cli.group(cls=CloudGroup)
@@ -147,11 +150,9 @@ def image() -> None:
 @output_option
 @click.pass_context
 def image_list(ctx: click.Context, output: str) -> None:
-    rows = [as_dict(i) for i in api(ctx).images.ListImages(pb.ListImagesRequest()).images]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, ["id", "name", "os", "status", "min_disk_gb", "min_memory_mb"])
+    images = api(ctx).images.ListImages(pb.ListImagesRequest()).images
+    print_rows([as_dict(i) for i in images],
+               ["id", "name", "os", "status", "min_disk_gb", "min_memory_mb"], output)
 
 
 # ---------------------------------------------------------------- instances
@@ -215,11 +216,7 @@ def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: 
 @click.pass_context
 def instance_list(ctx: click.Context, output: str) -> None:
     instances = api(ctx).instances.ListInstances(pb.ListInstancesRequest()).instances
-    rows = [instance_dict(i) for i in instances]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, INSTANCE_COLUMNS)
+    print_rows([instance_dict(i) for i in instances], INSTANCE_COLUMNS, output)
 
 
 @instance.command("show")

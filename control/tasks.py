@@ -161,6 +161,6 @@ def register_tasks(app: Celery, plane: ControlPlane) -> None:
     def delete_instance(self: Task, instance_id: str) -> None:
         try:
             work.delete(instance_id)
-        except (Unavailable, CloudError) as exc:
+        except CloudError as exc:
             # A delete must finish: keep trying (the agent or etcd will come back).
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc

@@ -60,8 +60,7 @@ def start_cloud(name: str):
     root = Path(tempfile.mkdtemp(prefix=f"smallcloud-{name}-"))
     cloud = LocalCloud(root, ports=Ports.free(), host_name=f"test-{name}-{uuid.uuid4().hex[:6]}",
                        image_dirs=[str(IMAGE_DIR)],
-                       control_settings={"heartbeat_interval_s": 1},
-                       agent_settings={"heartbeat_interval_s": 1.0})
+                       control_settings={"heartbeat_interval_s": 1})
     try:
         cloud.up()
         store = make_store(cloud)

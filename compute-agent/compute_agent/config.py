@@ -26,6 +26,7 @@ class AgentConfig(BaseModel):
     network_name: str = "cloud-net"
     network_bridge: str = "cloudbr0"
     network_cidr: str = "10.213.0.0/24"
+    # Until registered; then the control plane's heartbeat_interval_s applies.
     heartbeat_interval_s: float = 2.0
 
 

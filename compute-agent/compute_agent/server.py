@@ -80,11 +80,13 @@ class Reporter:
     def register(self) -> None:
         inv = self.driver.host_inventory()
         virt_type, hypervisor = self.driver.describe()
-        self.stub.RegisterHost(agent_pb2.RegisterHostRequest(
+        response = self.stub.RegisterHost(agent_pb2.RegisterHostRequest(
             name=self.config.host_name, address=self.address,
             inventory=agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
                                               disk_gb=inv.disk_gb),
             virt_type=virt_type, hypervisor=hypervisor), timeout=10)
+        # The control plane decides how often hosts report (it judges them down).
+        self.interval = response.heartbeat_interval_s or self.interval
         self.registered.set()
         log.info("registered host %s at %s", self.config.host_name, self.address)
 
