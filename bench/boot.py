@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
 from compute_agent.driver import ImageFiles, InstanceSpec  # noqa: E402
 from compute_agent.libvirt_driver import LibvirtDriver  # noqa: E402
-from conftest import ApiClient, start_cloud, stop_cloud  # noqa: E402
+from conftest import ApiClient, login, start_cloud, stop_cloud  # noqa: E402
 
 from control.catalog import Catalog  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
     direct_dir = Path(tempfile.mkdtemp(prefix="smallcloud-bench-direct-"))
     direct_dir.chmod(0o755)
     try:
-        api = ApiClient(cloud.endpoint)
+        api = login(cloud)
         image = Catalog(store).image("debian-busybox")
         files = ImageFiles(id=image.id, kernel_path=image.kernel_path,
                            initrd_path=image.initrd_path, disk_path=image.disk_path,

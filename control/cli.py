@@ -1,7 +1,7 @@
 """cloudctl: the command-line client of the cloud's public gRPC API.
 
-The API endpoint comes from $CLOUD_ENDPOINT, else from the config file
-($CLOUD_CONFIG, default ~/.config/cloudctl/config.toml, written by `make up`).
+Where the API is and who the caller is come from the environment or the config
+file: see control/client.py.
 """
 
 from __future__ import annotations
@@ -10,50 +10,30 @@ import json
 import os
 import sys
 import time
-import tomllib
 import uuid
-from pathlib import Path
 from typing import Any
 
 import click
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
-from cloudapi.v1 import compute_pb2_grpc as pb_grpc
+from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_ENDPOINT = "127.0.0.1:50051"
+from control.client import CloudClient, endpoint, read_config, write_config
+
 # Piped output is not cut to 80 columns: ids must stay whole for scripts and logs.
 out = Console(width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True)
 
 
-def config_path() -> Path:
-    return Path(os.environ.get("CLOUD_CONFIG") or Path.home() / ".config/cloudctl/config.toml")
-
-
-def endpoint() -> str:
-    if os.environ.get("CLOUD_ENDPOINT"):
-        return os.environ["CLOUD_ENDPOINT"]
-    path = config_path()
-    if path.exists():
-        with open(path, "rb") as f:
-            return tomllib.load(f).get("endpoint", DEFAULT_ENDPOINT)
-    return DEFAULT_ENDPOINT
-
-
-class Api:
-    def __init__(self, target: str):
-        self.target = target
-        channel = grpc.insecure_channel(target)
-        self.instances = pb_grpc.InstanceServiceStub(channel)
-        self.flavors = pb_grpc.FlavorServiceStub(channel)
-        self.images = pb_grpc.ImageServiceStub(channel)
-
-
-def api(ctx: click.Context) -> Api:
-    return ctx.ensure_object(dict).setdefault("api", Api(endpoint()))
+def api(ctx: click.Context) -> CloudClient:
+    """The API client, logged in as the environment or the config file says."""
+    obj = ctx.ensure_object(dict)
+    if "api" not in obj:
+        obj["api"] = CloudClient.from_environment()
+    return obj["api"]
 
 
 def as_dict(message: Any) -> dict[str, Any]:
@@ -68,6 +48,7 @@ def instance_dict(i: pb.Instance) -> dict[str, Any]:
     return data
 
 
+FLAVOR_COLUMNS = ["name", "vcpus", "memory_mb", "disk_gb", "public", "projects"]
 INSTANCE_COLUMNS = ["id", "name", "status", "flavor", "host", "addresses"]
 
 
@@ -117,6 +98,8 @@ class CloudGroup(click.Group):
             detail = exc.details()
             if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (detail or ""):
                 detail = f"cannot reach the cloud API at {endpoint()} ({detail})"
+            elif code == grpc.StatusCode.UNAUTHENTICATED:
+                detail = f"{detail} (cloudctl login, or set CLOUD_TOKEN or CLOUD_USERNAME/CLOUD_PASSWORD)"
             err.print(f"[red]error[/red] ({code.name}): {detail}", highlight=False)
             sys.exit(1)
 
@@ -138,7 +121,34 @@ def flavor() -> None:
 @click.pass_context
 def flavor_list(ctx: click.Context, output: str) -> None:
     flavors = api(ctx).flavors.ListFlavors(pb.ListFlavorsRequest()).flavors
-    print_rows([as_dict(f) for f in flavors], ["name", "vcpus", "memory_mb", "disk_gb"], output)
+    print_rows([as_dict(f) for f in flavors], FLAVOR_COLUMNS, output)
+
+
+@flavor.command("create")
+@click.argument("name")
+@click.option("--vcpus", type=int, required=True)
+@click.option("--ram", "memory_mb", type=int, required=True, help="MiB")
+@click.option("--disk", "disk_gb", type=int, required=True, help="GiB")
+@click.option("--private", is_flag=True, help="visible only to the projects given with --project")
+@click.option("--project", "projects", multiple=True, help="a project given access (repeatable)")
+@output_option
+@click.pass_context
+def flavor_create(ctx: click.Context, name: str, vcpus: int, memory_mb: int, disk_gb: int,
+                  private: bool, projects: tuple[str, ...], output: str) -> None:
+    """Create a flavor (admin)."""
+    created = api(ctx).flavors.CreateFlavor(pb.CreateFlavorRequest(flavor=pb.Flavor(
+        name=name, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb, public=not private,
+        projects=list(projects))))
+    print_rows([as_dict(created)], FLAVOR_COLUMNS, output)
+
+
+@flavor.command("delete")
+@click.argument("name")
+@click.pass_context
+def flavor_delete(ctx: click.Context, name: str) -> None:
+    """Delete a flavor no instance uses (admin)."""
+    api(ctx).flavors.DeleteFlavor(pb.DeleteFlavorRequest(name=name))
+    err.print(f"flavor {name} deleted", highlight=False)
 
 
 @cli.group(cls=CloudGroup)
@@ -250,6 +260,221 @@ def instance_delete(ctx: click.Context, instance_ref: str, wait: bool, timeout: 
     err.print(f"{deleted.name}: {deleted.status}", highlight=False)
     if wait:
         wait_for(ctx, deleted.id, until_gone=True, timeout_s=timeout)
+
+
+# ---------------------------------------------------------------- identity
+
+def print_token(token: ipb.Token, output: str) -> None:
+    data = as_dict(token)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        print_table([data], ["username", "project", "role", "expires_at"])
+
+
+@cli.command("login")
+@click.option("--username", envvar="CLOUD_USERNAME", prompt=True)
+@click.option("--password", envvar="CLOUD_PASSWORD", prompt=True, hide_input=True)
+@click.option("--project", envvar="CLOUD_PROJECT", default="",
+              help="the project to act in (default: the user's only or first one)")
+@output_option
+def login(username: str, password: str, project: str, output: str) -> None:
+    """Log in and keep the token in the config file."""
+    client = CloudClient(endpoint())
+    token = client.login(username, password, project)
+    path = write_config({**read_config(), "endpoint": endpoint(), "token": token.token})
+    err.print(f"logged in as {token.username} in project {token.project} ({token.role}); "
+              f"token saved in {path}", highlight=False)
+    print_token(token, output)
+
+
+@cli.command("logout")
+@click.pass_context
+def logout(ctx: click.Context) -> None:
+    """Revoke the current token and forget it."""
+    api(ctx).identity.Logout(ipb.LogoutRequest())
+    config = read_config()
+    config.pop("token", None)
+    write_config(config)
+    err.print("logged out")
+
+
+@cli.group(cls=CloudGroup)
+def token() -> None:
+    """Tokens."""
+
+
+@token.command("issue")
+@output_option
+@click.pass_context
+def token_issue(ctx: click.Context, output: str) -> None:
+    """A fresh token for the current credentials (e.g. for CLOUD_TOKEN)."""
+    client = api(ctx)
+    who = client.identity.WhoAmI(ipb.WhoAmIRequest())
+    if os.environ.get("CLOUD_USERNAME"):
+        fresh = client.identity.Login(ipb.LoginRequest(
+            username=os.environ["CLOUD_USERNAME"], password=os.environ.get("CLOUD_PASSWORD", ""),
+            project=who.project))
+    else:
+        # Only a password can mint a token: with a stored token, show that one.
+        fresh = ipb.Token(token=client.token, username=who.username, project=who.project,
+                          role=who.role, expires_at=who.expires_at)
+    data = as_dict(fresh)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(fresh.token)
+
+
+@token.command("revoke")
+@click.option("--user", "username", required=True, help="revoke every token of this user (admin)")
+@click.pass_context
+def token_revoke(ctx: click.Context, username: str) -> None:
+    result = api(ctx).identity.RevokeUserTokens(ipb.RevokeUserTokensRequest(username=username))
+    err.print(f"revoked {result.revoked} tokens of {username}", highlight=False)
+
+
+@cli.group(cls=CloudGroup)
+def project() -> None:
+    """Projects (admin)."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@output_option
+@click.pass_context
+def project_create(ctx: click.Context, name: str, description: str, output: str) -> None:
+    created = api(ctx).identity.CreateProject(ipb.CreateProjectRequest(name=name,
+                                                                       description=description))
+    print_rows([as_dict(created)], ["name", "description", "created_at"], output)
+
+
+@project.command("list")
+@output_option
+@click.pass_context
+def project_list(ctx: click.Context, output: str) -> None:
+    projects = api(ctx).identity.ListProjects(ipb.ListProjectsRequest()).projects
+    print_rows([as_dict(p) for p in projects], ["name", "description", "created_at"], output)
+
+
+@project.command("delete")
+@click.argument("name")
+@click.pass_context
+def project_delete(ctx: click.Context, name: str) -> None:
+    api(ctx).identity.DeleteProject(ipb.DeleteProjectRequest(name=name))
+    err.print(f"project {name} deleted", highlight=False)
+
+
+def user_row(user: ipb.User) -> dict[str, Any]:
+    return {**as_dict(user), "roles": [f"{r.role}@{r.project}" for r in user.roles]}
+
+
+@cli.group(cls=CloudGroup)
+def user() -> None:
+    """Users (admin)."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--project", "project_name", required=True)
+@click.option("--role", type=click.Choice(["reader", "member", "admin"]), default="member",
+              show_default=True)
+@click.option("--password", default="", help="default: a generated one, printed once")
+@output_option
+@click.pass_context
+def user_create(ctx: click.Context, name: str, project_name: str, role: str, password: str,
+                output: str) -> None:
+    created = api(ctx).identity.CreateUser(ipb.CreateUserRequest(
+        name=name, password=password, project=project_name, role=role))
+    row = {**user_row(created.user), "password": created.generated_password}
+    print_rows([row], ["name", "roles", "password"] if created.generated_password
+               else ["name", "roles"], output)
+
+
+@user.command("list")
+@output_option
+@click.pass_context
+def user_list(ctx: click.Context, output: str) -> None:
+    users = api(ctx).identity.ListUsers(ipb.ListUsersRequest()).users
+    print_rows([user_row(u) for u in users], ["name", "roles", "created_at"], output)
+
+
+@user.command("delete")
+@click.argument("name")
+@click.pass_context
+def user_delete(ctx: click.Context, name: str) -> None:
+    api(ctx).identity.DeleteUser(ipb.DeleteUserRequest(name=name))
+    err.print(f"user {name} deleted", highlight=False)
+
+
+@cli.group(cls=CloudGroup)
+def role() -> None:
+    """Role assignments (admin)."""
+
+
+@role.command("add")
+@click.argument("username")
+@click.option("--project", "project_name", required=True)
+@click.option("--role", "role_name", type=click.Choice(["reader", "member", "admin"]), required=True)
+@click.pass_context
+def role_add(ctx: click.Context, username: str, project_name: str, role_name: str) -> None:
+    updated = api(ctx).identity.AddRole(ipb.RoleRequest(username=username, project=project_name,
+                                                        role=role_name))
+    print_table([user_row(updated)], ["name", "roles"])
+
+
+@role.command("remove")
+@click.argument("username")
+@click.option("--project", "project_name", required=True)
+@click.pass_context
+def role_remove(ctx: click.Context, username: str, project_name: str) -> None:
+    updated = api(ctx).identity.RemoveRole(ipb.RoleRequest(username=username,
+                                                           project=project_name))
+    print_table([user_row(updated)], ["name", "roles"])
+
+
+# ---------------------------------------------------------------- quotas
+
+QUOTA_FIELDS = ["instances", "vcpus", "memory_mb", "disk_gb"]
+
+
+def print_quota(quota: ipb.Quota, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(as_dict(quota), indent=2))
+        return
+    rows = [{"resource": f, "limit": "unlimited" if (limit := getattr(quota.limits, f)) == -1
+             else limit, "in use": getattr(quota.usage, f)} for f in QUOTA_FIELDS]
+    out.print(f"quota of project {quota.project}")
+    print_table(rows, ["resource", "limit", "in use"])
+
+
+@cli.group(cls=CloudGroup)
+def quota() -> None:
+    """Project quotas: limits and usage."""
+
+
+@quota.command("show")
+@click.argument("project_name", required=False, default="")
+@output_option
+@click.pass_context
+def quota_show(ctx: click.Context, project_name: str, output: str) -> None:
+    print_quota(api(ctx).quotas.GetQuota(ipb.GetQuotaRequest(project=project_name)), output)
+
+
+@quota.command("set")
+@click.argument("project_name")
+@click.option("--instances", type=int)
+@click.option("--vcpus", type=int)
+@click.option("--ram", "memory_mb", type=int, help="MiB")
+@click.option("--disk", "disk_gb", type=int, help="GiB")
+@output_option
+@click.pass_context
+def quota_set(ctx: click.Context, project_name: str, output: str, **limits: int | None) -> None:
+    """Set limits (admin); -1 is unlimited."""
+    request = ipb.SetQuotaRequest(project=project_name,
+                                  **{k: v for k, v in limits.items() if v is not None})
+    print_quota(api(ctx).quotas.SetQuota(request), output)
 
 
 def main() -> None:

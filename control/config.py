@@ -33,6 +33,13 @@ class ControlConfig(BaseModel):
     # Image used when a create names none, and image directories registered at start.
     default_image: str = "debian-busybox"
     image_dirs: list[str] = Field(default_factory=list)
+    # Identity: how long tokens live, and a file holding the password the admin
+    # user gets when the cloud is first started.
+    token_ttl_s: float = 3600
+    admin_password_file: str = ""
+    # Quota of a project that has no overrides; -1 is unlimited.
+    default_quota: dict[str, int] = Field(default_factory=lambda: {
+        "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})
 
 
 def load_config(path: str | Path) -> ControlConfig:

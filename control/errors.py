@@ -35,3 +35,11 @@ class ResourceExhausted(CloudError):
 
 class Unavailable(CloudError):
     """A backing service (etcd, Redis, an agent) cannot be reached; the message says which."""
+
+
+class Unauthenticated(CloudError):
+    """No token, or one that is expired, revoked or not ours."""
+
+
+class PermissionDenied(CloudError):
+    """The caller's role may not do this."""

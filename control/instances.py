@@ -7,20 +7,29 @@ hands the instance id to a Celery task (control/tasks.py).
 from __future__ import annotations
 
 import logging
+import random
 import re
+import time
 import uuid
 
 from control import keys
 from control.catalog import Catalog
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from control.identity import Caller
 from control.models import Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
+from control.quota import Quotas, QuotaValues
 from control.states import Event, TaskState
 from control.store import CAS_ATTEMPTS, Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# Creates in one project race for its quota record; a loser re-reads and tries
+# again. Each loss means another create won, so this bounds the wait even when
+# a hundred creates arrive at once.
+QUOTA_ATTEMPTS = 200
 
 
 def _is_uuid(value: str) -> bool:
@@ -31,10 +40,12 @@ def _is_uuid(value: str) -> bool:
 
 
 class Instances:
-    def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, default_image: str = ""):
+    def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, quotas: Quotas,
+                 default_image: str = ""):
         self.store = store
         self.queue = queue
         self.catalog = catalog
+        self.quotas = quotas
         self.default_image = default_image
 
     # ---------------------------------------------------------------- reads
@@ -75,45 +86,61 @@ class Instances:
         # The instance may be gone since (deleted): answer with what was recorded.
         return Instance(**(found.value if found else record.value["instance"]))
 
-    def create(self, project: str, name: str, flavor_name: str, image_ref: str,
+    def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
                request_id: str = "") -> Instance:
+        """Record a new instance and claim its quota in one transaction, then queue its build."""
+        project = caller.project
         validate_name(name, "instance name")
         self._check_request_id(request_id)
         if (earlier := self._replay(project, request_id)) is not None:
             return earlier
-        flavor = self.catalog.flavor(flavor_name)
+        flavor = self.catalog.flavor(flavor_name, project, caller.is_admin)
         image = self.catalog.image(image_ref or self.default_image)
         if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
             raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
         instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
                             resources=flavor.resources, image=image.id, request_id=request_id)
         data = instance.model_dump(mode="json")
-        txn = (Txn().expect_absent(keys.instance_name(project, name))
-               .put(keys.instance(project, instance.id), data)
-               .put(keys.instance_name(project, name), {"id": instance.id})
-               .put(keys.instance_index(instance.id), {"project": project}))
-        if request_id:
-            txn.expect_absent(keys.request(project, request_id)).put(
-                keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
-        if not self.store.commit(txn):
+        for attempt in range(QUOTA_ATTEMPTS):
+            txn = (Txn().expect_absent(keys.instance_name(project, name))
+                   .put(keys.instance(project, instance.id), data)
+                   .put(keys.instance_name(project, name), {"id": instance.id})
+                   .put(keys.instance_index(instance.id), {"project": project}))
+            if request_id:
+                txn.expect_absent(keys.request(project, request_id)).put(
+                    keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
+            self.quotas.claim_into(txn, project, QuotaValues.of(flavor.resources))
+            if self.store.commit(txn):
+                break
             if (earlier := self._replay(project, request_id)) is not None:
                 return earlier  # the same request raced with itself
-            raise AlreadyExists(f"an instance named {name!r} already exists")
+            if self.store.get(keys.instance_name(project, name)) is not None:
+                raise AlreadyExists(f"an instance named {name!r} already exists")
+            # Another create in this project claimed quota first: read it again.
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        else:
+            raise Conflict(f"too many concurrent creates in project {project}; try again")
         try:
             self.queue.send(BUILD_INSTANCE, instance.id)
         except Unavailable:
-            self._forget(project, instance, request_id)  # no half-created instance is left
+            self._forget(instance, request_id)  # no half-created instance is left
             raise
-        log.info("instance %s (%s) requested: flavor %s", instance.id, name, flavor.name)
+        log.info("instance %s (%s) requested in %s: flavor %s", instance.id, name, project,
+                 flavor.name)
         return instance
 
-    def _forget(self, project: str, instance: Instance, request_id: str = "") -> None:
-        txn = (Txn().delete(keys.instance(project, instance.id))
-               .delete(keys.instance_name(project, instance.name))
-               .delete(keys.instance_index(instance.id)))
-        if request_id:
-            txn.delete(keys.request(project, request_id))
-        self.store.commit(txn)
+    def _forget(self, instance: Instance, request_id: str = "") -> None:
+        """Undo a create whose build could not be queued, quota claim included."""
+        project = instance.project
+        for _ in range(QUOTA_ATTEMPTS):
+            txn = (Txn().delete(keys.instance(project, instance.id))
+                   .delete(keys.instance_name(project, instance.name))
+                   .delete(keys.instance_index(instance.id)))
+            if request_id:
+                txn.delete(keys.request(project, request_id))
+            self.quotas.release_into(txn, project, QuotaValues.of(instance.resources))
+            if self.store.commit(txn):
+                return
 
     # ---------------------------------------------------------------- delete
 

@@ -11,6 +11,12 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
     /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
+    /cloud/identity/projects/{name}                project record
+    /cloud/identity/users/{name}                   user record (password hash)
+    /cloud/identity/roles/{user}/{project}         the user's role in that project
+    /cloud/identity/tokens/{sha256 of token}       token record (the token itself is never stored)
+    /cloud/quota/limits/{project}                  a project's quota overrides
+    /cloud/quota/usage/{project}                   what a project's instances hold (CAS target)
 """
 
 from __future__ import annotations
@@ -75,3 +81,51 @@ def request(project: str, request_id: str) -> str:
 
 def instance_index(instance_id: str) -> str:
     return f"{PREFIX}/instance-index/{_part(instance_id)}"
+
+
+def project(name: str) -> str:
+    return f"{PREFIX}/identity/projects/{_part(name)}"
+
+
+def projects() -> str:
+    return f"{PREFIX}/identity/projects/"
+
+
+def user(name: str) -> str:
+    return f"{PREFIX}/identity/users/{_part(name)}"
+
+
+def users() -> str:
+    return f"{PREFIX}/identity/users/"
+
+
+def role(user_name: str, project_name: str) -> str:
+    return f"{PREFIX}/identity/roles/{_part(user_name)}/{_part(project_name)}"
+
+
+def roles_of(user_name: str) -> str:
+    return f"{PREFIX}/identity/roles/{_part(user_name)}/"
+
+
+def roles() -> str:
+    return f"{PREFIX}/identity/roles/"
+
+
+def token(token_hash: str) -> str:
+    return f"{PREFIX}/identity/tokens/{_part(token_hash)}"
+
+
+def tokens() -> str:
+    return f"{PREFIX}/identity/tokens/"
+
+
+def quota_limits(project_name: str) -> str:
+    return f"{PREFIX}/quota/limits/{_part(project_name)}"
+
+
+def quota_usage(project_name: str) -> str:
+    return f"{PREFIX}/quota/usage/{_part(project_name)}"
+
+
+def all_instances() -> str:
+    return f"{PREFIX}/projects/"

@@ -40,6 +40,11 @@ class Flavor(BaseModel):
     vcpus: int
     memory_mb: int
     disk_gb: int
+    public: bool = True
+    projects: list[str] = Field(default_factory=list)  # who may use a private flavor
+
+    def visible_to(self, project: str, is_admin: bool = False) -> bool:
+        return self.public or is_admin or project in self.projects
 
     @property
     def resources(self) -> Resources:
@@ -105,6 +110,9 @@ class Instance(BaseModel):
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     launched_at: float | None = None
+    # Whether the instance's share of its project's quota is still claimed
+    # (released when its build fails, so a failed instance costs no quota).
+    quota_held: bool = True
 
     @property
     def state(self) -> State:

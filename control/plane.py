@@ -15,9 +15,11 @@ from control.catalog import Catalog
 from control.celery_app import create_celery_app
 from control.config import ControlConfig
 from control.hosts import Hosts
+from control.identity import Identity
 from control.instances import Instances
 from control.placement import Placement
 from control.queue import TaskQueue
+from control.quota import Quotas, QuotaValues
 from control.store import Store
 
 
@@ -32,6 +34,8 @@ class ControlPlane:
     hosts: Hosts
     placement: Placement
     agents: AgentClient
+    identity: Identity
+    quotas: Quotas
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -39,8 +43,10 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     celery = create_celery_app(config)
     queue = TaskQueue(celery)
     catalog = Catalog(store)
+    quotas = Quotas(store, QuotaValues(**config.default_quota))
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
-        instances=Instances(store, queue, catalog, config.default_image),
+        instances=Instances(store, queue, catalog, quotas, config.default_image),
         hosts=Hosts(store), placement=Placement(store, config), agents=AgentClient(),
+        identity=Identity(store, config.token_ttl_s), quotas=quotas,
     )

@@ -18,6 +18,7 @@ from control.errors import CloudError, NotFound, ResourceExhausted, Unavailable
 from control.models import Allocation, Fault, Instance
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
+from control.quota import QuotaValues
 from control.states import Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
 
@@ -40,17 +41,25 @@ class InstanceWork:
             return None
         return self.plane.store.get(keys.instance(index.value["project"], instance_id))
 
-    def _advance(self, instance_id: str, event: Event, **changes: object) -> Instance | None:
-        """Apply `event` under compare-and-swap. None if the instance is gone or
-        being deleted meanwhile (the delete wins over whatever was in flight)."""
+    def _advance(self, instance_id: str, event: Event, release_quota: bool = False,
+                 **changes: object) -> Instance | None:
+        """Apply `event` under compare-and-swap (releasing the instance's quota in
+        the same transaction if asked). None if the instance is gone or being
+        deleted meanwhile: the delete wins over whatever was in flight."""
         result: list[Instance] = []
 
         def change(record: Record) -> Txn | None:
             instance = Instance(**record.value)
             if instance.task_state is TaskState.DELETING:
                 return None
-            result[:] = [instance.after(event, **changes)]
-            return Txn().expect(record).put(record.key, result[0].model_dump(mode="json"))
+            new = instance.after(event, **changes)
+            txn = Txn().expect(record)
+            if release_quota and instance.quota_held:
+                new = new.model_copy(update={"quota_held": False})
+                self.plane.quotas.release_into(txn, instance.project,
+                                               QuotaValues.of(instance.resources))
+            result[:] = [new]
+            return txn.put(record.key, new.model_dump(mode="json"))
 
         index = self.plane.store.get(keys.instance_index(instance_id))
         if index is None:
@@ -61,7 +70,8 @@ class InstanceWork:
     def fail(self, instance_id: str, phase: str, message: str) -> None:
         log.warning("instance %s failed while %s: %s", instance_id, phase, message)
         self.plane.placement.release(instance_id)
-        self._advance(instance_id, Event.FAILED, fault=Fault(message=message, phase=phase))
+        self._advance(instance_id, Event.FAILED, release_quota=True,
+                      fault=Fault(message=message, phase=phase))
 
     # ---------------------------------------------------------------- build
 
@@ -138,10 +148,15 @@ class InstanceWork:
         self.plane.placement.release(instance_id)
 
         def change(current: Record) -> Txn:
-            Instance(**current.value).after(Event.DELETED)  # checks the move is legal
-            return (Txn().expect(current).delete(current.key)
-                    .delete(keys.instance_name(instance.project, instance.name))
-                    .delete(keys.instance_index(instance_id)))
+            latest = Instance(**current.value)
+            latest.after(Event.DELETED)  # checks the move is legal
+            txn = (Txn().expect(current).delete(current.key)
+                   .delete(keys.instance_name(instance.project, instance.name))
+                   .delete(keys.instance_index(instance_id)))
+            if latest.quota_held:
+                self.plane.quotas.release_into(txn, latest.project,
+                                               QuotaValues.of(latest.resources))
+            return txn
 
         self.plane.store.update(record.key, change)
         log.info("instance %s deleted", instance_id)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from control.client import read_config, write_config
 from localcloud.cloud import LocalCloud
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,9 +21,15 @@ def main() -> None:
 
     if args.command == "up":
         cloud.up()
-        write_cli_config(cloud.endpoint)
+        # cloudctl starts logged in as the demo user.
+        token = cloud.client("demo").token
+        path = write_config({**read_config(), "endpoint": cloud.endpoint, "token": token})
         print(f"cloud is up: API at {cloud.endpoint}; state and logs in {cloud.root}")
         print("  running:", ", ".join(cloud.procs.running()))
+        print(f"  admin: user admin, password {cloud.password('admin')} (project admin)")
+        print(f"  demo:  user demo, password {cloud.password('demo')} (project demo, member)")
+        print(f"  cloudctl is logged in as demo ({path}); "
+              "`cloudctl login` when the token expires (1 hour)")
         print("  try: cloudctl flavor list; cloudctl instance create --flavor small --name web1 --wait")
     elif args.command == "down":
         stopped = cloud.down()
@@ -32,11 +38,6 @@ def main() -> None:
         print("running:", ", ".join(cloud.procs.running()) or "nothing")
 
 
-def write_cli_config(endpoint: str) -> None:
-    """Where cloudctl looks by default ($CLOUD_CONFIG overrides)."""
-    path = Path(os.environ.get("CLOUD_CONFIG") or Path.home() / ".config/cloudctl/config.toml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'# Written by make up\nendpoint = "{endpoint}"\n')
 
 
 if __name__ == "__main__":

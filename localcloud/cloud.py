@@ -3,6 +3,8 @@ compute agent, all on this machine."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 from localcloud.processes import ProcessSet, free_port, port_open, wait_until
 
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
+DEMO_PROJECT = "demo"
+DEMO_USER = "demo"
 
 
 @dataclass
@@ -57,8 +61,51 @@ class LocalCloud:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.ports.api}"
 
+    # ---------------------------------------------------------------- credentials
+
+    def secret_path(self, user: str) -> Path:
+        return self.root / "secrets" / f"{user}-password"
+
+    def password(self, user: str) -> str:
+        """The user's password, generated on first use and kept (owner-only) under root."""
+        path = self.secret_path(user)
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(15))
+        return path.read_text().strip()
+
+    def client(self, user: str = DEMO_USER, project: str = ""):
+        """A CloudClient logged in as `user` (admin or the demo user)."""
+        from control.client import CloudClient
+
+        client = CloudClient(self.endpoint)
+        client.login(user, self.password(user), project)
+        return client
+
+    def create_demo_tenant(self) -> None:
+        """The demo project and its member user; kept if they exist already."""
+        import grpc
+        from cloudapi.v1 import identity_pb2 as ipb
+
+        admin = self.client("admin")
+        for call, request in [
+            (admin.identity.CreateProject,
+             ipb.CreateProjectRequest(name=DEMO_PROJECT, description="demo tenant")),
+            (admin.identity.CreateUser, ipb.CreateUserRequest(
+                name=DEMO_USER, password=self.password(DEMO_USER), project=DEMO_PROJECT,
+                role="member")),
+        ]:
+            try:
+                call(request, timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+
     def write_config(self) -> None:
         control = {
+            "admin_password_file": str(self.secret_path("admin")),
             "etcd_endpoints": [f"127.0.0.1:{self.ports.etcd}"],
             "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
             "listen": self.endpoint,
@@ -137,11 +184,13 @@ class LocalCloud:
     def up(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # qemu, running unprivileged, reads guest disks below
+        self.password("admin")
         self.write_config()
         self.start_etcd()
         self.start_redis()
         self.ensure_libvirtd()
         self.start_api()
+        self.create_demo_tenant()
         self.start_worker()
         self.start_agent()
 

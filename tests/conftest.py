@@ -13,21 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from control.client import CloudClient
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "images" / "build"
 OUTPUT = REPO / "test-output"
 
 
-class ApiClient:
-    """The public API's stubs on one channel."""
-
-    def __init__(self, endpoint: str):
-        from cloudapi.v1 import compute_pb2_grpc
-
-        self.channel = grpc.insecure_channel(endpoint)
-        self.instances = compute_pb2_grpc.InstanceServiceStub(self.channel)
-        self.flavors = compute_pb2_grpc.FlavorServiceStub(self.channel)
-        self.images = compute_pb2_grpc.ImageServiceStub(self.channel)
+class ApiClient(CloudClient):
+    """The public API's stubs, logged in, with helpers to wait on instances."""
 
     def wait_status(self, instance_id: str, statuses: set[str], timeout_s: float = 120):
         from cloudapi.v1 import compute_pb2 as pb
@@ -54,13 +48,15 @@ class ApiClient:
         return False
 
 
-def start_cloud(name: str):
+def start_cloud(name: str, **settings):
+    """A private cloud on free ports. `settings` go to LocalCloud (e.g.
+    agent_settings={"driver": "fake"} for tests about scale, not hypervisors)."""
     from localcloud.cloud import LocalCloud, Ports
 
     root = Path(tempfile.mkdtemp(prefix=f"smallcloud-{name}-"))
+    control_settings = {"heartbeat_interval_s": 1, **settings.pop("control_settings", {})}
     cloud = LocalCloud(root, ports=Ports.free(), host_name=f"test-{name}-{uuid.uuid4().hex[:6]}",
-                       image_dirs=[str(IMAGE_DIR)],
-                       control_settings={"heartbeat_interval_s": 1})
+                       image_dirs=[str(IMAGE_DIR)], control_settings=control_settings, **settings)
     try:
         cloud.up()
         store = make_store(cloud)
@@ -117,6 +113,18 @@ def store(cloud_and_store):
     return cloud_and_store[1]
 
 
+def login(cloud, user: str = "demo", project: str = "") -> ApiClient:
+    client = ApiClient(cloud.endpoint)
+    client.login(user, cloud.password(user), project)
+    return client
+
+
 @pytest.fixture(scope="session")
 def api(cloud) -> ApiClient:
-    return ApiClient(cloud.endpoint)
+    """The demo project's member."""
+    return login(cloud)
+
+
+@pytest.fixture(scope="session")
+def admin(cloud) -> ApiClient:
+    return login(cloud, "admin")

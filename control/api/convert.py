@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from cloudapi.v1 import compute_pb2 as pb
+from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control.identity import Caller, Project, User
 from control.models import Flavor, Image, Instance
+from control.quota import QuotaValues
 from control.states import status
 
 
@@ -18,7 +21,27 @@ def _ts(seconds: float | None) -> Timestamp | None:
 
 
 def flavor(f: Flavor) -> pb.Flavor:
-    return pb.Flavor(name=f.name, vcpus=f.vcpus, memory_mb=f.memory_mb, disk_gb=f.disk_gb)
+    return pb.Flavor(name=f.name, vcpus=f.vcpus, memory_mb=f.memory_mb, disk_gb=f.disk_gb,
+                     public=f.public, projects=f.projects)
+
+
+def token(caller: Caller, secret: str = "") -> ipb.Token:
+    return ipb.Token(token=secret, username=caller.username, project=caller.project,
+                     role=caller.role, expires_at=_ts(caller.expires_at))
+
+
+def project(p: Project) -> ipb.Project:
+    return ipb.Project(name=p.name, description=p.description, created_at=_ts(p.created_at))
+
+
+def user(u: User, roles: dict[str, str]) -> ipb.User:
+    return ipb.User(name=u.name, created_at=_ts(u.created_at),
+                    roles=[ipb.RoleAssignment(project=p, role=r) for p, r in sorted(roles.items())])
+
+
+def quota_values(v: QuotaValues) -> ipb.QuotaValues:
+    return ipb.QuotaValues(instances=v.instances, vcpus=v.vcpus, memory_mb=v.memory_mb,
+                           disk_gb=v.disk_gb)
 
 
 def image(i: Image) -> pb.Image:

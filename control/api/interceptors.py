@@ -1,14 +1,17 @@
-"""Cross-cutting concerns of every RPC: request ids in logs, and domain errors
-mapped to gRPC status codes in one place."""
+"""Cross-cutting concerns of every RPC, in one place: a request id for the logs,
+authentication and the role check, and domain errors mapped to gRPC codes."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
+from collections.abc import Callable
 
 import grpc
 
-from control import errors
+from control import errors, policy
+from control.identity import Caller
 
 log = logging.getLogger("control.api")
 
@@ -20,7 +23,16 @@ CODES: list[tuple[type[errors.CloudError], grpc.StatusCode]] = [
     (errors.InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being served."""
+    return _caller.get()
 
 
 def status_code(exc: errors.CloudError) -> grpc.StatusCode:
@@ -30,9 +42,18 @@ def status_code(exc: errors.CloudError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Gives each call a request id (from `x-request-id` metadata, or a new
-    one), logs it, and turns CloudError into the matching status code."""
+def bearer_token(metadata: dict[str, str]) -> str:
+    value = metadata.get("authorization", "")
+    return value[len("Bearer "):].strip() if value.startswith("Bearer ") else ""
+
+
+class ApiInterceptor(grpc.ServerInterceptor):
+    """For each unary call: request id (from `x-request-id` metadata, or a new
+    one); the caller from the bearer token, checked against the policy; and
+    CloudError turned into the matching status code."""
+
+    def __init__(self, authenticate: Callable[[str], Caller]):
+        self.authenticate = authenticate
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -44,7 +65,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def call(request, context):
+            token = None
             try:
+                if policy.needs_token(method):
+                    caller = self.authenticate(bearer_token(metadata))
+                    needed = policy.required_role(method)
+                    if not caller.has_role(needed):
+                        raise errors.PermissionDenied(
+                            f"role {caller.role} may not call {method.rsplit('/', 1)[1]} "
+                            f"(needs {needed})")
+                    token = _caller.set(caller)
                 return inner(request, context)
             except errors.CloudError as exc:
                 code = status_code(exc)
@@ -53,6 +83,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except Exception:
                 log.exception("req=%s %s failed", call_id, method)
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {call_id})")
+            finally:
+                if token is not None:
+                    _caller.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=handler.request_deserializer,

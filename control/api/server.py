@@ -7,19 +7,29 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
-from cloudapi.v1 import agent_pb2, agent_pb2_grpc, compute_pb2, compute_pb2_grpc
+from cloudapi.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    compute_pb2,
+    compute_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from control.api.interceptors import ErrorInterceptor
+from control.api.interceptors import ApiInterceptor
 from control.api.servicers import (
     FlavorServicer,
     HostServicer,
+    IdentityServicer,
     ImageServicer,
     InstanceServicer,
+    QuotaServicer,
 )
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
@@ -30,9 +40,11 @@ log = logging.getLogger(__name__)
 
 def _service_names() -> list[str]:
     compute = compute_pb2.DESCRIPTOR.services_by_name
+    identity = identity_pb2.DESCRIPTOR.services_by_name
     agent = agent_pb2.DESCRIPTOR.services_by_name
-    return [compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService")] + [
-        agent["HostService"].full_name]
+    return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService")]
+            + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
+            + [agent["HostService"].full_name])
 
 
 def create_server(config: ControlConfig, plane: ControlPlane | None = None,
@@ -41,10 +53,12 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     Returns the unstarted server, its port, and the control plane it serves."""
     plane = plane or build_control_plane(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                         interceptors=[ErrorInterceptor()])
+                         interceptors=[ApiInterceptor(plane.identity.authenticate)])
     compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
+    identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)
 
     health_servicer = health.HealthServicer()
@@ -63,6 +77,9 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
 def seed(plane: ControlPlane) -> None:
     """Seed data of a new cloud; safe on every start. Waits for etcd to answer."""
     plane.catalog.seed_flavors()
+    if plane.config.admin_password_file:
+        password = Path(plane.config.admin_password_file).read_text().strip()
+        plane.identity.bootstrap_admin(password)
     for directory in plane.config.image_dirs:
         image = plane.catalog.register_image_dir(directory)
         log.info("image %s (%s) registered", image.name, image.id)

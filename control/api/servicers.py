@@ -7,20 +7,28 @@ control.hosts. Errors propagate as CloudError and are mapped by the interceptor.
 from __future__ import annotations
 
 import grpc
-from cloudapi.v1 import agent_pb2, agent_pb2_grpc, compute_pb2, compute_pb2_grpc
+from cloudapi.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    compute_pb2,
+    compute_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+)
 
 from control.api import convert
-from control.models import Resources
+from control.api.interceptors import current_caller
+from control.errors import InvalidArgument, NotFound
+from control.models import Flavor, Resources
 from control.plane import ControlPlane
-
-# Until identity lands (projects, users, tokens), every caller acts in this project.
-DEFAULT_PROJECT = "default"
+from control.quota import FIELDS
 
 CONSOLE_DEFAULT_BYTES = 64 * 1024
 
 
 def caller_project(context: grpc.ServicerContext) -> str:
-    return DEFAULT_PROJECT
+    """The project the caller's token acts in: every tenant query is scoped to it."""
+    return current_caller().project
 
 
 class FlavorServicer(compute_pb2_grpc.FlavorServiceServicer):
@@ -28,11 +36,26 @@ class FlavorServicer(compute_pb2_grpc.FlavorServiceServicer):
         self.plane = plane
 
     def ListFlavors(self, request, context):
-        return compute_pb2.ListFlavorsResponse(
-            flavors=[convert.flavor(f) for f in self.plane.catalog.flavors()])
+        caller = current_caller()
+        flavors = self.plane.catalog.flavors(caller.project, caller.is_admin)
+        return compute_pb2.ListFlavorsResponse(flavors=[convert.flavor(f) for f in flavors])
 
     def GetFlavor(self, request, context):
-        return convert.flavor(self.plane.catalog.flavor(request.name))
+        caller = current_caller()
+        return convert.flavor(self.plane.catalog.flavor(request.name, caller.project,
+                                                        caller.is_admin))
+
+    def CreateFlavor(self, request, context):
+        f = request.flavor
+        for project in f.projects:
+            self.plane.identity.project(project)
+        return convert.flavor(self.plane.catalog.create_flavor(Flavor(
+            name=f.name, vcpus=f.vcpus, memory_mb=f.memory_mb, disk_gb=f.disk_gb,
+            public=f.public, projects=list(f.projects))))
+
+    def DeleteFlavor(self, request, context):
+        self.plane.catalog.delete_flavor(request.name)
+        return compute_pb2.DeleteFlavorResponse()
 
 
 class ImageServicer(compute_pb2_grpc.ImageServiceServicer):
@@ -53,8 +76,7 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
 
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
-            caller_project(context), request.name, request.flavor, request.image,
-            request.request_id)
+            current_caller(), request.name, request.flavor, request.image, request.request_id)
         return convert.instance(instance)
 
     def GetInstance(self, request, context):
@@ -77,6 +99,91 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         output = self.plane.agents.console(address, instance.id,
                                            request.max_bytes or CONSOLE_DEFAULT_BYTES)
         return compute_pb2.ConsoleOutput(output=output.decode("utf-8", errors="replace"))
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
+        self.identity = plane.identity
+
+    def Login(self, request, context):
+        secret, caller = self.identity.login(request.username, request.password, request.project)
+        return convert.token(caller, secret)
+
+    def Logout(self, request, context):
+        self.identity.revoke(current_caller().token_hash)
+        return identity_pb2.LogoutResponse()
+
+    def WhoAmI(self, request, context):
+        return convert.token(current_caller())
+
+    def RevokeUserTokens(self, request, context):
+        self.identity.user(request.username)
+        return identity_pb2.RevokeUserTokensResponse(
+            revoked=self.identity.revoke_user(request.username))
+
+    def CreateProject(self, request, context):
+        return convert.project(self.identity.create_project(request.name, request.description))
+
+    def ListProjects(self, request, context):
+        return identity_pb2.ListProjectsResponse(
+            projects=[convert.project(p) for p in self.identity.projects()])
+
+    def DeleteProject(self, request, context):
+        self.identity.delete_project(request.name)
+        return identity_pb2.DeleteProjectResponse()
+
+    def _user(self, name: str) -> identity_pb2.User:
+        return convert.user(self.identity.user(name), self.identity.roles_of(name))
+
+    def CreateUser(self, request, context):
+        user, generated = self.identity.create_user(request.name, request.password,
+                                                    request.project, request.role or "member")
+        return identity_pb2.CreateUserResponse(user=self._user(user.name),
+                                               generated_password=generated)
+
+    def ListUsers(self, request, context):
+        return identity_pb2.ListUsersResponse(
+            users=[convert.user(u, self.identity.roles_of(u.name)) for u in self.identity.users()])
+
+    def DeleteUser(self, request, context):
+        self.identity.delete_user(request.name)
+        return identity_pb2.DeleteUserResponse()
+
+    def AddRole(self, request, context):
+        self.identity.add_role(request.username, request.project, request.role)
+        return self._user(request.username)
+
+    def RemoveRole(self, request, context):
+        self.identity.remove_role(request.username, request.project)
+        return self._user(request.username)
+
+
+class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
+
+    def _quota(self, project: str) -> identity_pb2.Quota:
+        return identity_pb2.Quota(
+            project=project, limits=convert.quota_values(self.plane.quotas.limits(project)),
+            usage=convert.quota_values(self.plane.quotas.usage(project)))
+
+    def GetQuota(self, request, context):
+        caller = current_caller()
+        project = request.project or caller.project
+        if project != caller.project and not caller.is_admin:
+            raise NotFound(f"project {project!r} not found")
+        self.plane.identity.project(project)
+        return self._quota(project)
+
+    def SetQuota(self, request, context):
+        self.plane.identity.project(request.project)
+        changes = {f: getattr(request, f) for f in FIELDS if request.HasField(f)}
+        for field, value in changes.items():
+            if value < -1:
+                raise InvalidArgument(f"quota {field} must be -1 (unlimited) or more, not {value}")
+        self.plane.quotas.set_limits(request.project, changes)
+        return self._quota(request.project)
 
 
 class HostServicer(agent_pb2_grpc.HostServiceServicer):

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.usefixtures("cloud")
 @pytest.fixture
 def cloudctl(cloud, tmp_path):
     env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint,
+           "CLOUD_USERNAME": "demo", "CLOUD_PASSWORD": cloud.password("demo"),
            "CLOUD_CONFIG": str(tmp_path / "absent.toml"), "COLUMNS": "200"}
 
     def run(*args, check=True):

@@ -6,13 +6,13 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
 from control import keys
-from tests.conftest import ApiClient, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud
 
 
 @pytest.fixture(scope="module")
 def faulty():
     cloud, store = start_cloud("faults")
-    yield cloud, store, ApiClient(cloud.endpoint)
+    yield cloud, store, login(cloud)
     stop_cloud(cloud, "faults")
 
 

@@ -1,0 +1,110 @@
+"""Client side of the public API, shared by cloudctl and tests: where the API is,
+which token to send, and the stubs on one authenticated channel.
+
+Settings come, first match wins, from:
+  1. the environment: CLOUD_ENDPOINT; CLOUD_TOKEN, or CLOUD_USERNAME +
+     CLOUD_PASSWORD (+ CLOUD_PROJECT), which log in afresh on every command;
+  2. the config file ($CLOUD_CONFIG, default ~/.config/cloudctl/config.toml),
+     which `cloudctl login` and `make up` write.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import grpc
+from cloudapi.v1 import compute_pb2_grpc, identity_pb2, identity_pb2_grpc
+
+DEFAULT_ENDPOINT = "127.0.0.1:50051"
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("CLOUD_CONFIG") or Path.home() / ".config/cloudctl/config.toml")
+
+
+def read_config() -> dict[str, str]:
+    path = config_path()
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        return {k: str(v) for k, v in tomllib.load(f).items()}
+
+
+def write_config(settings: dict[str, str]) -> Path:
+    """Write the CLI's config (it may hold a token: readable by its owner only)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f'{k} = "{v}"' for k, v in settings.items() if v]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# cloudctl settings (written by cloudctl login / make up)\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def endpoint() -> str:
+    return os.environ.get("CLOUD_ENDPOINT") or read_config().get("endpoint") or DEFAULT_ENDPOINT
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token_source):
+        self.token_source = token_source
+
+    def _with_token(self, details):
+        token = self.token_source()
+        if not token:
+            return details
+        metadata = list(details.metadata or []) + [("authorization", f"Bearer {token}")]
+        return _Details(details.method, details.timeout, metadata, details.credentials,
+                        details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+class CloudClient:
+    """Stubs of every public service on one channel that sends the token."""
+
+    def __init__(self, target: str, token: str = ""):
+        self.target = target
+        self.token = token
+        channel = grpc.intercept_channel(grpc.insecure_channel(target),
+                                         _BearerToken(lambda: self.token))
+        self.channel = channel
+        self.instances = compute_pb2_grpc.InstanceServiceStub(channel)
+        self.flavors = compute_pb2_grpc.FlavorServiceStub(channel)
+        self.images = compute_pb2_grpc.ImageServiceStub(channel)
+        self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        self.quotas = identity_pb2_grpc.QuotaServiceStub(channel)
+
+    def login(self, username: str, password: str, project: str = "") -> identity_pb2.Token:
+        result = self.identity.Login(identity_pb2.LoginRequest(
+            username=username, password=password, project=project), timeout=30)
+        self.token = result.token
+        return result
+
+    @classmethod
+    def from_environment(cls) -> CloudClient:
+        client = cls(endpoint())
+        if os.environ.get("CLOUD_TOKEN"):
+            client.token = os.environ["CLOUD_TOKEN"]
+        elif os.environ.get("CLOUD_USERNAME"):
+            client.login(os.environ["CLOUD_USERNAME"], os.environ.get("CLOUD_PASSWORD", ""),
+                         os.environ.get("CLOUD_PROJECT", ""))
+        else:
+            client.token = read_config().get("token", "")
+        return client

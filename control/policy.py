@@ -1,0 +1,53 @@
+"""Who may call what: the least role each RPC needs.
+
+An RPC missing from this table is refused to everyone but admins, so a new RPC
+is closed until someone decides otherwise. Which *project's* resources a call
+may touch is decided below the API, by the store layer's keys (every tenant
+query is scoped by the caller's project).
+"""
+
+from __future__ import annotations
+
+# No token needed: logging in, and gRPC's own health checking and reflection.
+PUBLIC_PREFIXES = (
+    "/cloudapi.v1.IdentityService/Login",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+)
+
+# Called by compute agents, not tenants. They carry no token; mutual TLS between
+# agents and the control plane will authenticate them (reliability issue).
+AGENT_PREFIXES = ("/cloudapi.v1.HostService/",)
+
+READER, MEMBER, ADMIN = "reader", "member", "admin"
+
+_SERVICES: dict[str, dict[str, str]] = {
+    "InstanceService": {
+        "CreateInstance": MEMBER, "DeleteInstance": MEMBER,
+        "GetInstance": READER, "ListInstances": READER, "GetConsoleOutput": READER,
+    },
+    "FlavorService": {
+        "ListFlavors": READER, "GetFlavor": READER, "CreateFlavor": ADMIN, "DeleteFlavor": ADMIN,
+    },
+    "ImageService": {"ListImages": READER, "GetImage": READER},
+    "IdentityService": {
+        "Logout": READER, "WhoAmI": READER, "RevokeUserTokens": ADMIN,
+        "CreateProject": ADMIN, "ListProjects": ADMIN, "DeleteProject": ADMIN,
+        "CreateUser": ADMIN, "ListUsers": ADMIN, "DeleteUser": ADMIN,
+        "AddRole": ADMIN, "RemoveRole": ADMIN,
+    },
+    "QuotaService": {"GetQuota": READER, "SetQuota": ADMIN},
+}
+
+RULES: dict[str, str] = {
+    f"/cloudapi.v1.{service}/{method}": role
+    for service, methods in _SERVICES.items() for method, role in methods.items()
+}
+
+
+def needs_token(method: str) -> bool:
+    return not method.startswith(PUBLIC_PREFIXES + AGENT_PREFIXES)
+
+
+def required_role(method: str) -> str:
+    return RULES.get(method, ADMIN)
