@@ -29,6 +29,7 @@ unit: venv
 
 bench: deps venv image
 	$(PY) bench/boot.py
+	$(PY) bench/quota.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

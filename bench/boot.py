@@ -21,14 +21,14 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
 from compute_agent.driver import ImageFiles, InstanceSpec  # noqa: E402
 from compute_agent.libvirt_driver import LibvirtDriver  # noqa: E402
-from conftest import ApiClient, login, start_cloud, stop_cloud  # noqa: E402
 
 from control.catalog import Catalog  # noqa: E402
+from tests.conftest import ApiClient, login, start_cloud, stop_cloud  # noqa: E402
 
 RUNS = 5
 MARKER = "CLOUD-BOOT-OK instance_id={}"
