@@ -52,11 +52,16 @@ FLAVOR_COLUMNS = ["name", "vcpus", "memory_mb", "disk_gb", "public", "projects"]
 INSTANCE_COLUMNS = ["id", "name", "status", "flavor", "host", "addresses"]
 
 
+def cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(*columns)
     for row in rows:
-        table.add_row(*[", ".join(v) if isinstance(v := row.get(c, ""), list) else str(v or "")
-                        for c in columns])
+        table.add_row(*[cell(row.get(c)) for c in columns])
     out.print(table)
 
 

@@ -89,3 +89,78 @@ def test_wait_exits_non_zero_on_error(cloudctl, store, tmp_path):
     assert result.returncode == 1
     assert "ERROR" in result.stdout + result.stderr
     cloudctl("instance", "delete", "cli-broken", "--wait")
+
+
+def test_login_logout_and_token_issue(cloud, tmp_path):
+    config = tmp_path / "cli.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_")}
+    env.update({"CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(config)})
+
+    def run(*args, extra=None):
+        return subprocess.run([sys.executable, "-m", "control.cli", *args], env={**env, **(extra or {})},
+                              capture_output=True, text=True, timeout=60)
+
+    refused = run("instance", "list")
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+    logged_in = run("login", "--username", "demo", "--password", cloud.password("demo"))
+    assert logged_in.returncode == 0, logged_in.stderr
+    assert 'token = "' in config.read_text()
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert run("instance", "list").returncode == 0
+
+    issued = run("token", "issue", "-o", "json",
+                 extra={"CLOUD_USERNAME": "demo", "CLOUD_PASSWORD": cloud.password("demo")})
+    token = json.loads(issued.stdout)
+    assert token["project"] == "demo" and token["role"] == "member" and token["token"]
+    with_token = run("instance", "list", extra={"CLOUD_TOKEN": token["token"]})
+    assert with_token.returncode == 0
+
+    assert run("logout").returncode == 0
+    assert run("instance", "list").returncode == 1
+    # The environment's token is another one, and still valid.
+    assert run("instance", "list", extra={"CLOUD_TOKEN": token["token"]}).returncode == 0
+
+    bad = run("login", "--username", "demo", "--password", "wrong")
+    assert bad.returncode == 1 and "UNAUTHENTICATED" in bad.stderr
+
+
+def test_admin_commands(cloud, tmp_path):
+    import uuid
+    env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(tmp_path / "x.toml"),
+           "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "CLOUD_PROJECT": ""}
+
+    def run(*args, check=True):
+        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert not check or result.returncode == 0, result.stderr
+        return result
+
+    project = f"cli-{uuid.uuid4().hex[:6]}"
+    run("project", "create", project)
+    assert project in [p["name"] for p in json.loads(run("project", "list", "-o", "json").stdout)]
+    created = json.loads(run("user", "create", f"{project}-u", "--project", project, "--role", "reader",
+                             "-o", "json").stdout)
+    assert created[0]["password"] and created[0]["roles"] == [f"reader@{project}"]
+    run("role", "add", f"{project}-u", "--project", project, "--role", "member")
+    users = json.loads(run("user", "list", "-o", "json").stdout)
+    assert [u["roles"] for u in users if u["name"] == f"{project}-u"] == [[f"member@{project}"]]
+
+    run("quota", "set", project, "--instances", "3", "--ram", "2048")
+    quota = json.loads(run("quota", "show", project, "-o", "json").stdout)
+    assert quota["limits"]["instances"] == 3 and quota["limits"]["memory_mb"] == 2048
+    assert "in use" in run("quota", "show", project).stdout
+
+    flavor = f"f-{project}"
+    run("flavor", "create", flavor, "--vcpus", "1", "--ram", "128", "--disk", "1", "--private",
+        "--project", project)
+    flavors = json.loads(run("flavor", "list", "-o", "json").stdout)
+    assert [f["projects"] for f in flavors if f["name"] == flavor] == [[project]]
+    run("flavor", "delete", flavor)
+
+    revoked = run("token", "revoke", "--user", f"{project}-u")
+    assert "revoked" in revoked.stderr
+    run("role", "remove", f"{project}-u", "--project", project)
+    run("user", "delete", f"{project}-u")
+    run("project", "delete", project)
+    assert project not in run("project", "list").stdout
