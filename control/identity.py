@@ -200,9 +200,11 @@ class Identity:
         token = secrets.token_urlsafe(32)
         caller = Caller(username=username, project=project, role=roles[project],
                         token_hash=hash_token(token), expires_at=time.time() + self.token_ttl_s)
-        self.store.put(keys.token(caller.token_hash), {
+        # etcd forgets the token record when it expires; expires_at is still
+        # checked on every call, since a lease may outlive its TTL by a little.
+        self.store.put_expiring(keys.token(caller.token_hash), {
             "username": username, "project": project, "expires_at": caller.expires_at,
-            "issued_at": time.time()})
+            "issued_at": time.time()}, self.token_ttl_s)
         return token, caller
 
     def authenticate(self, token: str) -> Caller:

@@ -140,6 +140,12 @@ class Store:
         with _etcd_errors():
             self._client.put(key, json.dumps(value, sort_keys=True))
 
+    def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        """Write a record that etcd deletes by itself after ttl_s (a lease)."""
+        with _etcd_errors():
+            lease = self._client.lease(max(1, int(ttl_s + 0.999)))
+            self._client.put(key, json.dumps(value, sort_keys=True), lease=lease)
+
     def ping(self) -> None:
         with _etcd_errors():
             self._client.status()

@@ -1,0 +1,67 @@
+"""Identity on real etcd: token expiry, revocation and what is stored."""
+
+import time
+import uuid
+
+import pytest
+
+from control import keys
+from control.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from control.identity import Identity, hash_token
+
+
+@pytest.fixture
+def identity(store):
+    return Identity(store, token_ttl_s=1)
+
+
+@pytest.fixture
+def member(identity):
+    project = f"id-{uuid.uuid4().hex[:8]}"
+    identity.create_project(project)
+    identity.create_user(f"{project}-u", "secret-pw", project, "member")
+    return project, f"{project}-u"
+
+
+def test_token_expires_and_etcd_forgets_it(identity, store, member):
+    project, user = member
+    token, caller = identity.login(user, "secret-pw")
+    assert caller.project == project and caller.role == "member"
+    assert identity.authenticate(token).username == user
+    time.sleep(1.2)
+    with pytest.raises(Unauthenticated, match="expired|invalid"):
+        identity.authenticate(token)
+    deadline = time.monotonic() + 10
+    while store.get(keys.token(hash_token(token))) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get(keys.token(hash_token(token))) is None
+
+
+def test_only_hashes_are_stored(identity, store, member):
+    _, user = member
+    token, _ = identity.login(user, "secret-pw")
+    assert store.get(keys.user(user)).value["password_hash"].startswith("$argon2")
+    assert "secret-pw" not in str(store.get(keys.user(user)).value)
+    assert all(token not in r.key and token not in str(r.value) for r in store.list(keys.tokens()))
+
+
+def test_generated_password_works_and_is_not_returned_twice(identity, member):
+    project, _ = member
+    _, generated = identity.create_user(f"{project}-gen", "", project, "reader")
+    assert len(generated) >= 16
+    _, caller = identity.login(f"{project}-gen", generated)
+    assert caller.role == "reader"
+    _, given = identity.create_user(f"{project}-given", "pw", project, "reader")
+    assert given == ""
+
+
+def test_bad_identity_input(identity, member):
+    project, user = member
+    with pytest.raises(AlreadyExists):
+        identity.create_user(user, "x", project, "member")
+    with pytest.raises(InvalidArgument):
+        identity.create_user("new-user", "x", project, "owner")
+    with pytest.raises(NotFound):
+        identity.create_user("new-user", "x", "no-such-project", "member")
+    with pytest.raises(InvalidArgument):
+        identity.create_project("bad name")
