@@ -37,6 +37,8 @@ class ControlConfig(BaseModel):
     # user gets when the cloud is first started.
     token_ttl_s: float = 3600
     admin_password_file: str = ""
+    # A file holding the secret compute agents present to register and heartbeat.
+    agent_secret_file: str = ""
     # Quota of a project that has no overrides; -1 is unlimited.
     default_quota: dict[str, int] = Field(default_factory=lambda: {
         "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})

@@ -8,7 +8,7 @@ import time
 
 from control import keys
 from control.models import Host, Instance, Resources
-from control.states import PowerState
+from control.states import PowerState, TaskState
 from control.store import Store, Txn
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class Hosts:
     def list(self) -> list[Host]:
         return [Host(**r.value) for r in self.store.list(keys.hosts())]
 
-    def heartbeat(self, name: str, observations: list[tuple[str, str, list[str]]]) -> bool:
+    def heartbeat(self, name: str, observations: list[tuple[str, str, list[str]]],
+                  observed_at: float = 0.0) -> bool:
         """Record that host `name` is alive and what it sees of its instances.
 
         observations: (instance_id, power_state, addresses). Returns False if
@@ -57,11 +58,12 @@ class Hosts:
         if updated is None:
             return False
         for instance_id, power_state, addresses in observations:
-            self._observe(name, instance_id, PowerState(power_state), addresses)
+            self._observe(name, instance_id, PowerState(power_state), addresses,
+                          observed_at or time.time())
         return True
 
     def _observe(self, host: str, instance_id: str, power: PowerState,
-                 addresses: list[str]) -> None:
+                 addresses: list[str], observed_at: float) -> None:
         index = self.store.get(keys.instance_index(instance_id))
         if index is None:
             return  # not ours (or being deleted); the reconciler deals with strays
@@ -70,6 +72,10 @@ class Hosts:
         def change(record):
             instance = Instance(**record.value)
             if instance.host != host:
+                return None
+            # While an operation is in flight its task owns the power state; and
+            # a look taken before the instance last changed tells nothing new.
+            if instance.task_state is not TaskState.NONE or observed_at < instance.updated_at:
                 return None
             if instance.power_state == power and instance.addresses == addresses:
                 return None

@@ -15,8 +15,8 @@ PUBLIC_PREFIXES = (
     "/grpc.reflection.",
 )
 
-# Called by compute agents, not tenants. They carry no token; mutual TLS between
-# agents and the control plane will authenticate them (reliability issue).
+# Called by compute agents, not tenants: they present the agents' shared secret
+# instead of a user token (mutual TLS will replace it: reliability issue).
 AGENT_PREFIXES = ("/cloudapi.v1.HostService/",)
 
 READER, MEMBER, ADMIN = "reader", "member", "admin"
@@ -45,8 +45,12 @@ RULES: dict[str, str] = {
 }
 
 
-def needs_token(method: str) -> bool:
-    return not method.startswith(PUBLIC_PREFIXES + AGENT_PREFIXES)
+def is_public(method: str) -> bool:
+    return method.startswith(PUBLIC_PREFIXES)
+
+
+def is_agent_call(method: str) -> bool:
+    return method.startswith(AGENT_PREFIXES)
 
 
 def required_role(method: str) -> str:

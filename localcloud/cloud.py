@@ -106,6 +106,7 @@ class LocalCloud:
     def write_config(self) -> None:
         control = {
             "admin_password_file": str(self.secret_path("admin")),
+            "agent_secret_file": str(self.secret_path("agent")),
             "etcd_endpoints": [f"127.0.0.1:{self.ports.etcd}"],
             "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
             "listen": self.endpoint,
@@ -116,6 +117,7 @@ class LocalCloud:
             "host_name": self.host_name,
             "listen": f"127.0.0.1:{self.ports.agent}",
             "control_endpoint": self.endpoint,
+            "control_secret_file": str(self.secret_path("agent")),
             "state_dir": str(self.root / "agent"),
             **self.agent_settings,
         }
@@ -185,6 +187,7 @@ class LocalCloud:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # qemu, running unprivileged, reads guest disks below
         self.password("admin")
+        self.password("agent")
         self.write_config()
         self.start_etcd()
         self.start_redis()

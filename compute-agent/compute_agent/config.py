@@ -16,6 +16,8 @@ class AgentConfig(BaseModel):
     # The address the control plane calls; defaults to listen's host and bound port.
     advertise_address: str = ""
     control_endpoint: str = "127.0.0.1:50051"
+    # A file holding the secret the control plane expects from agents.
+    control_secret_file: str = ""
     driver: Literal["libvirt", "fake"] = "libvirt"
     libvirt_uri: str = "qemu:///system"
     # kvm, qemu (software emulation), or auto: kvm only when /dev/kvm opens and

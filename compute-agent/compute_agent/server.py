@@ -6,7 +6,9 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
@@ -65,6 +67,9 @@ class Reporter:
         self.driver = driver
         self.address = address
         self.stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
+        secret = Path(config.control_secret_file).read_text().strip() \
+            if config.control_secret_file else ""
+        self.metadata = [("authorization", f"Bearer {secret}")]
         self.interval = config.heartbeat_interval_s
         self.registered = threading.Event()
         self._stop = threading.Event()
@@ -84,19 +89,21 @@ class Reporter:
             name=self.config.host_name, address=self.address,
             inventory=agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
                                               disk_gb=inv.disk_gb),
-            virt_type=virt_type, hypervisor=hypervisor), timeout=10)
+            virt_type=virt_type, hypervisor=hypervisor), timeout=10, metadata=self.metadata)
         # The control plane decides how often hosts report (it judges them down).
         self.interval = response.heartbeat_interval_s or self.interval
         self.registered.set()
         log.info("registered host %s at %s", self.config.host_name, self.address)
 
     def heartbeat(self) -> None:
+        observed_at = time.time()
         observations = [agent_pb2.InstanceObservation(instance_id=o.instance_id,
                                                       power_state=o.power_state,
                                                       addresses=o.addresses)
                         for o in self.driver.list_instances()]
         self.stub.Heartbeat(agent_pb2.HeartbeatRequest(
-            name=self.config.host_name, instances=observations), timeout=10)
+            name=self.config.host_name, instances=observations, observed_at=observed_at),
+            timeout=10, metadata=self.metadata)
 
     def _run(self) -> None:
         while not self._stop.is_set():

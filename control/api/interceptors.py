@@ -4,6 +4,7 @@ authentication and the role check, and domain errors mapped to gRPC codes."""
 from __future__ import annotations
 
 import contextvars
+import hmac
 import logging
 import uuid
 from collections.abc import Callable
@@ -52,8 +53,13 @@ class ApiInterceptor(grpc.ServerInterceptor):
     one); the caller from the bearer token, checked against the policy; and
     CloudError turned into the matching status code."""
 
-    def __init__(self, authenticate: Callable[[str], Caller]):
+    def __init__(self, authenticate: Callable[[str], Caller], agent_secret: str = ""):
         self.authenticate = authenticate
+        self.agent_secret = agent_secret
+
+    def check_agent(self, presented: str) -> None:
+        if not self.agent_secret or not hmac.compare_digest(presented, self.agent_secret):
+            raise errors.Unauthenticated("host calls need the agents' secret")
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -67,7 +73,9 @@ class ApiInterceptor(grpc.ServerInterceptor):
         def call(request, context):
             token = None
             try:
-                if policy.needs_token(method):
+                if policy.is_agent_call(method):
+                    self.check_agent(bearer_token(metadata))
+                elif not policy.is_public(method):
                     caller = self.authenticate(bearer_token(metadata))
                     needed = policy.required_role(method)
                     if not caller.has_role(needed):

@@ -53,7 +53,8 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     Returns the unstarted server, its port, and the control plane it serves."""
     plane = plane or build_control_plane(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                         interceptors=[ApiInterceptor(plane.identity.authenticate)])
+                         interceptors=[ApiInterceptor(plane.identity.authenticate,
+                                                      read_secret(config.agent_secret_file))])
     compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
@@ -74,12 +75,15 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
 
 @retry(retry=retry_if_exception_type(Unavailable), wait=wait_fixed(1), stop=stop_after_delay(60),
        reraise=True)
+def read_secret(path: str) -> str:
+    return Path(path).read_text().strip() if path else ""
+
+
 def seed(plane: ControlPlane) -> None:
     """Seed data of a new cloud; safe on every start. Waits for etcd to answer."""
     plane.catalog.seed_flavors()
     if plane.config.admin_password_file:
-        password = Path(plane.config.admin_password_file).read_text().strip()
-        plane.identity.bootstrap_admin(password)
+        plane.identity.bootstrap_admin(read_secret(plane.config.admin_password_file))
     for directory in plane.config.image_dirs:
         image = plane.catalog.register_image_dir(directory)
         log.info("image %s (%s) registered", image.name, image.id)

@@ -204,7 +204,8 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
     def Heartbeat(self, request, context):
         known = self.plane.hosts.heartbeat(
             request.name,
-            [(o.instance_id, o.power_state, list(o.addresses)) for o in request.instances])
+            [(o.instance_id, o.power_state, list(o.addresses)) for o in request.instances],
+            request.observed_at)
         if not known:
             context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.name} is not registered")
         return agent_pb2.HeartbeatResponse()

@@ -29,3 +29,19 @@ def test_health_and_reflection(cloud, which, expected):
     listed = services(channel)
     assert expected <= listed
     assert "grpc.health.v1.Health" in listed
+
+
+def test_host_calls_need_the_agents_secret(cloud, api):
+    """A tenant must not be able to register a host and have guests sent to it."""
+    from cloudapi.v1 import agent_pb2, agent_pb2_grpc
+
+    request = agent_pb2.RegisterHostRequest(name="rogue", address="127.0.0.1:1",
+                                            inventory=agent_pb2.HostInventory(vcpus=64,
+                                                                              memory_mb=10**6,
+                                                                              disk_gb=10**4))
+    stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(cloud.endpoint))
+    for metadata in [(), (("authorization", f"Bearer {api.token}"),),
+                     (("authorization", "Bearer not-the-secret"),)]:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RegisterHost(request, metadata=metadata, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
