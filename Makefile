@@ -20,8 +20,7 @@ down:
 status:
 	$(PY) -m localcloud status --dir $(ROOT)/.cloud
 
-test: deps venv image
-	$(VENV)/bin/ruff check .
+test: deps venv image lint
 	$(PY) -m pytest -q -ra tests
 
 unit: venv
@@ -33,6 +32,8 @@ bench: deps venv image
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	MYPYPATH=proto/gen $(VENV)/bin/mypy --ignore-missing-imports --no-strict-optional \
+	  control compute-agent/compute_agent localcloud
 
 deps: .stamps/deps
 .stamps/deps: scripts/install-deps.sh

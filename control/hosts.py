@@ -42,7 +42,7 @@ class Hosts:
             raise KeyError(name)
         return Host(**record.value)
 
-    def list(self) -> list[Host]:
+    def all(self) -> list[Host]:
         return [Host(**r.value) for r in self.store.list(keys.hosts())]
 
     def heartbeat(self, name: str, observations: list[tuple[str, str, list[str]]],
