@@ -67,9 +67,14 @@ class User(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
-def validate_role(role: str) -> str:
+def validate_role(role: str, project: str) -> str:
     if role not in ROLES:
         raise InvalidArgument(f"invalid role {role!r}: one of {', '.join(ROLES)}")
+    # admin means the whole cloud, so it is only given in the admin project,
+    # where granting it is plainly a decision about the cloud.
+    if role == "admin" and project != ADMIN_PROJECT:
+        raise InvalidArgument(f"the admin role is given in project {ADMIN_PROJECT!r} only "
+                              f"(it covers the whole cloud)")
     return role
 
 
@@ -86,6 +91,7 @@ class Identity:
         self.store = store
         self.token_ttl_s = token_ttl_s
         self.hasher = PasswordHasher()
+        self._decoy_hash = self.hasher.hash(secrets.token_urlsafe(16))
 
     # ---------------------------------------------------------------- projects
 
@@ -115,11 +121,19 @@ class Identity:
         instances = self.store.list(keys.instances(name))
         if instances:
             raise InvalidTransition(f"project {name!r} still has {len(instances)} instances")
+        # Nothing of it may pass to a later project of the same name: roles,
+        # quota, request ids, private flavor access.
         txn = Txn().expect(record).delete(keys.project(name))
         txn.delete(keys.quota_limits(name)).delete(keys.quota_usage(name))
         for role in self.store.list(keys.roles()):
             if role.key.endswith(f"/{name}"):
                 txn.delete(role.key)
+        for leftover in self.store.list(keys.project_data(name)):
+            txn.delete(leftover.key)
+        for flavor in self.store.list(keys.flavors()):
+            if name in flavor.value.get("projects", []):
+                txn.expect(flavor).put(flavor.key, {
+                    **flavor.value, "projects": [p for p in flavor.value["projects"] if p != name]})
         if not self.store.commit(txn):
             raise InvalidTransition(f"project {name!r} changed while being deleted; try again")
         self._revoke_where(lambda t: t["project"] == name)
@@ -131,7 +145,7 @@ class Identity:
         """Create a user with a role in a project. Returns the user and the
         password generated for it (empty when one was given)."""
         validate_name(name, "user name")
-        validate_role(role)
+        validate_role(role, project)
         self.project(project)
         generated = "" if password else generate_password()
         user = User(name=name, password_hash=self.hasher.hash(password or generated))
@@ -167,7 +181,7 @@ class Identity:
         self.revoke_user(name)
 
     def add_role(self, username: str, project: str, role: str) -> None:
-        validate_role(role)
+        validate_role(role, project)
         self.user(username)
         self.project(project)
         self.store.put(keys.role(username, project), {"role": role})
@@ -186,10 +200,17 @@ class Identity:
         same Unauthenticated, so it does not tell which part was wrong."""
         refused = Unauthenticated("wrong user name, password or project")
         try:
-            user = self.user(username)
-            self.hasher.verify(user.password_hash, password)
-        except (NotFound, InvalidArgument, VerificationError):
+            password_hash = self.user(username).password_hash
+        except (NotFound, InvalidArgument):
+            # Hash anyway, so an unknown name takes as long as a wrong password
+            # and the answer's timing does not tell which names exist.
+            password_hash = self._decoy_hash
+        try:
+            self.hasher.verify(password_hash, password)
+        except VerificationError:
             raise refused from None
+        if password_hash is self._decoy_hash:
+            raise refused
         roles = self.roles_of(username)
         if not project:
             if not roles:

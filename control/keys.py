@@ -71,6 +71,11 @@ def instances(project: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/instances/"
 
 
+def project_data(project: str) -> str:
+    """Everything a project owns: instances, names, request ids."""
+    return f"{PREFIX}/projects/{_part(project)}/"
+
+
 def instance_name(project: str, name: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/instance-names/{_part(name)}"
 

@@ -48,6 +48,17 @@ def bearer_token(metadata: dict[str, str]) -> str:
     return value[len("Bearer "):].strip() if value.startswith("Bearer ") else ""
 
 
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def refuse(_request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming RPCs are not authenticated yet")
+
+    make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+            else grpc.stream_unary_rpc_method_handler if handler.stream_unary
+            else grpc.stream_stream_rpc_method_handler)
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 class ApiInterceptor(grpc.ServerInterceptor):
     """For each unary call: request id (from `x-request-id` metadata, or a new
     one); the caller from the bearer token, checked against the policy; and
@@ -63,9 +74,14 @@ class ApiInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None:
+            return None
         method = handler_call_details.method
+        if handler.unary_unary is None:
+            if policy.is_public(method):
+                return handler  # gRPC's health Watch and reflection streams
+            # Streaming RPCs are not authenticated here yet: refuse, never serve unchecked.
+            return _refusing(handler)
         metadata = dict(handler_call_details.invocation_metadata or ())
         call_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
         inner = handler.unary_unary
