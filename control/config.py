@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -27,6 +28,10 @@ class ControlConfig(BaseModel):
     disk_allocation_ratio: float = 1.0
     reserved_host_memory_mb: int = 512
     reserved_host_disk_gb: int = 0
+    # spread: most free capacity first; pack: fill hosts already in use first.
+    scheduler_weigher: Literal["spread", "pack"] = "spread"
+    # Hosts tried for one instance before its build fails (reschedule on spawn failure).
+    max_build_attempts: int = 3
     # Seconds allowed for the agent to spawn a guest before the build fails.
     spawn_timeout_s: float = 120.0
     celery_worker_concurrency: int = 4

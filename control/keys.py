@@ -5,7 +5,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/flavors/{name}                          flavor record
     /cloud/images/{id}                             image record
     /cloud/hosts/{name}                            host registration and last heartbeat
-    /cloud/placement/usage/{host}                  resources claimed on a host (CAS target)
+    /cloud/placement/providers/{host}              a host's inventory and usage (CAS target of claims)
     /cloud/placement/allocations/{instance_id}     the one allocation an instance holds
     /cloud/projects/{project}/instances/{id}       instance record
     /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
@@ -55,8 +55,16 @@ def hosts() -> str:
     return f"{PREFIX}/hosts/"
 
 
-def host_usage(host_name: str) -> str:
-    return f"{PREFIX}/placement/usage/{_part(host_name)}"
+def provider(host_name: str) -> str:
+    return f"{PREFIX}/placement/providers/{_part(host_name)}"
+
+
+def providers() -> str:
+    return f"{PREFIX}/placement/providers/"
+
+
+def allocations() -> str:
+    return f"{PREFIX}/placement/allocations/"
 
 
 def allocation(instance_id: str) -> str:

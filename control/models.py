@@ -42,6 +42,11 @@ class Flavor(BaseModel):
     disk_gb: int
     public: bool = True
     projects: list[str] = Field(default_factory=list)  # who may use a private flavor
+    # Scheduling constraints: hosts must have every required trait and none of
+    # the forbidden ones; a zone pins the flavor to one availability zone.
+    required_traits: list[str] = Field(default_factory=list)
+    forbidden_traits: list[str] = Field(default_factory=list)
+    zone: str = ""
 
     def visible_to(self, project: str, is_admin: bool = False) -> bool:
         return self.public or is_admin or project in self.projects
@@ -64,6 +69,9 @@ class Image(BaseModel):
     status: str = "active"
 
 
+DEFAULT_ZONE = "default"
+
+
 class Host(BaseModel):
     name: str
     address: str
@@ -71,6 +79,9 @@ class Host(BaseModel):
     virt_type: str = ""
     hypervisor: str = ""
     enabled: bool = True
+    disabled_reason: str = ""
+    zone: str = DEFAULT_ZONE
+    traits: list[str] = Field(default_factory=list)
     registered_at: float = Field(default_factory=time.time)
     last_heartbeat: float = Field(default_factory=time.time)
 
@@ -91,6 +102,7 @@ class Fault(BaseModel):
     message: str
     phase: str
     time: float = Field(default_factory=time.time)
+    host: str = ""
 
 
 class Instance(BaseModel):
@@ -113,6 +125,8 @@ class Instance(BaseModel):
     # Whether the instance's share of its project's quota is still claimed
     # (released when its build fails, so a failed instance costs no quota).
     quota_held: bool = True
+    # Hosts where a spawn of this instance failed (each one is tried once).
+    attempts: list[Fault] = Field(default_factory=list)
 
     @property
     def state(self) -> State:

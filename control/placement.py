@@ -1,115 +1,184 @@
-"""Where an instance runs, and the claim of its share of that host.
+"""Placement: each host is a resource provider; each instance holds one
+allocation against one provider.
 
-Finding candidates is a read-only query; claiming is a separate compare-and-swap
-on the host's usage record, so two builds racing for the last slot of a host
-can never both win. (A fuller scheduler, with filters, weighers and
-explanations per filter, grows here.)
+A provider record (/cloud/placement/providers/{host}) holds the host's
+inventory per resource class (total, reserved, allocation_ratio) and its usage.
+Capacity = (total - reserved) x allocation_ratio. A claim is one etcd
+transaction that compares the provider's mod_revision (its generation), adds
+the allocation's resources to the usage and records the allocation; a loser
+re-reads and tries again, a bounded number of times. Releasing is the reverse,
+and releasing twice is harmless.
+
+Choosing the provider is the scheduler's job (control/scheduler.py): a read-only
+query, separate from the claim.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter
+
+from pydantic import BaseModel, Field
 
 from control import keys
 from control.config import ControlConfig
-from control.errors import Conflict, ResourceExhausted
-from control.models import Allocation, Host, Resources
-from control.store import CAS_ATTEMPTS, Store, Txn
+from control.errors import Conflict, NotFound
+from control.models import Allocation, Resources
+from control.store import CAS_ATTEMPTS, Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
-_LABELS = {"vcpus": "VCPU", "memory_mb": "MEMORY_MB", "disk_gb": "DISK_GB"}
+RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
+_FIELDS = {"VCPU": "vcpus", "MEMORY_MB": "memory_mb", "DISK_GB": "disk_gb"}
 
 
-def lacking(need: Resources, free: Resources) -> list[str]:
-    """Names of the resources (VCPU, MEMORY_MB, DISK_GB) that `free` cannot cover."""
-    return [label for field, label in _LABELS.items() if getattr(need, field) > getattr(free, field)]
+def amounts(resources: Resources) -> dict[str, int]:
+    """Resources as amounts per resource class."""
+    return {rc: getattr(resources, field) for rc, field in _FIELDS.items()}
+
+
+class InventoryItem(BaseModel):
+    total: int
+    reserved: int = 0
+    allocation_ratio: float = 1.0
+
+    @property
+    def capacity(self) -> int:
+        return max(0, int((self.total - self.reserved) * self.allocation_ratio))
+
+
+class Provider(BaseModel):
+    host: str
+    inventory: dict[str, InventoryItem]
+    usage: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(RESOURCE_CLASSES, 0))
+    # Set by an admin: these reserved/allocation_ratio values survive agent reports.
+    overridden: dict[str, bool] = Field(default_factory=dict)
+
+    def capacity(self, rc: str) -> int:
+        item = self.inventory.get(rc)
+        return item.capacity if item else 0
+
+    def free(self, rc: str) -> int:
+        return self.capacity(rc) - self.usage.get(rc, 0)
+
+    def lacking(self, need: dict[str, int]) -> list[str]:
+        return [rc for rc, amount in need.items() if amount > self.free(rc)]
 
 
 class Placement:
     def __init__(self, store: Store, config: ControlConfig):
         self.store = store
         self.config = config
+        self.conflicts = 0  # claims that lost a race and were retried (for benchmarks)
 
-    def capacity(self, host: Host) -> Resources:
-        """What a host can hold: (total - reserved) x allocation ratio, per resource."""
-        inv, c = host.inventory, self.config
-        return Resources(
-            vcpus=int(inv.vcpus * c.cpu_allocation_ratio),
-            memory_mb=int((inv.memory_mb - c.reserved_host_memory_mb) * c.ram_allocation_ratio),
-            disk_gb=int((inv.disk_gb - c.reserved_host_disk_gb) * c.disk_allocation_ratio),
-        )
+    # ---------------------------------------------------------------- providers
 
-    def usage(self, host_name: str) -> Resources:
-        record = self.store.get(keys.host_usage(host_name))
-        return Resources(**record.value) if record else Resources()
+    def default_inventory(self, totals: Resources) -> dict[str, InventoryItem]:
+        c = self.config
+        return {
+            "VCPU": InventoryItem(total=totals.vcpus, allocation_ratio=c.cpu_allocation_ratio),
+            "MEMORY_MB": InventoryItem(total=totals.memory_mb, reserved=c.reserved_host_memory_mb,
+                                       allocation_ratio=c.ram_allocation_ratio),
+            "DISK_GB": InventoryItem(total=totals.disk_gb, reserved=c.reserved_host_disk_gb,
+                                     allocation_ratio=c.disk_allocation_ratio),
+        }
 
-    def candidates(self, need: Resources) -> tuple[list[Host], str]:
-        """Hosts that can take `need`, most free memory first (read-only), and
-        a summary of why the others cannot, e.g. "3 hosts; 1 down; 2 lacked MEMORY_MB"."""
-        now = time.time()
-        hosts = [Host(**r.value) for r in self.store.list(keys.hosts())]
-        reasons: Counter[str] = Counter()
-        fitting: list[tuple[Resources, Host]] = []
-        for host in hosts:
-            if not host.enabled:
-                reasons["disabled"] += 1
-            elif not host.is_up(self.config.host_down_after_s, now):
-                reasons["down"] += 1
-            else:
-                free = self.capacity(host) - self.usage(host.name)
-                missing = lacking(need, free)
-                reasons.update(f"lacked {label}" for label in missing)
-                if not missing:
-                    fitting.append((free, host))
-        fitting.sort(key=lambda fh: (fh[0].memory_mb, fh[0].vcpus), reverse=True)
-        summary = f"{len(hosts)} hosts" + "".join(
-            f"; {n} {why}" for why, n in sorted(reasons.items()))
-        return [host for _, host in fitting], summary
-
-    def claim(self, host: Host, allocation: Allocation) -> bool:
-        """Atomically add `allocation` to the host's usage if it still fits.
-
-        Idempotent: if this instance already holds an allocation, returns
-        whether it is on this host. False when the host has no room left.
-        """
-        usage_key = keys.host_usage(host.name)
-        alloc_key = keys.allocation(allocation.instance_id)
-        cap = self.capacity(host)
+    def report_inventory(self, host: str, totals: Resources) -> Provider:
+        """An agent's report of its host's totals. Reserved and ratios set by an
+        admin are kept; the others follow the cloud's configuration."""
+        key = keys.provider(host)
+        defaults = self.default_inventory(totals)
         for _ in range(CAS_ATTEMPTS):
-            existing = self.store.get(alloc_key)
-            if existing is not None:
-                return Allocation(**existing.value).host == host.name
-            record = self.store.get(usage_key)
-            used = Resources(**record.value) if record else Resources()
-            if lacking(allocation.resources, cap - used):
-                return False
-            txn = Txn().expect_absent(alloc_key)
-            if record:
-                txn.expect(record)
-            else:
-                txn.expect_absent(usage_key)
-            txn.put(usage_key, (used + allocation.resources).model_dump())
-            txn.put(alloc_key, allocation.model_dump())
-            if self.store.commit(txn):
-                return True
-        raise Conflict(f"too many concurrent claims on host {host.name}; try again")
+            record = self.store.get(key)
+            if record is None:
+                provider = Provider(host=host, inventory=defaults)
+                if self.store.put_if_absent(key, provider.model_dump()):
+                    return provider
+                continue
+            provider = Provider(**record.value)
+            for rc, item in defaults.items():
+                if provider.overridden.get(rc) and rc in provider.inventory:
+                    kept = provider.inventory[rc]
+                    item = item.model_copy(update={"reserved": kept.reserved,
+                                                   "allocation_ratio": kept.allocation_ratio})
+                provider.inventory[rc] = item
+            if self.store.commit(Txn().expect(record).put(key, provider.model_dump())):
+                return provider
+        raise Conflict(f"provider {host} is changing too often; try again")
 
-    def schedule(self, allocation: Allocation, what: str) -> Host:
-        """Pick a host and claim `allocation` on it; the next candidate if a race is lost."""
-        hosts, summary = self.candidates(allocation.resources)
-        for host in hosts:
-            if self.claim(host, allocation.model_copy(update={"host": host.name})):
-                log.info("claimed %s on %s for %s", allocation.resources, host.name,
-                         allocation.instance_id)
-                return host
-        raise ResourceExhausted(f"no host for {what}: {summary}")
+    def set_inventory(self, host: str, rc: str, reserved: int | None = None,
+                      allocation_ratio: float | None = None) -> Provider:
+        """An admin's override of a host's reserved amount or overcommit ratio."""
+        key = keys.provider(host)
+        for _ in range(CAS_ATTEMPTS):
+            record = self.store.get(key)
+            if record is None:
+                raise NotFound(f"host {host!r} not found")
+            provider = Provider(**record.value)
+            if rc not in provider.inventory:
+                raise NotFound(f"host {host} has no {rc} inventory")
+            changes: dict[str, object] = {}
+            if reserved is not None:
+                changes["reserved"] = reserved
+            if allocation_ratio is not None:
+                changes["allocation_ratio"] = allocation_ratio
+            provider.inventory[rc] = provider.inventory[rc].model_copy(update=changes)
+            provider.overridden[rc] = True
+            if self.store.commit(Txn().expect(record).put(key, provider.model_dump())):
+                return provider
+        raise Conflict(f"provider {host} is changing too often; try again")
+
+    def provider(self, host: str) -> tuple[Provider, Record] | None:
+        record = self.store.get(keys.provider(host))
+        return (Provider(**record.value), record) if record else None
+
+    def providers(self) -> list[Provider]:
+        return [Provider(**r.value) for r in self.store.list(keys.providers())]
+
+    # ---------------------------------------------------------------- claims
+
+    def try_claim(self, provider: Provider, revision: int,
+                  allocation: Allocation) -> tuple[Provider, int] | None:
+        """One compare-and-swap: claim `allocation` on `provider` as it was at
+        `revision`. Returns the provider after the claim and its new revision,
+        or None if it changed since (the caller re-reads) or has no room."""
+        need = amounts(allocation.resources)
+        if provider.lacking(need):
+            return None
+        claimed = provider.model_copy(update={"usage": {
+            rc: provider.usage.get(rc, 0) + need.get(rc, 0) for rc in RESOURCE_CLASSES}})
+        key = keys.provider(provider.host)
+        alloc_key = keys.allocation(allocation.instance_id)
+        txn = (Txn().expect(Record(key, {}, revision)).expect_absent(alloc_key)
+               .put(key, claimed.model_dump())
+               .put(alloc_key, allocation.model_copy(update={"host": provider.host}).model_dump()))
+        new_revision = self.store.commit_at(txn)
+        return (claimed, new_revision) if new_revision is not None else None
+
+    def claim(self, host: str, allocation: Allocation) -> bool:
+        """Claim on `host`, re-reading and retrying when another claim got there
+        first. Idempotent: if this instance already holds an allocation, returns
+        whether it is on this host. False when the host has no room left."""
+        for _ in range(CAS_ATTEMPTS):
+            existing = self.allocation(allocation.instance_id)
+            if existing is not None:
+                return existing.host == host
+            found = self.provider(host)
+            if found is None:
+                return False
+            provider, record = found
+            if provider.lacking(amounts(allocation.resources)):
+                return False
+            if self.try_claim(provider, record.mod_revision, allocation) is not None:
+                return True
+            self.conflicts += 1
+        raise Conflict(f"too many concurrent claims on host {host}; try again")
 
     def allocation(self, instance_id: str) -> Allocation | None:
         record = self.store.get(keys.allocation(instance_id))
         return Allocation(**record.value) if record else None
+
+    def allocations(self) -> list[Allocation]:
+        return [Allocation(**r.value) for r in self.store.list(keys.allocations())]
 
     def release(self, instance_id: str) -> None:
         """Give back an instance's allocation. Releasing twice is harmless."""
@@ -119,13 +188,21 @@ class Placement:
             if alloc_record is None:
                 return
             allocation = Allocation(**alloc_record.value)
-            usage_key = keys.host_usage(allocation.host)
-            usage_record = self.store.get(usage_key)
             txn = Txn().expect(alloc_record).delete(alloc_key)
-            if usage_record is not None:
-                left = Resources(**usage_record.value) - allocation.resources
-                txn.expect(usage_record).put(usage_key, left.model_dump())
+            found = self.provider(allocation.host)
+            if found is not None:
+                provider, record = found
+                need = amounts(allocation.resources)
+                usage = {rc: provider.usage.get(rc, 0) - need.get(rc, 0) for rc in RESOURCE_CLASSES}
+                txn.expect(record).put(record.key, {**provider.model_dump(), "usage": usage})
             if self.store.commit(txn):
                 log.info("released %s on %s", instance_id, allocation.host)
                 return
         raise Conflict(f"too many concurrent releases on {instance_id}; try again")
+
+    def usage(self, host: str) -> Resources:
+        found = self.provider(host)
+        if found is None:
+            return Resources()
+        usage = found[0].usage
+        return Resources(**{field: usage.get(rc, 0) for rc, field in _FIELDS.items()})

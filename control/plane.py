@@ -20,6 +20,7 @@ from control.instances import Instances
 from control.placement import Placement
 from control.queue import TaskQueue
 from control.quota import Quotas, QuotaValues
+from control.scheduler import Scheduler
 from control.store import Store
 
 
@@ -36,6 +37,7 @@ class ControlPlane:
     agents: AgentClient
     identity: Identity
     quotas: Quotas
+    scheduler: Scheduler
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -44,9 +46,11 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     queue = TaskQueue(celery)
     catalog = Catalog(store)
     quotas = Quotas(store, QuotaValues(**config.default_quota))
+    placement = Placement(store, config)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
         instances=Instances(store, queue, catalog, quotas, config.default_image),
-        hosts=Hosts(store), placement=Placement(store, config), agents=AgentClient(),
+        hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
+        scheduler=Scheduler(store, config, placement),
     )

@@ -45,6 +45,7 @@ class Event(StrEnum):
     SCHEDULED = "scheduled"        # a host was claimed; spawning starts
     SPAWNED = "spawned"            # the guest is running
     FAILED = "failed"              # the operation in flight failed
+    RESCHEDULE = "reschedule"      # the spawn failed on a host: try another
     DELETE = "delete"              # a delete was requested
     DELETED = "deleted"            # the delete finished
 
@@ -64,6 +65,7 @@ _TRANSITIONS: dict[tuple[VmState, TaskState], dict[Event, State]] = {
     (VmState.BUILDING, TaskState.SPAWNING): {
         Event.SPAWNED: State(VmState.ACTIVE),
         Event.FAILED: State(VmState.ERROR),
+        Event.RESCHEDULE: State(VmState.BUILDING, TaskState.SCHEDULING),
     },
     (VmState.BUILDING, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)},
     (VmState.ACTIVE, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)},

@@ -8,6 +8,7 @@ number of times, then gets Conflict (ABORTED on the wire).
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -15,7 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pyetcd
+from pyetcd import etcdrpc
 from pyetcd.exceptions import Etcd3Exception
 
 from control.errors import Conflict, Unavailable
@@ -35,6 +38,15 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
 class Record:
     key: str
     value: dict[str, Any]
+    mod_revision: int
+
+
+@dataclass
+class Change:
+    """One change seen by a watch: value None means the key was deleted."""
+
+    key: str
+    value: dict[str, Any] | None
     mod_revision: int
 
 
@@ -103,16 +115,61 @@ class Store:
         return [Record(meta.key.decode(), json.loads(value), meta.mod_revision)
                 for value, meta in items]
 
+    def list_at_revision(self, prefix: str) -> tuple[builtins.list[Record], int]:
+        """Everything under `prefix`, and the store revision it was read at
+        (to watch from, so no change in between is missed)."""
+        with _etcd_errors():
+            response = self._client.get_prefix_response(prefix)
+        records = [Record(kv.key.decode(), json.loads(kv.value), kv.mod_revision)
+                   for kv in response.kvs]
+        return records, response.header.revision
+
+    def watch(self, prefix: str, after_revision: int,
+              on_changes: Callable[[builtins.list[Change]], None],
+              on_error: Callable[[Exception], None]) -> None:
+        """Call on_changes with every change under `prefix` after `after_revision`
+        (in order, from a background thread); on_error if the watch breaks (the
+        caller re-lists and watches again)."""
+        from pyetcd.events import DeleteEvent
+
+        def callback(response: Any) -> None:
+            if isinstance(response, Exception):
+                on_error(response)
+                return
+            on_changes([Change(e.key.decode(),
+                               None if isinstance(e, DeleteEvent) else json.loads(e.value),
+                               e.mod_revision) for e in response.events])
+
+        with _etcd_errors():
+            self._client.add_watch_prefix_callback(prefix, callback,
+                                                   start_revision=after_revision + 1)
+
     def commit(self, txn: Txn) -> bool:
         """Apply txn if every compare holds; return whether it did."""
+        return self.commit_at(txn) is not None
+
+    def commit_at(self, txn: Txn) -> int | None:
+        """Like commit, but return the store revision the txn made (the new
+        mod_revision of every key it wrote), or None if a compare failed."""
         t = self._client.transactions
         compares = [t.mod(k) == rev for k, rev in txn.unchanged.items()]
         compares += [t.version(k) == 0 for k in txn.absent]
         ops = [t.put(k, json.dumps(v, sort_keys=True)) for k, v in txn.puts.items()]
         ops += [t.delete(k) for k in txn.deletes]
+        # pyetcd's transaction() drops the response header, which holds the
+        # revision; so the request is sent here, the way transaction() sends it.
+        client = self._client
+        request = etcdrpc.TxnRequest(compare=[c.build_message() for c in compares],
+                                     success=client._ops_to_requests(ops), failure=[])
         with _etcd_errors():
-            succeeded, _ = self._client.transaction(compare=compares, success=ops, failure=[])
-        return bool(succeeded)
+            try:
+                response = client.kvstub.Txn(request, client.timeout,
+                                             credentials=client.call_credentials,
+                                             metadata=client.metadata)
+            except grpc.RpcError as exc:
+                client._manage_grpc_errors(exc)  # marks the endpoint failed, raises its error
+                raise
+        return response.header.revision if response.succeeded else None
 
     def update(self, key: str, change: Callable[[Record], Txn | None]) -> Record | None:
         """Read-modify-write `key` under compare-and-swap, retrying on conflict.

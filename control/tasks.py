@@ -15,10 +15,11 @@ from celery import Celery, Task
 from control import keys
 from control.agent_client import SpawnFailed
 from control.errors import CloudError, NotFound, ResourceExhausted, Unavailable
-from control.models import Allocation, Fault, Instance
+from control.models import Allocation, Fault, Flavor, Instance
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
 from control.quota import QuotaValues
+from control.scheduler import Request
 from control.states import Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
 
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 # An unreachable agent is retried this many times (with backoff) before the
 # operation is given up and recorded as a fault.
 AGENT_RETRIES = 5
+
+
+def _with_attempts(message: str, instance: Instance) -> str:
+    if not instance.attempts:
+        return message
+    tried = "; ".join(f"{a.host}: {a.message}" for a in instance.attempts)
+    return f"{message} (spawn failed before on {tried})"
 
 
 class InstanceWork:
@@ -67,11 +75,27 @@ class InstanceWork:
         self.plane.store.update(keys.instance(index.value["project"], instance_id), change)
         return result[0] if result else None
 
-    def fail(self, instance_id: str, phase: str, message: str) -> None:
+    def fail(self, instance_id: str, phase: str, message: str, **changes: object) -> None:
         log.warning("instance %s failed while %s: %s", instance_id, phase, message)
         self.plane.placement.release(instance_id)
         self._advance(instance_id, Event.FAILED, release_quota=True,
-                      fault=Fault(message=message, phase=phase))
+                      fault=Fault(message=message, phase=phase), **changes)
+
+    def _allocation(self, instance: Instance) -> Allocation:
+        return Allocation(instance_id=instance.id, project=instance.project, host="",
+                          resources=instance.resources)
+
+    def _request(self, instance: Instance) -> Request:
+        """What the scheduler must find: the flavor's sizes and constraints,
+        avoiding hosts where this instance already failed."""
+        record = self.plane.store.get(keys.flavor(instance.flavor))
+        flavor = Flavor(**record.value) if record else None
+        return Request(
+            need=instance.resources, what=f"flavor {instance.flavor}",
+            zone=flavor.zone if flavor else "",
+            required_traits=frozenset(flavor.required_traits if flavor else ()),
+            forbidden_traits=frozenset(flavor.forbidden_traits if flavor else ()),
+            exclude_hosts=frozenset(a.host for a in instance.attempts))
 
     # ---------------------------------------------------------------- build
 
@@ -88,35 +112,50 @@ class InstanceWork:
             self.fail(instance_id, "scheduling", str(exc))
             return
 
-        if instance.task_state is TaskState.SCHEDULING:
-            allocation = Allocation(instance_id=instance.id, project=instance.project, host="",
-                                    resources=instance.resources)
+        while True:
+            if instance.task_state is TaskState.SCHEDULING:
+                try:
+                    host = self.plane.scheduler.schedule(self._allocation(instance),
+                                                         self._request(instance))
+                except ResourceExhausted as exc:
+                    # After failed spawns, the spawn failure is what the user needs to see.
+                    phase = "spawning" if instance.attempts else "scheduling"
+                    self.fail(instance_id, phase, _with_attempts(str(exc), instance))
+                    return
+                scheduled = self._advance(instance_id, Event.SCHEDULED, host=host)
+                if scheduled is None:
+                    self.plane.placement.release(instance_id)
+                    return
+                instance = scheduled
             try:
-                host = self.plane.placement.schedule(allocation, f"flavor {instance.flavor}")
-            except ResourceExhausted as exc:
-                self.fail(instance_id, "scheduling", str(exc))
+                address = self.plane.hosts.get(instance.host).address
+                power = self.plane.agents.spawn(address, instance, image,
+                                                self.plane.config.spawn_timeout_s)
+                break
+            except KeyError:
+                self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
                 return
-            scheduled = self._advance(instance_id, Event.SCHEDULED, host=host.name)
-            if scheduled is None:
+            except SpawnFailed as exc:
+                # The agent cleaned up; give the claim back and try another host.
                 self.plane.placement.release(instance_id)
+                attempts = [*instance.attempts,
+                            Fault(message=str(exc), phase="spawning", host=instance.host)]
+                if len(attempts) >= self.plane.config.max_build_attempts:
+                    self.fail(instance_id, "spawning",
+                              f"spawn failed on {len(attempts)} hosts; last, {instance.host}: {exc}",
+                              attempts=attempts)
+                    return
+                log.warning("spawn of %s failed on %s, rescheduling: %s", instance_id,
+                            instance.host, exc)
+                rescheduled = self._advance(instance_id, Event.RESCHEDULE, host="", attempts=attempts)
+                if rescheduled is None:
+                    return
+                instance = rescheduled
+            except Unavailable as exc:
+                if not give_up_on_unreachable:
+                    raise  # retried by Celery
+                self.fail(instance_id, "spawning", str(exc))
                 return
-            instance = scheduled
-
-        try:
-            address = self.plane.hosts.get(instance.host).address
-            power = self.plane.agents.spawn(address, instance, image,
-                                            self.plane.config.spawn_timeout_s)
-        except KeyError:
-            self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
-            return
-        except SpawnFailed as exc:
-            self.fail(instance_id, "spawning", f"host {instance.host}: {exc}")
-            return
-        except Unavailable as exc:
-            if not give_up_on_unreachable:
-                raise  # retried by Celery
-            self.fail(instance_id, "spawning", str(exc))
-            return
 
         active = self._advance(instance_id, Event.SPAWNED, power_state=PowerState(power),
                                launched_at=time.time())

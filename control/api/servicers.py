@@ -194,10 +194,10 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
 
     def RegisterHost(self, request, context):
         inv = request.inventory
-        self.plane.hosts.register(
-            request.name, request.address,
-            Resources(vcpus=inv.vcpus, memory_mb=inv.memory_mb, disk_gb=inv.disk_gb),
-            request.virt_type, request.hypervisor)
+        totals = Resources(vcpus=inv.vcpus, memory_mb=inv.memory_mb, disk_gb=inv.disk_gb)
+        self.plane.hosts.register(request.name, request.address, totals, request.virt_type,
+                                  request.hypervisor)
+        self.plane.placement.report_inventory(request.name, totals)
         return agent_pb2.RegisterHostResponse(
             heartbeat_interval_s=self.plane.config.heartbeat_interval_s)
 

@@ -10,15 +10,15 @@ def test_instances_are_namespaced_by_project():
 
 
 def test_every_key_is_under_the_prefix():
-    built = [keys.flavor("small"), keys.image("i"), keys.host("h"), keys.host_usage("h"),
+    built = [keys.flavor("small"), keys.image("i"), keys.host("h"), keys.provider("h"),
              keys.allocation("i"), keys.instance_name("p", "web1"), keys.request("p", "r"),
              keys.instance_index("i")]
     assert all(k.startswith(keys.PREFIX + "/") for k in built)
     assert len(set(built)) == len(built)
 
 
-def test_host_usage_and_hosts_do_not_overlap():
-    assert not keys.host_usage("h").startswith(keys.hosts())
+def test_providers_and_hosts_do_not_overlap():
+    assert not keys.provider("h").startswith(keys.hosts())
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../x"])

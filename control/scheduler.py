@@ -1,0 +1,270 @@
+"""The scheduler: which host gets an instance, and why the others don't.
+
+It keeps a table of every host (inventory, usage, state, zone, traits) in
+numpy arrays, filled from etcd and kept current by etcd watches, so finding
+candidates is a read-only, in-memory query over all hosts at once. Then it
+claims on the best candidate through Placement's compare-and-swap; a stale
+table only costs a lost race, after which it re-reads that host and moves on.
+
+Filters: has inventory, enabled, alive, availability zone, required/forbidden
+traits, hosts excluded by earlier failed attempts, hard (anti-)affinity of a
+server group, then capacity per resource class. Weighers: `spread` (most free
+memory first) or `pack` (hosts already in use, least free first), soft
+(anti-)affinity, and a random tie-break so parallel requests spread out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from control import keys
+from control.config import ControlConfig
+from control.errors import Conflict, ResourceExhausted
+from control.models import Allocation, Host, Resources
+from control.placement import RESOURCE_CLASSES, Placement, Provider, amounts
+from control.store import Change, Store
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_TRIED = 8   # best candidates tried per selection before selecting again
+SELECTIONS = 4         # selections before giving up with Conflict
+
+
+@dataclass(frozen=True)
+class Request:
+    need: Resources
+    what: str                                   # for messages, e.g. "flavor large"
+    zone: str = ""
+    required_traits: frozenset[str] = frozenset()
+    forbidden_traits: frozenset[str] = frozenset()
+    exclude_hosts: frozenset[str] = frozenset()
+    group_policy: str = ""                      # affinity, anti-affinity, soft-affinity, soft-anti-affinity
+    group_hosts: tuple[str, ...] = ()           # hosts of the group's other members
+
+
+@dataclass
+class Decision:
+    hosts: list[str]                            # candidates, best first
+    summary: str                                # e.g. "12 hosts; 7 lacked MEMORY_MB, 3 disabled"
+    free_slots: dict[str, int] = field(default_factory=dict)
+
+
+class HostTable:
+    """Every host's scheduling facts, one row per host, watched from etcd."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.RLock()
+        self._started = False
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.providers: list[Provider | None] = []
+        self.hosts: list[Host | None] = []
+        self.cap = np.zeros((0, 3), np.int64)
+        self.used = np.zeros((0, 3), np.int64)
+        self.revision = np.zeros(0, np.int64)
+        self.enabled = np.zeros(0, bool)
+        self.heartbeat = np.zeros(0, np.float64)
+        self.in_use = np.zeros(0, bool)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._load()
+            self._started = True
+
+    def _load(self) -> None:
+        providers, rev_p = self.store.list_at_revision(keys.providers())
+        hosts, rev_h = self.store.list_at_revision(keys.hosts())
+        for record in providers:
+            self._set_provider(record.key.rsplit("/", 1)[1], record.value, record.mod_revision)
+        for record in hosts:
+            self._set_host(record.key.rsplit("/", 1)[1], record.value)
+        self.store.watch(keys.providers(), rev_p, self._on_provider_changes, self._on_error)
+        self.store.watch(keys.hosts(), rev_h, self._on_host_changes, self._on_error)
+
+    def _on_error(self, exc: Exception) -> None:
+        log.warning("scheduler watch broke (%s); reloading the host table", exc)
+        with self._lock:
+            self._started = False  # the next query reloads and watches again
+
+    def _row(self, name: str) -> int:
+        if name in self.index:
+            return self.index[name]
+        i = len(self.names)
+        self.names.append(name)
+        self.index[name] = i
+        self.providers.append(None)
+        self.hosts.append(None)
+        self.cap = np.vstack([self.cap, np.zeros((1, 3), np.int64)])
+        self.used = np.vstack([self.used, np.zeros((1, 3), np.int64)])
+        self.revision = np.append(self.revision, 0)
+        self.enabled = np.append(self.enabled, False)
+        self.heartbeat = np.append(self.heartbeat, 0.0)
+        self.in_use = np.append(self.in_use, False)
+        return i
+
+    def _set_provider(self, name: str, value: dict | None, revision: int) -> None:
+        i = self._row(name)
+        if revision and revision < self.revision[i]:
+            return  # older than what we know (our own claim got here first)
+        provider = Provider(**value) if value else None
+        self.providers[i] = provider
+        self.revision[i] = revision
+        self.cap[i] = [provider.capacity(rc) for rc in RESOURCE_CLASSES] if provider else 0
+        self.used[i] = [provider.usage.get(rc, 0) for rc in RESOURCE_CLASSES] if provider else 0
+        self.in_use[i] = bool(provider and any(provider.usage.values()))
+
+    def _set_host(self, name: str, value: dict | None) -> None:
+        i = self._row(name)
+        host = Host(**value) if value else None
+        self.hosts[i] = host
+        self.enabled[i] = bool(host and host.enabled)
+        self.heartbeat[i] = host.last_heartbeat if host else 0.0
+
+    def _on_provider_changes(self, changes: list[Change]) -> None:
+        with self._lock:
+            for c in changes:
+                self._set_provider(c.key.rsplit("/", 1)[1], c.value, c.mod_revision)
+
+    def _on_host_changes(self, changes: list[Change]) -> None:
+        with self._lock:
+            for c in changes:
+                self._set_host(c.key.rsplit("/", 1)[1], c.value)
+
+    def update_provider(self, provider: Provider, revision: int) -> None:
+        with self._lock:
+            self._set_provider(provider.host, provider.model_dump(), revision)
+
+    def provider(self, name: str) -> tuple[Provider | None, int]:
+        with self._lock:
+            i = self.index.get(name)
+            return (self.providers[i], int(self.revision[i])) if i is not None else (None, 0)
+
+    # ---------------------------------------------------------------- the query
+
+    def select(self, request: Request, down_after_s: float, weigher: str,
+               rng: np.random.Generator, limit: int = CANDIDATES_TRIED) -> Decision:
+        self.start()
+        need = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
+        with self._lock:
+            n = len(self.names)
+            hosts = self.hosts
+            has_both = np.array([p is not None and h is not None
+                                 for p, h in zip(self.providers, hosts, strict=True)], bool)
+            filters: list[tuple[str, np.ndarray]] = [
+                ("not reporting", has_both),
+                ("disabled", self.enabled.copy()),
+                ("down", self.heartbeat > time.time() - down_after_s),
+            ]
+            if request.zone:
+                filters.append((f"not in zone {request.zone}", np.array(
+                    [h is not None and h.zone == request.zone for h in hosts], bool)))
+            if request.required_traits or request.forbidden_traits:
+                filters.append(("lacked traits", np.array(
+                    [h is not None and request.required_traits <= set(h.traits)
+                     and not request.forbidden_traits & set(h.traits) for h in hosts], bool)))
+            if request.exclude_hosts:
+                filters.append(("failed this instance before", np.array(
+                    [name not in request.exclude_hosts for name in self.names], bool)))
+            members = Counter(request.group_hosts)
+            if request.group_policy == "anti-affinity":
+                filters.append(("held a member of its anti-affinity group", np.array(
+                    [members[name] == 0 for name in self.names], bool)))
+            if request.group_policy == "affinity" and members:
+                filters.append(("were not its affinity group's host", np.array(
+                    [members[name] > 0 for name in self.names], bool)))
+            free = self.cap - self.used
+            in_use = self.in_use.copy()
+
+        remaining = np.ones(n, bool)
+        reasons: Counter[str] = Counter()
+        for reason, mask in filters:
+            reasons[reason] += int(np.count_nonzero(remaining & ~mask))
+            remaining &= mask
+        lacking = free < need
+        for j, rc in enumerate(RESOURCE_CLASSES):
+            reasons[f"lacked {rc}"] += int(np.count_nonzero(remaining & lacking[:, j]))
+        fit = np.flatnonzero(remaining & ~lacking.any(axis=1))
+
+        weight = free[fit, 1].astype(np.float64)                    # free MEMORY_MB
+        if weigher == "pack":
+            weight = -weight + in_use[fit] * 1e12                   # in-use hosts first, fullest first
+        if request.group_policy in ("soft-affinity", "soft-anti-affinity") and members:
+            on_host = np.array([members[self.names[i]] for i in fit], np.float64)
+            weight += on_host * (1e15 if request.group_policy == "soft-affinity" else -1e15)
+        order = np.lexsort((rng.random(len(fit)), -weight))[:limit]  # ties broken at random
+        summary = f"{n} hosts" + "".join(
+            f"; {count} {reason}" for reason, count in reasons.most_common() if count)
+        return Decision(hosts=[self.names[fit[k]] for k in order], summary=summary)
+
+    def slots(self, need: Resources, down_after_s: float) -> dict[str, int]:
+        """How many more of `need` fit on each usable host."""
+        self.start()
+        vector = np.array([amounts(need)[rc] for rc in RESOURCE_CLASSES], np.int64)
+        with self._lock:
+            usable = (self.enabled & (self.heartbeat > time.time() - down_after_s)
+                      & np.array([p is not None for p in self.providers], bool))
+            free = np.maximum(self.cap - self.used, 0)
+            names = list(self.names)
+        per = np.where(vector > 0, free // np.maximum(vector, 1), np.iinfo(np.int64).max).min(axis=1)
+        return {names[i]: int(per[i]) for i in np.flatnonzero(usable)}
+
+
+class Scheduler:
+    def __init__(self, store: Store, config: ControlConfig, placement: Placement):
+        self.config = config
+        self.placement = placement
+        self.table = HostTable(store)
+        self.rng = np.random.default_rng()
+        self.conflicts = 0   # lost races, retried (for benchmarks and logs)
+
+    def preview(self, request: Request) -> Decision:
+        """Where a request would go, and why other hosts can't take it (claims nothing)."""
+        return self.table.select(request, self.config.host_down_after_s,
+                                 self.config.scheduler_weigher, self.rng)
+
+    def schedule(self, allocation: Allocation, request: Request) -> str:
+        """Pick a host and claim `allocation` on it. Idempotent per instance.
+        ResourceExhausted, with a per-filter summary, when no host fits."""
+        existing = self.placement.allocation(allocation.instance_id)
+        if existing is not None:
+            return existing.host
+        for _ in range(SELECTIONS):
+            decision = self.preview(request)
+            if not decision.hosts:
+                raise ResourceExhausted(f"no host for {request.what}: {decision.summary}")
+            for host in decision.hosts:
+                if self._claim_on(host, allocation):
+                    return host
+        raise Conflict(f"could not claim a host for {request.what}: too many concurrent claims")
+
+    def _claim_on(self, host: str, allocation: Allocation) -> bool:
+        """Claim with the table's view of the host; on a lost race, re-read it
+        once and try again if it still has room."""
+        provider, revision = self.table.provider(host)
+        for attempt in range(2):
+            if provider is None or provider.lacking(amounts(allocation.resources)):
+                return False
+            claimed = self.placement.try_claim(provider, revision, allocation)
+            if claimed is not None:
+                self.table.update_provider(*claimed)
+                return True
+            self.conflicts += 1
+            if attempt == 0:
+                found = self.placement.provider(host)
+                if found is None:
+                    return False
+                provider, revision = found[0], found[1].mod_revision
+                self.table.update_provider(provider, revision)
+        return False
+
+    def free_slots(self, need: Resources) -> dict[str, int]:
+        return self.table.slots(need, self.config.host_down_after_s)
