@@ -8,7 +8,7 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := proto/gen/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test unit bench lint proto image deps venv lock clean
+.PHONY: up down status test unit bench bench-placement lint proto image deps venv lock clean
 
 up: deps venv image
 	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR)
@@ -29,6 +29,12 @@ unit: venv
 bench: deps venv image
 	$(PY) bench/boot.py
 	$(PY) bench/quota.py
+	$(PY) bench/placement.py 1000 5000
+
+# One host count alone: make bench-placement HOSTS=5000
+HOSTS ?= 1000
+bench-placement: deps venv
+	$(PY) bench/placement.py $(HOSTS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

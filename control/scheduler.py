@@ -72,6 +72,8 @@ class HostTable:
         self.enabled = np.zeros(0, bool)
         self.heartbeat = np.zeros(0, np.float64)
         self.in_use = np.zeros(0, bool)
+        self.has_provider = np.zeros(0, bool)
+        self.has_host = np.zeros(0, bool)
 
     def start(self) -> None:
         with self._lock:
@@ -109,14 +111,19 @@ class HostTable:
         self.enabled = np.append(self.enabled, False)
         self.heartbeat = np.append(self.heartbeat, 0.0)
         self.in_use = np.append(self.in_use, False)
+        self.has_provider = np.append(self.has_provider, False)
+        self.has_host = np.append(self.has_host, False)
         return i
 
     def _set_provider(self, name: str, value: dict | None, revision: int) -> None:
+        self._put_provider(name, Provider(**value) if value else None, revision)
+
+    def _put_provider(self, name: str, provider: Provider | None, revision: int) -> None:
         i = self._row(name)
         if revision and revision < self.revision[i]:
             return  # older than what we know (our own claim got here first)
-        provider = Provider(**value) if value else None
         self.providers[i] = provider
+        self.has_provider[i] = provider is not None
         self.revision[i] = revision
         self.cap[i] = [provider.capacity(rc) for rc in RESOURCE_CLASSES] if provider else 0
         self.used[i] = [provider.usage.get(rc, 0) for rc in RESOURCE_CLASSES] if provider else 0
@@ -126,6 +133,7 @@ class HostTable:
         i = self._row(name)
         host = Host(**value) if value else None
         self.hosts[i] = host
+        self.has_host[i] = host is not None
         self.enabled[i] = bool(host and host.enabled)
         self.heartbeat[i] = host.last_heartbeat if host else 0.0
 
@@ -141,7 +149,7 @@ class HostTable:
 
     def update_provider(self, provider: Provider, revision: int) -> None:
         with self._lock:
-            self._set_provider(provider.host, provider.model_dump(), revision)
+            self._put_provider(provider.host, provider, revision)
 
     def provider(self, name: str) -> tuple[Provider | None, int]:
         with self._lock:
@@ -157,10 +165,8 @@ class HostTable:
         with self._lock:
             n = len(self.names)
             hosts = self.hosts
-            has_both = np.array([p is not None and h is not None
-                                 for p, h in zip(self.providers, hosts, strict=True)], bool)
             filters: list[tuple[str, np.ndarray]] = [
-                ("not reporting", has_both),
+                ("not reporting", self.has_provider & self.has_host),
                 ("disabled", self.enabled.copy()),
                 ("down", self.heartbeat > time.time() - down_after_s),
             ]
@@ -211,7 +217,7 @@ class HostTable:
         vector = np.array([amounts(need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
             usable = (self.enabled & (self.heartbeat > time.time() - down_after_s)
-                      & np.array([p is not None for p in self.providers], bool))
+                      & self.has_provider)
             free = np.maximum(self.cap - self.used, 0)
             names = list(self.names)
         per = np.where(vector > 0, free // np.maximum(vector, 1), np.iinfo(np.int64).max).min(axis=1)
@@ -234,9 +240,6 @@ class Scheduler:
     def schedule(self, allocation: Allocation, request: Request) -> str:
         """Pick a host and claim `allocation` on it. Idempotent per instance.
         ResourceExhausted, with a per-filter summary, when no host fits."""
-        existing = self.placement.allocation(allocation.instance_id)
-        if existing is not None:
-            return existing.host
         for _ in range(SELECTIONS):
             decision = self.preview(request)
             if not decision.hosts:
@@ -244,6 +247,11 @@ class Scheduler:
             for host in decision.hosts:
                 if self._claim_on(host, allocation):
                     return host
+                # A claim also fails when this instance holds one already (a task
+                # run twice): that is checked only here, off the common path.
+                existing = self.placement.allocation(allocation.instance_id)
+                if existing is not None:
+                    return existing.host
         raise Conflict(f"could not claim a host for {request.what}: too many concurrent claims")
 
     def _claim_on(self, host: str, allocation: Allocation) -> bool:
