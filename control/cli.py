@@ -48,7 +48,8 @@ def instance_dict(i: pb.Instance) -> dict[str, Any]:
     return data
 
 
-FLAVOR_COLUMNS = ["name", "vcpus", "memory_mb", "disk_gb", "public", "projects"]
+FLAVOR_COLUMNS = ["name", "vcpus", "memory_mb", "disk_gb", "public", "projects", "required_traits",
+                  "zone"]
 INSTANCE_COLUMNS = ["id", "name", "status", "flavor", "host", "addresses"]
 
 
@@ -136,14 +137,19 @@ def flavor_list(ctx: click.Context, output: str) -> None:
 @click.option("--disk", "disk_gb", type=int, required=True, help="GiB")
 @click.option("--private", is_flag=True, help="visible only to the projects given with --project")
 @click.option("--project", "projects", multiple=True, help="a project given access (repeatable)")
+@click.option("--require-trait", "required", multiple=True, help="hosts must have it (repeatable)")
+@click.option("--forbid-trait", "forbidden", multiple=True, help="hosts must not have it (repeatable)")
+@click.option("--zone", default="", help="pin to an availability zone")
 @output_option
 @click.pass_context
 def flavor_create(ctx: click.Context, name: str, vcpus: int, memory_mb: int, disk_gb: int,
-                  private: bool, projects: tuple[str, ...], output: str) -> None:
+                  private: bool, projects: tuple[str, ...], required: tuple[str, ...],
+                  forbidden: tuple[str, ...], zone: str, output: str) -> None:
     """Create a flavor (admin)."""
     created = api(ctx).flavors.CreateFlavor(pb.CreateFlavorRequest(flavor=pb.Flavor(
         name=name, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb, public=not private,
-        projects=list(projects))))
+        projects=list(projects), required_traits=list(required), forbidden_traits=list(forbidden),
+        zone=zone)))
     print_rows([as_dict(created)], FLAVOR_COLUMNS, output)
 
 
@@ -212,13 +218,23 @@ def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: f
 @click.option("--request-id", default="", help="idempotency key; default: a new one")
 @click.option("--wait", is_flag=True, help="wait until ACTIVE or ERROR; exit non-zero on ERROR")
 @click.option("--timeout", default=300.0, show_default=True)
+@click.option("--dry-run", is_flag=True,
+              help="show the host it would go to and why others can't take it; create nothing")
 @output_option
 @click.pass_context
 def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: str,
-                    request_id: str, wait: bool, timeout: float, output: str) -> None:
-    created = api(ctx).instances.CreateInstance(pb.CreateInstanceRequest(
-        name=name, flavor=flavor_name, image=image_ref,
-        request_id=request_id or str(uuid.uuid4())))
+                    request_id: str, wait: bool, timeout: float, dry_run: bool, output: str) -> None:
+    request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
+                                       request_id=request_id or str(uuid.uuid4()))
+    if dry_run:
+        preview = api(ctx).instances.PreviewPlacement(request)
+        if output == "json":
+            click.echo(json.dumps(as_dict(preview), indent=2))
+        else:
+            out.print(f"would go to: {preview.host or 'no host'}", highlight=False)
+            out.print(f"hosts: {preview.summary}", highlight=False)
+        sys.exit(0 if preview.host else 1)
+    created = api(ctx).instances.CreateInstance(request)
     if wait:
         created = wait_for(ctx, created.id, until_gone=False, timeout_s=timeout)
     print_instance(created, output)
@@ -480,6 +496,116 @@ def quota_set(ctx: click.Context, project_name: str, output: str, **limits: int 
     request = ipb.SetQuotaRequest(project=project_name,
                                   **{k: v for k, v in limits.items() if v is not None})
     print_quota(api(ctx).quotas.SetQuota(request), output)
+
+
+# ---------------------------------------------------------------- hosts (admin)
+
+def host_row(h: pb.HostInfo) -> dict[str, Any]:
+    row = {**as_dict(h), "state": ("up" if h.up else "DOWN") + ("" if h.enabled else " disabled")}
+    for item in h.inventory:
+        row[item.resource_class] = f"{item.used}/{item.capacity}"
+    return row
+
+
+HOST_COLUMNS = ["name", "state", "zone", "traits", "instances", "VCPU", "MEMORY_MB", "DISK_GB"]
+
+
+@cli.group(cls=CloudGroup)
+def host() -> None:
+    """Compute hosts: capacity, usage, maintenance (admin)."""
+
+
+@host.command("list")
+@output_option
+@click.pass_context
+def host_list(ctx: click.Context, output: str) -> None:
+    hosts = api(ctx).hosts.ListHosts(pb.ListHostsRequest()).hosts
+    rows = [host_row(h) for h in hosts]
+    print_rows(rows if output == "table" else [as_dict(h) for h in hosts], HOST_COLUMNS, output)
+
+
+def print_host(h: pb.HostInfo, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(as_dict(h), indent=2))
+        return
+    row = host_row(h)
+    table = Table("field", "value", show_header=False)
+    for key in ["name", "address", "state", "disabled_reason", "zone", "traits", "instances",
+                "virt_type", "hypervisor", "last_heartbeat"]:
+        table.add_row(key, cell(row.get(key)))
+    out.print(table)
+    print_table([{**as_dict(i), "used/capacity": f"{i.used}/{i.capacity}"} for i in h.inventory],
+                ["resource_class", "total", "reserved", "allocation_ratio", "used/capacity"])
+
+
+@host.command("show")
+@click.argument("name")
+@output_option
+@click.pass_context
+def host_show(ctx: click.Context, name: str, output: str) -> None:
+    print_host(api(ctx).hosts.GetHost(pb.GetHostRequest(name=name)), output)
+
+
+@host.command("disable")
+@click.argument("name")
+@click.option("--reason", default="", help="why (shown in host show)")
+@click.pass_context
+def host_disable(ctx: click.Context, name: str, reason: str) -> None:
+    """Maintenance: no new instances on this host."""
+    print_host(api(ctx).hosts.UpdateHost(pb.UpdateHostRequest(
+        name=name, enabled=False, disabled_reason=reason)), "table")
+
+
+@host.command("enable")
+@click.argument("name")
+@click.pass_context
+def host_enable(ctx: click.Context, name: str) -> None:
+    print_host(api(ctx).hosts.UpdateHost(pb.UpdateHostRequest(name=name, enabled=True)), "table")
+
+
+@host.command("set")
+@click.argument("name")
+@click.option("--zone", default=None, help="availability zone")
+@click.option("--add-trait", "add", multiple=True)
+@click.option("--remove-trait", "remove", multiple=True)
+@click.pass_context
+def host_set(ctx: click.Context, name: str, zone: str | None, add: tuple[str, ...],
+             remove: tuple[str, ...]) -> None:
+    request = pb.UpdateHostRequest(name=name, add_traits=list(add), remove_traits=list(remove))
+    if zone is not None:
+        request.zone = zone
+    print_host(api(ctx).hosts.UpdateHost(request), "table")
+
+
+@host.command("inventory")
+@click.argument("name")
+@click.argument("resource_class", type=click.Choice(["VCPU", "MEMORY_MB", "DISK_GB"]))
+@click.option("--reserved", type=int, default=None)
+@click.option("--ratio", "allocation_ratio", type=float, default=None, help="overcommit ratio")
+@click.pass_context
+def host_inventory(ctx: click.Context, name: str, resource_class: str, reserved: int | None,
+                   allocation_ratio: float | None) -> None:
+    """Override a host's reserved amount or allocation ratio (kept across agent reports)."""
+    request = pb.SetInventoryRequest(name=name, resource_class=resource_class)
+    if reserved is not None:
+        request.reserved = reserved
+    if allocation_ratio is not None:
+        request.allocation_ratio = allocation_ratio
+    print_host(api(ctx).hosts.SetInventory(request), "table")
+
+
+@cli.command("capacity")
+@click.option("--flavor", "flavor_name", required=True)
+@output_option
+@click.pass_context
+def capacity(ctx: click.Context, flavor_name: str, output: str) -> None:
+    """How many more instances of a flavor fit, per host and in total (admin)."""
+    result = api(ctx).hosts.GetCapacity(pb.GetCapacityRequest(flavor=flavor_name))
+    if output == "json":
+        click.echo(json.dumps(as_dict(result), indent=2))
+        return
+    print_table([as_dict(h) for h in result.hosts], ["host", "fits"])
+    out.print(f"{result.total} more of flavor {result.flavor} fit", highlight=False)
 
 
 def main() -> None:

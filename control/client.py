@@ -88,6 +88,7 @@ class CloudClient:
         self.instances = compute_pb2_grpc.InstanceServiceStub(channel)
         self.flavors = compute_pb2_grpc.FlavorServiceStub(channel)
         self.images = compute_pb2_grpc.ImageServiceStub(channel)
+        self.hosts = compute_pb2_grpc.HostAdminServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
         self.quotas = identity_pb2_grpc.QuotaServiceStub(channel)
 

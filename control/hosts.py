@@ -7,7 +7,8 @@ import logging
 import time
 
 from control import keys
-from control.models import Host, Instance, Resources
+from control.errors import NotFound
+from control.models import Host, Instance, Resources, validate_name
 from control.states import PowerState, TaskState
 from control.store import Store, Txn
 
@@ -37,10 +38,33 @@ class Hosts:
         return self.get(name)
 
     def get(self, name: str) -> Host:
-        record = self.store.get(keys.host(name))
+        record = self.store.get(keys.host(name)) if name and "/" not in name else None
         if record is None:
             raise KeyError(name)
         return Host(**record.value)
+
+    def update(self, name: str, enabled: bool | None = None, disabled_reason: str = "",
+               zone: str | None = None, add_traits: list[str] | None = None,
+               remove_traits: list[str] | None = None) -> Host:
+        """An admin's change: maintenance (disable/enable), zone, traits."""
+        key = keys.host(name)
+
+        def change(record):
+            host = Host(**record.value)
+            updates: dict[str, object] = {}
+            if enabled is not None:
+                updates["enabled"] = enabled
+                updates["disabled_reason"] = "" if enabled else disabled_reason
+            if zone is not None:
+                updates["zone"] = validate_name(zone, "zone")
+            traits = (set(host.traits) | {validate_name(t, "trait") for t in add_traits or ()}) \
+                - set(remove_traits or ())
+            updates["traits"] = sorted(traits)
+            return Txn().expect(record).put(key, host.model_copy(update=updates).model_dump())
+
+        if self.store.update(key, change) is None:
+            raise NotFound(f"host {name!r} not found")
+        return self.get(name)
 
     def all(self) -> list[Host]:
         return [Host(**r.value) for r in self.store.list(keys.hosts())]

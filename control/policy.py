@@ -25,6 +25,11 @@ _SERVICES: dict[str, dict[str, str]] = {
     "InstanceService": {
         "CreateInstance": MEMBER, "DeleteInstance": MEMBER,
         "GetInstance": READER, "ListInstances": READER, "GetConsoleOutput": READER,
+        "PreviewPlacement": MEMBER,
+    },
+    "HostAdminService": {
+        "ListHosts": ADMIN, "GetHost": ADMIN, "UpdateHost": ADMIN, "SetInventory": ADMIN,
+        "GetCapacity": ADMIN,
     },
     "FlavorService": {
         "ListFlavors": READER, "GetFlavor": READER, "CreateFlavor": ADMIN, "DeleteFlavor": ADMIN,

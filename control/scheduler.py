@@ -26,7 +26,7 @@ import numpy as np
 from control import keys
 from control.config import ControlConfig
 from control.errors import Conflict, ResourceExhausted
-from control.models import Allocation, Host, Resources
+from control.models import Allocation, Flavor, Host, Resources
 from control.placement import RESOURCE_CLASSES, Placement, Provider, amounts
 from control.store import Change, Store
 
@@ -158,37 +158,44 @@ class HostTable:
 
     # ---------------------------------------------------------------- the query
 
+    def _filters(self, request: Request, down_after_s: float) -> list[tuple[str, np.ndarray]]:
+        """Each filter but capacity, as (why a host fails it, mask of hosts that pass).
+        Call with the lock held."""
+        hosts = self.hosts
+        filters: list[tuple[str, np.ndarray]] = [
+            ("not reporting", self.has_provider & self.has_host),
+            ("disabled", self.enabled.copy()),
+            ("down", self.heartbeat > time.time() - down_after_s),
+        ]
+        if request.zone:
+            filters.append((f"not in zone {request.zone}", np.array(
+                [h is not None and h.zone == request.zone for h in hosts], bool)))
+        if request.required_traits or request.forbidden_traits:
+            filters.append(("lacked traits", np.array(
+                [h is not None and request.required_traits <= set(h.traits)
+                 and not request.forbidden_traits & set(h.traits) for h in hosts], bool)))
+        if request.exclude_hosts:
+            filters.append(("failed this instance before", np.array(
+                [name not in request.exclude_hosts for name in self.names], bool)))
+        members = Counter(request.group_hosts)
+        if request.group_policy == "anti-affinity":
+            filters.append(("held a member of its anti-affinity group", np.array(
+                [members[name] == 0 for name in self.names], bool)))
+        if request.group_policy == "affinity" and members:
+            filters.append(("were not its affinity group's host", np.array(
+                [members[name] > 0 for name in self.names], bool)))
+        return filters
+
     def select(self, request: Request, down_after_s: float, weigher: str,
                rng: np.random.Generator, limit: int = CANDIDATES_TRIED) -> Decision:
         self.start()
         need = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
             n = len(self.names)
-            hosts = self.hosts
-            filters: list[tuple[str, np.ndarray]] = [
-                ("not reporting", self.has_provider & self.has_host),
-                ("disabled", self.enabled.copy()),
-                ("down", self.heartbeat > time.time() - down_after_s),
-            ]
-            if request.zone:
-                filters.append((f"not in zone {request.zone}", np.array(
-                    [h is not None and h.zone == request.zone for h in hosts], bool)))
-            if request.required_traits or request.forbidden_traits:
-                filters.append(("lacked traits", np.array(
-                    [h is not None and request.required_traits <= set(h.traits)
-                     and not request.forbidden_traits & set(h.traits) for h in hosts], bool)))
-            if request.exclude_hosts:
-                filters.append(("failed this instance before", np.array(
-                    [name not in request.exclude_hosts for name in self.names], bool)))
-            members = Counter(request.group_hosts)
-            if request.group_policy == "anti-affinity":
-                filters.append(("held a member of its anti-affinity group", np.array(
-                    [members[name] == 0 for name in self.names], bool)))
-            if request.group_policy == "affinity" and members:
-                filters.append(("were not its affinity group's host", np.array(
-                    [members[name] > 0 for name in self.names], bool)))
+            filters = self._filters(request, down_after_s)
             free = self.cap - self.used
             in_use = self.in_use.copy()
+            names = list(self.names)
 
         remaining = np.ones(n, bool)
         reasons: Counter[str] = Counter()
@@ -203,21 +210,23 @@ class HostTable:
         weight = free[fit, 1].astype(np.float64)                    # free MEMORY_MB
         if weigher == "pack":
             weight = -weight + in_use[fit] * 1e12                   # in-use hosts first, fullest first
+        members = Counter(request.group_hosts)
         if request.group_policy in ("soft-affinity", "soft-anti-affinity") and members:
-            on_host = np.array([members[self.names[i]] for i in fit], np.float64)
+            on_host = np.array([members[names[i]] for i in fit], np.float64)
             weight += on_host * (1e15 if request.group_policy == "soft-affinity" else -1e15)
         order = np.lexsort((rng.random(len(fit)), -weight))[:limit]  # ties broken at random
         summary = f"{n} hosts" + "".join(
             f"; {count} {reason}" for reason, count in reasons.most_common() if count)
-        return Decision(hosts=[self.names[fit[k]] for k in order], summary=summary)
+        return Decision(hosts=[names[fit[k]] for k in order], summary=summary)
 
-    def slots(self, need: Resources, down_after_s: float) -> dict[str, int]:
-        """How many more of `need` fit on each usable host."""
+    def slots(self, request: Request, down_after_s: float) -> dict[str, int]:
+        """How many more of the request fit on each host that passes its other filters."""
         self.start()
-        vector = np.array([amounts(need)[rc] for rc in RESOURCE_CLASSES], np.int64)
+        vector = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
-            usable = (self.enabled & (self.heartbeat > time.time() - down_after_s)
-                      & self.has_provider)
+            usable = np.ones(len(self.names), bool)
+            for _, mask in self._filters(request, down_after_s):
+                usable &= mask
             free = np.maximum(self.cap - self.used, 0)
             names = list(self.names)
         per = np.where(vector > 0, free // np.maximum(vector, 1), np.iinfo(np.int64).max).min(axis=1)
@@ -274,5 +283,14 @@ class Scheduler:
                 self.table.update_provider(provider, revision)
         return False
 
-    def free_slots(self, need: Resources) -> dict[str, int]:
-        return self.table.slots(need, self.config.host_down_after_s)
+    def free_slots(self, request: Request) -> dict[str, int]:
+        """How many more instances of the request fit, per eligible host."""
+        return self.table.slots(request, self.config.host_down_after_s)
+
+
+def flavor_request(flavor: Flavor, exclude_hosts: frozenset[str] = frozenset()) -> Request:
+    """What the scheduler must find for one instance of `flavor`."""
+    return Request(need=flavor.resources, what=f"flavor {flavor.name}", zone=flavor.zone,
+                   required_traits=frozenset(flavor.required_traits),
+                   forbidden_traits=frozenset(flavor.forbidden_traits),
+                   exclude_hosts=exclude_hosts)

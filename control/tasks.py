@@ -19,7 +19,7 @@ from control.models import Allocation, Fault, Flavor, Instance
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
 from control.quota import QuotaValues
-from control.scheduler import Request
+from control.scheduler import Request, flavor_request
 from control.states import Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
 
@@ -89,13 +89,10 @@ class InstanceWork:
         """What the scheduler must find: the flavor's sizes and constraints,
         avoiding hosts where this instance already failed."""
         record = self.plane.store.get(keys.flavor(instance.flavor))
-        flavor = Flavor(**record.value) if record else None
-        return Request(
-            need=instance.resources, what=f"flavor {instance.flavor}",
-            zone=flavor.zone if flavor else "",
-            required_traits=frozenset(flavor.required_traits if flavor else ()),
-            forbidden_traits=frozenset(flavor.forbidden_traits if flavor else ()),
-            exclude_hosts=frozenset(a.host for a in instance.attempts))
+        flavor = Flavor(**record.value) if record else Flavor(
+            name=instance.flavor, **instance.resources.model_dump())  # deleted since: sizes only
+        flavor = flavor.model_copy(update=instance.resources.model_dump())
+        return flavor_request(flavor, frozenset(a.host for a in instance.attempts))
 
     # ---------------------------------------------------------------- build
 

@@ -103,6 +103,17 @@ class LocalCloud:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
 
+    def agent_config(self, **overrides: object) -> dict[str, object]:
+        return {
+            "host_name": self.host_name,
+            "listen": f"127.0.0.1:{self.ports.agent}",
+            "control_endpoint": self.endpoint,
+            "control_secret_file": str(self.secret_path("agent")),
+            "state_dir": str(self.root / "agent"),
+            **self.agent_settings,
+            **overrides,
+        }
+
     def write_config(self) -> None:
         control = {
             "admin_password_file": str(self.secret_path("admin")),
@@ -113,18 +124,7 @@ class LocalCloud:
             "image_dirs": self.image_dirs,
             **self.control_settings,
         }
-        agent = {
-            "host_name": self.host_name,
-            "listen": f"127.0.0.1:{self.ports.agent}",
-            "control_endpoint": self.endpoint,
-            "control_secret_file": str(self.secret_path("agent")),
-            "state_dir": str(self.root / "agent"),
-            **self.agent_settings,
-        }
-        lines = ["# Written by localcloud; regenerated on every `make up`.", "[control]"]
-        lines += [f"{k} = {_toml(v)}" for k, v in control.items()]
-        lines += ["", "[agent]"] + [f"{k} = {_toml(v)}" for k, v in agent.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        _write_toml(self.config_path, control, self.agent_config())
 
     # ---------------------------------------------------------------- services
 
@@ -183,6 +183,18 @@ class LocalCloud:
                                    "--config", str(self.config_path)])
         wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent")
 
+    def add_agent(self, host_name: str, **settings: object) -> None:
+        """Another compute agent (another host) for this cloud, e.g. with the fake
+        driver to test scheduling across hosts."""
+        port = free_port()
+        path = self.root / f"agent-{host_name}.toml"
+        _write_toml(path, {}, self.agent_config(
+            host_name=host_name, listen=f"127.0.0.1:{port}",
+            state_dir=str(self.root / f"agent-{host_name}"), **settings))
+        self.procs.start(f"agent-{host_name}", [self.python, "-m", "compute_agent.server",
+                                                "--config", str(path)])
+        wait_until(lambda: port_open(port), 60, f"the compute agent of {host_name}")
+
     def up(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # qemu, running unprivileged, reads guest disks below
@@ -200,7 +212,7 @@ class LocalCloud:
     def down(self) -> list[str]:
         """Stop what `up` started, newest first; guests of our agent are shut off."""
         stopped = []
-        for name in ("agent", "worker", "api"):
+        for name in [*self._extra_agents(), "agent", "worker", "api"]:
             if self.procs.stop(name):
                 stopped.append(name)
         self.shut_off_guests()
@@ -208,6 +220,9 @@ class LocalCloud:
             if self.procs.stop(name):
                 stopped.append(name)
         return stopped
+
+    def _extra_agents(self) -> list[str]:
+        return [name for name in self.procs.running() if name.startswith("agent-")]
 
     def shut_off_guests(self) -> None:
         """Power off the guests this cloud's agent started (their records stay)."""
@@ -222,6 +237,8 @@ class LocalCloud:
 
     def destroy_everything(self) -> None:
         """For tests: stop all and delete the guests and files this cloud made."""
+        for name in self._extra_agents():
+            self.procs.stop(name)
         self.procs.stop("agent")
         self.procs.stop("worker")
         self.procs.stop("api")
@@ -251,6 +268,13 @@ def prepare_kvm_device() -> None:
         kvm.chmod(0o660)
     except (LookupError, PermissionError, OSError):
         pass  # no kvm group or not root: leave the host as it is
+
+
+def _write_toml(path: Path, control: dict[str, object], agent: dict[str, object]) -> None:
+    lines = ["# Written by localcloud; regenerated on every `make up`.", "[control]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in control.items()]
+    lines += ["", "[agent]"] + [f"{k} = {_toml(v)}" for k, v in agent.items()]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _libvirt_answers() -> bool:

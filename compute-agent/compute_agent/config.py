@@ -19,6 +19,8 @@ class AgentConfig(BaseModel):
     # A file holding the secret the control plane expects from agents.
     control_secret_file: str = ""
     driver: Literal["libvirt", "fake"] = "libvirt"
+    # Fake driver only: fail every spawn (to test rescheduling).
+    fake_fail_spawn: bool = False
     libvirt_uri: str = "qemu:///system"
     # kvm, qemu (software emulation), or auto: kvm only when /dev/kvm opens and
     # the CPU has vmx/svm (nested virtualization off means KVM guests hang).

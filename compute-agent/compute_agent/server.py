@@ -124,7 +124,7 @@ class Reporter:
 def make_driver(config: AgentConfig) -> ComputeDriver:
     if config.driver == "fake":
         from compute_agent.fake_driver import FakeDriver
-        return FakeDriver()
+        return FakeDriver(fail_spawn=config.fake_fail_spawn)
     from compute_agent.libvirt_driver import LibvirtDriver
     return LibvirtDriver(config.libvirt_uri, config.state_dir, config.host_name,
                          config.virt_type, config.network_name, config.network_bridge,

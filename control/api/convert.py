@@ -7,7 +7,8 @@ from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control.identity import Caller, Project, User
-from control.models import Flavor, Image, Instance
+from control.models import Fault, Flavor, Host, Image, Instance
+from control.placement import Provider
 from control.quota import QuotaValues
 from control.states import status
 
@@ -22,7 +23,26 @@ def _ts(seconds: float | None) -> Timestamp | None:
 
 def flavor(f: Flavor) -> pb.Flavor:
     return pb.Flavor(name=f.name, vcpus=f.vcpus, memory_mb=f.memory_mb, disk_gb=f.disk_gb,
-                     public=f.public, projects=f.projects)
+                     public=f.public, projects=f.projects, required_traits=f.required_traits,
+                     forbidden_traits=f.forbidden_traits, zone=f.zone)
+
+
+def fault(f: Fault) -> pb.Fault:
+    return pb.Fault(message=f.message, phase=f.phase, time=_ts(f.time), host=f.host)
+
+
+def host_info(h: Host, provider: Provider | None, instances: int, up: bool) -> pb.HostInfo:
+    inventory = []
+    if provider is not None:
+        for rc, item in provider.inventory.items():
+            inventory.append(pb.HostInventoryItem(
+                resource_class=rc, total=item.total, reserved=item.reserved,
+                allocation_ratio=item.allocation_ratio, capacity=item.capacity,
+                used=provider.usage.get(rc, 0)))
+    return pb.HostInfo(name=h.name, address=h.address, enabled=h.enabled,
+                       disabled_reason=h.disabled_reason, up=up, zone=h.zone, traits=h.traits,
+                       inventory=inventory, instances=instances, virt_type=h.virt_type,
+                       hypervisor=h.hypervisor, last_heartbeat=_ts(h.last_heartbeat))
 
 
 def token(caller: Caller, secret: str = "") -> ipb.Token:
@@ -58,6 +78,6 @@ def instance(i: Instance) -> pb.Instance:
         created_at=_ts(i.created_at), updated_at=_ts(i.updated_at),
         launched_at=_ts(i.launched_at))
     if i.fault:
-        msg.fault.CopyFrom(pb.Fault(message=i.fault.message, phase=i.fault.phase,
-                                    time=_ts(i.fault.time)))
+        msg.fault.CopyFrom(fault(i.fault))
+    msg.attempts.extend(fault(a) for a in i.attempts)
     return msg

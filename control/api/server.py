@@ -25,6 +25,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 from control.api.interceptors import ApiInterceptor
 from control.api.servicers import (
     FlavorServicer,
+    HostAdminServicer,
     HostServicer,
     IdentityServicer,
     ImageServicer,
@@ -42,7 +43,8 @@ def _service_names() -> list[str]:
     compute = compute_pb2.DESCRIPTOR.services_by_name
     identity = identity_pb2.DESCRIPTOR.services_by_name
     agent = agent_pb2.DESCRIPTOR.services_by_name
-    return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService")]
+    return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService",
+                                              "HostAdminService")]
             + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
             + [agent["HostService"].full_name])
 
@@ -58,6 +60,7 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
+    compute_pb2_grpc.add_HostAdminServiceServicer_to_server(HostAdminServicer(plane), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
     identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)

@@ -6,6 +6,8 @@ control.hosts. Errors propagate as CloudError and are mapped by the interceptor.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import grpc
 from cloudapi.v1 import (
     agent_pb2,
@@ -19,9 +21,10 @@ from cloudapi.v1 import (
 from control.api import convert
 from control.api.interceptors import current_caller
 from control.errors import InvalidArgument, NotFound
-from control.models import Flavor, Resources
+from control.models import Flavor, Host, Resources, validate_name
 from control.plane import ControlPlane
 from control.quota import FIELDS
+from control.scheduler import flavor_request
 
 CONSOLE_DEFAULT_BYTES = 64 * 1024
 
@@ -51,7 +54,8 @@ class FlavorServicer(compute_pb2_grpc.FlavorServiceServicer):
             self.plane.identity.project(project)
         return convert.flavor(self.plane.catalog.create_flavor(Flavor(
             name=f.name, vcpus=f.vcpus, memory_mb=f.memory_mb, disk_gb=f.disk_gb,
-            public=f.public, projects=list(f.projects))))
+            public=f.public, projects=list(f.projects), required_traits=list(f.required_traits),
+            forbidden_traits=list(f.forbidden_traits), zone=f.zone)))
 
     def DeleteFlavor(self, request, context):
         self.plane.catalog.delete_flavor(request.name)
@@ -78,6 +82,15 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         instance = self.plane.instances.create(
             current_caller(), request.name, request.flavor, request.image, request.request_id)
         return convert.instance(instance)
+
+    def PreviewPlacement(self, request, context):
+        caller = current_caller()
+        validate_name(request.name, "instance name")
+        flavor = self.plane.catalog.flavor(request.flavor, caller.project, caller.is_admin)
+        self.plane.catalog.image(request.image or self.plane.config.default_image)
+        decision = self.plane.scheduler.preview(flavor_request(flavor))
+        return compute_pb2.PlacementPreview(host=decision.hosts[0] if decision.hosts else "",
+                                            summary=decision.summary, candidates=decision.hosts)
 
     def GetInstance(self, request, context):
         return convert.instance(self.plane.instances.get(caller_project(context),
@@ -184,6 +197,61 @@ class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
                 raise InvalidArgument(f"quota {field} must be -1 (unlimited) or more, not {value}")
         self.plane.quotas.set_limits(request.project, changes)
         return self._quota(request.project)
+
+
+class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
+    """Admins' view of the hosts: capacity, usage, maintenance, zones, traits."""
+
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
+
+    def _info(self, host: Host, counts: dict[str, int] | None = None) -> compute_pb2.HostInfo:
+        found = self.plane.placement.provider(host.name)
+        if counts is None:
+            counts = Counter(a.host for a in self.plane.placement.allocations())
+        up = host.is_up(self.plane.config.host_down_after_s)
+        return convert.host_info(host, found[0] if found else None, counts.get(host.name, 0), up)
+
+    def _host(self, name: str) -> Host:
+        try:
+            return self.plane.hosts.get(name)
+        except KeyError:
+            raise NotFound(f"host {name!r} not found") from None
+
+    def ListHosts(self, request, context):
+        counts = Counter(a.host for a in self.plane.placement.allocations())
+        hosts = sorted(self.plane.hosts.all(), key=lambda h: h.name)
+        return compute_pb2.ListHostsResponse(hosts=[self._info(h, counts) for h in hosts])
+
+    def GetHost(self, request, context):
+        return self._info(self._host(request.name))
+
+    def UpdateHost(self, request, context):
+        host = self.plane.hosts.update(
+            request.name, enabled=request.enabled if request.HasField("enabled") else None,
+            disabled_reason=request.disabled_reason,
+            zone=request.zone if request.HasField("zone") else None,
+            add_traits=list(request.add_traits), remove_traits=list(request.remove_traits))
+        return self._info(host)
+
+    def SetInventory(self, request, context):
+        self._host(request.name)
+        if request.HasField("allocation_ratio") and request.allocation_ratio <= 0:
+            raise InvalidArgument("allocation_ratio must be above 0")
+        if request.HasField("reserved") and request.reserved < 0:
+            raise InvalidArgument("reserved must be 0 or more")
+        self.plane.placement.set_inventory(
+            request.name, request.resource_class,
+            reserved=request.reserved if request.HasField("reserved") else None,
+            allocation_ratio=request.allocation_ratio if request.HasField("allocation_ratio") else None)
+        return self._info(self._host(request.name))
+
+    def GetCapacity(self, request, context):
+        flavor = self.plane.catalog.flavor(request.flavor, "", is_admin=True)
+        slots = self.plane.scheduler.free_slots(flavor_request(flavor))
+        hosts = [compute_pb2.HostCapacity(host=h, fits=n) for h, n in sorted(slots.items())]
+        return compute_pb2.Capacity(flavor=flavor.name, total=sum(h.fits for h in hosts),
+                                    hosts=hosts)
 
 
 class HostServicer(agent_pb2_grpc.HostServiceServicer):

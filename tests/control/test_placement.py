@@ -5,7 +5,6 @@ import threading
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 from control import keys
@@ -181,5 +180,5 @@ def test_admin_overrides_survive_agent_reports(placement, make_host):
 def test_free_slots(store, placement, make_host, zone):
     host = make_host()
     scheduler = Scheduler(store, CONFIG, placement)
-    assert scheduler.free_slots(TINY)[host] == 5
-    assert np.isscalar(scheduler.free_slots(TINY)[host])
+    assert scheduler.free_slots(request(zone)) == {host: 5}
+    assert scheduler.free_slots(request(zone, required_traits=frozenset({"gpu"}))) == {}
