@@ -218,14 +218,16 @@ def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: f
 @click.option("--request-id", default="", help="idempotency key; default: a new one")
 @click.option("--wait", is_flag=True, help="wait until ACTIVE or ERROR; exit non-zero on ERROR")
 @click.option("--timeout", default=300.0, show_default=True)
+@click.option("--group", default="", help="server group to join (see cloudctl server-group)")
 @click.option("--dry-run", is_flag=True,
               help="show the host it would go to and why others can't take it; create nothing")
 @output_option
 @click.pass_context
 def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: str,
-                    request_id: str, wait: bool, timeout: float, dry_run: bool, output: str) -> None:
+                    request_id: str, wait: bool, timeout: float, group: str, dry_run: bool,
+                    output: str) -> None:
     request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
-                                       request_id=request_id or str(uuid.uuid4()))
+                                       request_id=request_id or str(uuid.uuid4()), group=group)
     if dry_run:
         preview = api(ctx).instances.PreviewPlacement(request)
         if output == "json":
@@ -496,6 +498,49 @@ def quota_set(ctx: click.Context, project_name: str, output: str, **limits: int 
     request = ipb.SetQuotaRequest(project=project_name,
                                   **{k: v for k, v in limits.items() if v is not None})
     print_quota(api(ctx).quotas.SetQuota(request), output)
+
+
+# ---------------------------------------------------------------- server groups
+
+@cli.group("server-group", cls=CloudGroup)
+def server_group() -> None:
+    """Instances that should or must (not) share a host."""
+
+
+@server_group.command("create")
+@click.argument("name")
+@click.option("--policy", required=True,
+              type=click.Choice(["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]))
+@output_option
+@click.pass_context
+def server_group_create(ctx: click.Context, name: str, policy: str, output: str) -> None:
+    group = api(ctx).groups.CreateServerGroup(pb.CreateServerGroupRequest(name=name, policy=policy))
+    print_rows([as_dict(group)], ["name", "policy", "members"], output)
+
+
+@server_group.command("list")
+@output_option
+@click.pass_context
+def server_group_list(ctx: click.Context, output: str) -> None:
+    groups = api(ctx).groups.ListServerGroups(pb.ListServerGroupsRequest()).groups
+    print_rows([as_dict(g) for g in groups], ["name", "policy", "members"], output)
+
+
+@server_group.command("show")
+@click.argument("name")
+@output_option
+@click.pass_context
+def server_group_show(ctx: click.Context, name: str, output: str) -> None:
+    group = api(ctx).groups.GetServerGroup(pb.GetServerGroupRequest(name=name))
+    print_rows([as_dict(group)], ["name", "policy", "members"], output)
+
+
+@server_group.command("delete")
+@click.argument("name")
+@click.pass_context
+def server_group_delete(ctx: click.Context, name: str) -> None:
+    api(ctx).groups.DeleteServerGroup(pb.DeleteServerGroupRequest(name=name))
+    err.print(f"server group {name} deleted", highlight=False)
 
 
 # ---------------------------------------------------------------- hosts (admin)

@@ -89,6 +89,7 @@ class CloudClient:
         self.flavors = compute_pb2_grpc.FlavorServiceStub(channel)
         self.images = compute_pb2_grpc.ImageServiceStub(channel)
         self.hosts = compute_pb2_grpc.HostAdminServiceStub(channel)
+        self.groups = compute_pb2_grpc.ServerGroupServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
         self.quotas = identity_pb2_grpc.QuotaServiceStub(channel)
 

@@ -19,6 +19,7 @@ from control.identity import Caller
 from control.models import Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.quota import Quotas, QuotaValues
+from control.server_groups import ServerGroups, with_member, without_member
 from control.states import Event, TaskState
 from control.store import CAS_ATTEMPTS, Record, Store, Txn
 
@@ -41,7 +42,8 @@ def _is_uuid(value: str) -> bool:
 
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, quotas: Quotas,
-                 default_image: str = ""):
+                 groups: ServerGroups, default_image: str = ""):
+        self.groups = groups
         self.store = store
         self.queue = queue
         self.catalog = catalog
@@ -87,7 +89,7 @@ class Instances:
         return Instance(**(found.value if found else record.value["instance"]))
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
-               request_id: str = "") -> Instance:
+               request_id: str = "", group: str = "") -> Instance:
         """Record a new instance and claim its quota in one transaction, then queue its build."""
         project = caller.project
         validate_name(name, "instance name")
@@ -98,8 +100,11 @@ class Instances:
         image = self.catalog.image(image_ref or self.default_image)
         if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
             raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
+        if group:
+            self.groups.record(project, group)  # NOT_FOUND before anything is written
         instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
-                            resources=flavor.resources, image=image.id, request_id=request_id)
+                            resources=flavor.resources, image=image.id, request_id=request_id,
+                            group=group)
         data = instance.model_dump(mode="json")
         for attempt in range(QUOTA_ATTEMPTS):
             txn = (Txn().expect_absent(keys.instance_name(project, name))
@@ -110,6 +115,8 @@ class Instances:
                 txn.expect_absent(keys.request(project, request_id)).put(
                     keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
             self.quotas.claim_into(txn, project, QuotaValues.of(flavor.resources))
+            if group:
+                txn.merge(with_member(self.groups.record(project, group), instance.id))
             if self.store.commit(txn):
                 break
             if (earlier := self._replay(project, request_id)) is not None:
@@ -139,6 +146,8 @@ class Instances:
             if request_id:
                 txn.delete(keys.request(project, request_id))
             self.quotas.release_into(txn, project, QuotaValues.of(instance.resources))
+            if instance.group:
+                txn.merge(without_member(self.groups.record(project, instance.group), instance.id))
             if self.store.commit(txn):
                 return
 

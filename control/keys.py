@@ -10,6 +10,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/instances/{id}       instance record
     /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
     /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
+    /cloud/projects/{project}/server-groups/{name}   policy and members -> their hosts
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
     /cloud/identity/projects/{name}                project record
     /cloud/identity/users/{name}                   user record (password hash)
@@ -86,6 +87,14 @@ def project_data(project: str) -> str:
 
 def instance_name(project: str, name: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/instance-names/{_part(name)}"
+
+
+def server_group(project: str, name: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/server-groups/{_part(name)}"
+
+
+def server_groups(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/server-groups/"
 
 
 def request(project: str, request_id: str) -> str:

@@ -127,6 +127,7 @@ class Instance(BaseModel):
     quota_held: bool = True
     # Hosts where a spawn of this instance failed (each one is tried once).
     attempts: list[Fault] = Field(default_factory=list)
+    group: str = ""  # server group name, in the instance's project
 
     @property
     def state(self) -> State:

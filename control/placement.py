@@ -136,11 +136,12 @@ class Placement:
 
     # ---------------------------------------------------------------- claims
 
-    def try_claim(self, provider: Provider, revision: int,
-                  allocation: Allocation) -> tuple[Provider, int] | None:
+    def try_claim(self, provider: Provider, revision: int, allocation: Allocation,
+                  also: Txn | None = None) -> tuple[Provider, int] | None:
         """One compare-and-swap: claim `allocation` on `provider` as it was at
-        `revision`. Returns the provider after the claim and its new revision,
-        or None if it changed since (the caller re-reads) or has no room."""
+        `revision` (and commit `also` with it, e.g. a server group's record).
+        Returns the provider after the claim and its new revision, or None if
+        something changed since (the caller re-reads) or it has no room."""
         need = amounts(allocation.resources)
         if provider.lacking(need):
             return None
@@ -151,6 +152,8 @@ class Placement:
         txn = (Txn().expect(Record(key, {}, revision)).expect_absent(alloc_key)
                .put(key, claimed.model_dump())
                .put(alloc_key, allocation.model_copy(update={"host": provider.host}).model_dump()))
+        if also is not None:
+            txn.merge(also)
         new_revision = self.store.commit_at(txn)
         return (claimed, new_revision) if new_revision is not None else None
 

@@ -21,6 +21,7 @@ from control.placement import Placement
 from control.queue import TaskQueue
 from control.quota import Quotas, QuotaValues
 from control.scheduler import Scheduler
+from control.server_groups import ServerGroups
 from control.store import Store
 
 
@@ -38,6 +39,7 @@ class ControlPlane:
     identity: Identity
     quotas: Quotas
     scheduler: Scheduler
+    groups: ServerGroups
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -47,10 +49,11 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     catalog = Catalog(store)
     quotas = Quotas(store, QuotaValues(**config.default_quota))
     placement = Placement(store, config)
+    groups = ServerGroups(store)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
-        instances=Instances(store, queue, catalog, quotas, config.default_image),
+        instances=Instances(store, queue, catalog, quotas, groups, config.default_image),
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
-        scheduler=Scheduler(store, config, placement),
+        scheduler=Scheduler(store, config, placement), groups=groups,
     )

@@ -27,6 +27,10 @@ _SERVICES: dict[str, dict[str, str]] = {
         "GetInstance": READER, "ListInstances": READER, "GetConsoleOutput": READER,
         "PreviewPlacement": MEMBER,
     },
+    "ServerGroupService": {
+        "CreateServerGroup": MEMBER, "DeleteServerGroup": MEMBER,
+        "GetServerGroup": READER, "ListServerGroups": READER,
+    },
     "HostAdminService": {
         "ListHosts": ADMIN, "GetHost": ADMIN, "UpdateHost": ADMIN, "SetInventory": ADMIN,
         "GetCapacity": ADMIN,

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,7 +28,8 @@ from control.config import ControlConfig
 from control.errors import Conflict, ResourceExhausted
 from control.models import Allocation, Flavor, Host, Resources
 from control.placement import RESOURCE_CLASSES, Placement, Provider, amounts
-from control.store import Change, Store
+from control.server_groups import ServerGroup, with_member
+from control.store import Change, Store, Txn
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class HostTable:
 
 class Scheduler:
     def __init__(self, store: Store, config: ControlConfig, placement: Placement):
+        self.store = store
         self.config = config
         self.placement = placement
         self.table = HostTable(store)
@@ -246,31 +248,42 @@ class Scheduler:
         return self.table.select(request, self.config.host_down_after_s,
                                  self.config.scheduler_weigher, self.rng)
 
-    def schedule(self, allocation: Allocation, request: Request) -> str:
+    def schedule(self, allocation: Allocation, request: Request, group_key: str = "") -> str:
         """Pick a host and claim `allocation` on it. Idempotent per instance.
-        ResourceExhausted, with a per-filter summary, when no host fits."""
+        ResourceExhausted, with a per-filter summary, when no host fits.
+
+        With a server group (`group_key`), its policy joins the request and the
+        group's record is compared and updated in the claim's transaction."""
         for _ in range(SELECTIONS):
+            group = self.store.get(group_key) if group_key else None
+            if group is not None:
+                members = ServerGroup(**group.value)
+                request = replace(request, group_policy=members.policy,
+                                  group_hosts=members.other_hosts(allocation.instance_id))
             decision = self.preview(request)
             if not decision.hosts:
                 raise ResourceExhausted(f"no host for {request.what}: {decision.summary}")
             for host in decision.hosts:
-                if self._claim_on(host, allocation):
+                also = with_member(group, allocation.instance_id, host) if group else None
+                if self._claim_on(host, allocation, also):
                     return host
                 # A claim also fails when this instance holds one already (a task
                 # run twice): that is checked only here, off the common path.
                 existing = self.placement.allocation(allocation.instance_id)
                 if existing is not None:
                     return existing.host
+                if group is not None and self.store.get(group_key) != group:
+                    break  # another member moved: select again with its host known
         raise Conflict(f"could not claim a host for {request.what}: too many concurrent claims")
 
-    def _claim_on(self, host: str, allocation: Allocation) -> bool:
+    def _claim_on(self, host: str, allocation: Allocation, also: Txn | None = None) -> bool:
         """Claim with the table's view of the host; on a lost race, re-read it
         once and try again if it still has room."""
         provider, revision = self.table.provider(host)
         for attempt in range(2):
             if provider is None or provider.lacking(amounts(allocation.resources)):
                 return False
-            claimed = self.placement.try_claim(provider, revision, allocation)
+            claimed = self.placement.try_claim(provider, revision, allocation, also)
             if claimed is not None:
                 self.table.update_provider(*claimed)
                 return True

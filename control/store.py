@@ -75,6 +75,14 @@ class Txn:
         self.deletes.append(key)
         return self
 
+    def merge(self, other: Txn) -> Txn:
+        """Add another transaction's compares and writes to this one."""
+        self.unchanged.update(other.unchanged)
+        self.absent.extend(other.absent)
+        self.puts.update(other.puts)
+        self.deletes.extend(other.deletes)
+        return self
+
 
 @contextmanager
 def _etcd_errors() -> Iterator[None]:

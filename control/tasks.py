@@ -20,6 +20,7 @@ from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
 from control.quota import QuotaValues
 from control.scheduler import Request, flavor_request
+from control.server_groups import without_member
 from control.states import Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
 
@@ -112,8 +113,10 @@ class InstanceWork:
         while True:
             if instance.task_state is TaskState.SCHEDULING:
                 try:
+                    group_key = keys.server_group(instance.project, instance.group) \
+                        if instance.group else ""
                     host = self.plane.scheduler.schedule(self._allocation(instance),
-                                                         self._request(instance))
+                                                         self._request(instance), group_key)
                 except ResourceExhausted as exc:
                     # After failed spawns, the spawn failure is what the user needs to see.
                     phase = "spawning" if instance.attempts else "scheduling"
@@ -192,6 +195,10 @@ class InstanceWork:
             if latest.quota_held:
                 self.plane.quotas.release_into(txn, latest.project,
                                                QuotaValues.of(latest.resources))
+            if latest.group:
+                group = self.plane.store.get(keys.server_group(latest.project, latest.group))
+                if group is not None:
+                    txn.merge(without_member(group, instance_id))
             return txn
 
         self.plane.store.update(record.key, change)

@@ -10,6 +10,7 @@ from control.identity import Caller, Project, User
 from control.models import Fault, Flavor, Host, Image, Instance
 from control.placement import Provider
 from control.quota import QuotaValues
+from control.server_groups import ServerGroup
 from control.states import status
 
 
@@ -75,9 +76,14 @@ def instance(i: Instance) -> pb.Instance:
         vm_state=i.vm_state.value, task_state=i.task_state.value, power_state=i.power_state.value,
         flavor=i.flavor, vcpus=i.resources.vcpus, memory_mb=i.resources.memory_mb,
         disk_gb=i.resources.disk_gb, image=i.image, host=i.host, addresses=i.addresses,
+        group=i.group,
         created_at=_ts(i.created_at), updated_at=_ts(i.updated_at),
         launched_at=_ts(i.launched_at))
     if i.fault:
         msg.fault.CopyFrom(fault(i.fault))
     msg.attempts.extend(fault(a) for a in i.attempts)
     return msg
+
+
+def server_group(g: ServerGroup) -> pb.ServerGroup:
+    return pb.ServerGroup(name=g.name, policy=g.policy, members=sorted(g.members))

@@ -31,6 +31,7 @@ from control.api.servicers import (
     ImageServicer,
     InstanceServicer,
     QuotaServicer,
+    ServerGroupServicer,
 )
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
@@ -44,7 +45,7 @@ def _service_names() -> list[str]:
     identity = identity_pb2.DESCRIPTOR.services_by_name
     agent = agent_pb2.DESCRIPTOR.services_by_name
     return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService",
-                                              "HostAdminService")]
+                                              "HostAdminService", "ServerGroupService")]
             + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
             + [agent["HostService"].full_name])
 
@@ -61,6 +62,7 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
     compute_pb2_grpc.add_HostAdminServiceServicer_to_server(HostAdminServicer(plane), server)
+    compute_pb2_grpc.add_ServerGroupServiceServicer_to_server(ServerGroupServicer(plane), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
     identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)

@@ -80,7 +80,8 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
 
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
-            current_caller(), request.name, request.flavor, request.image, request.request_id)
+            current_caller(), request.name, request.flavor, request.image, request.request_id,
+            request.group)
         return convert.instance(instance)
 
     def PreviewPlacement(self, request, context):
@@ -197,6 +198,26 @@ class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
                 raise InvalidArgument(f"quota {field} must be -1 (unlimited) or more, not {value}")
         self.plane.quotas.set_limits(request.project, changes)
         return self._quota(request.project)
+
+
+class ServerGroupServicer(compute_pb2_grpc.ServerGroupServiceServicer):
+    def __init__(self, plane: ControlPlane):
+        self.groups = plane.groups
+
+    def CreateServerGroup(self, request, context):
+        return convert.server_group(self.groups.create(caller_project(context), request.name,
+                                                       request.policy))
+
+    def GetServerGroup(self, request, context):
+        return convert.server_group(self.groups.get(caller_project(context), request.name))
+
+    def ListServerGroups(self, request, context):
+        return compute_pb2.ListServerGroupsResponse(
+            groups=[convert.server_group(g) for g in self.groups.list(caller_project(context))])
+
+    def DeleteServerGroup(self, request, context):
+        self.groups.delete(caller_project(context), request.name)
+        return compute_pb2.DeleteServerGroupResponse()
 
 
 class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):

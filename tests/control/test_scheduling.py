@@ -221,3 +221,62 @@ def test_thousand_hosts_hundreds_of_concurrent_creates(fake_cloud, tenant):
             for name in names[start:start + 60]:
                 txn.delete(keys.host(name)).delete(keys.provider(name))
             store.commit(txn)
+
+
+def test_anti_affinity_group_of_four_on_three_hosts(fake_cloud, tenant, tmp_path):
+    cloud, store, admin = fake_cloud
+    zone = f"aa-{uuid.uuid4().hex[:6]}"
+    hosts = [f"{zone}-h{i}" for i in range(3)]
+    for name in hosts:
+        cloud.add_agent(name, driver="fake")
+    deadline = time.monotonic() + 30
+    while any(store.get(keys.provider(h)) is None for h in hosts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name in hosts:
+        admin.hosts.UpdateHost(pb.UpdateHostRequest(name=name, zone=zone))
+    flavor = f"f-{zone}"
+    admin.flavors.CreateFlavor(pb.CreateFlavorRequest(flavor=pb.Flavor(
+        name=flavor, vcpus=1, memory_mb=256, disk_gb=1, public=True, zone=zone)))
+    try:
+        tenant.groups.CreateServerGroup(pb.CreateServerGroupRequest(name="web", policy="anti-affinity"))
+        # All four at once: the group's record decides races for the last free host.
+        with ThreadPoolExecutor(4) as pool:
+            created = list(pool.map(lambda i: tenant.instances.CreateInstance(
+                pb.CreateInstanceRequest(name=f"web-{i}", flavor=flavor, group="web")), range(4)))
+        landed = wait_all(tenant, created)
+        active = [i for i in landed if i.status == "ACTIVE"]
+        failed = [i for i in landed if i.status == "ERROR"]
+        assert len(active) == 3 and len(failed) == 1
+        assert sorted(i.host for i in active) == sorted(hosts)
+        assert "3 held a member of its anti-affinity group" in failed[0].fault.message
+        group = tenant.groups.GetServerGroup(pb.GetServerGroupRequest(name="web"))
+        assert sorted(group.members) == sorted(i.id for i in created)
+
+        with pytest.raises(grpc.RpcError) as info:
+            tenant.groups.DeleteServerGroup(pb.DeleteServerGroupRequest(name="web"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        delete_all(tenant, created)
+        assert list(tenant.groups.GetServerGroup(pb.GetServerGroupRequest(name="web")).members) == []
+        tenant.groups.DeleteServerGroup(pb.DeleteServerGroupRequest(name="web"))
+
+        # Affinity: all members follow the first one's host.
+        tenant.groups.CreateServerGroup(pb.CreateServerGroupRequest(name="db", policy="affinity"))
+        first = tenant.instances.CreateInstance(pb.CreateInstanceRequest(name="db-0", flavor=flavor,
+                                                                         group="db"))
+        first = tenant.wait_status(first.id, {"ACTIVE", "ERROR"})
+        rest = [tenant.instances.CreateInstance(pb.CreateInstanceRequest(
+            name=f"db-{i}", flavor=flavor, group="db")) for i in (1, 2)]
+        assert {i.host for i in wait_all(tenant, rest)} == {first.host}
+        delete_all(tenant, [first, *rest])
+    finally:
+        admin.flavors.DeleteFlavor(pb.DeleteFlavorRequest(name=flavor))
+        for name in hosts:
+            admin.hosts.UpdateHost(pb.UpdateHostRequest(name=name, enabled=False))
+            cloud.procs.stop(f"agent-{name}")
+
+
+def test_unknown_group_is_not_found_and_writes_nothing(fake_cloud, tenant):
+    with pytest.raises(grpc.RpcError) as info:
+        tenant.instances.CreateInstance(pb.CreateInstanceRequest(name="x", flavor="tiny", group="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert tenant.instances.ListInstances(pb.ListInstancesRequest()).instances == []
