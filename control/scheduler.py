@@ -210,12 +210,16 @@ class HostTable:
 
         weight = free[fit, 1].astype(np.float64)                    # free MEMORY_MB
         if weigher == "pack":
-            weight = -weight + in_use[fit] * 1e12                   # in-use hosts first, fullest first
+            weight = -weight + in_use[fit] * 1e10                   # in-use hosts first, fullest first
         members = Counter(request.group_hosts)
         if request.group_policy in ("soft-affinity", "soft-anti-affinity") and members:
             on_host = np.array([members[names[i]] for i in fit], np.float64)
-            weight += on_host * (1e15 if request.group_policy == "soft-affinity" else -1e15)
-        order = np.lexsort((rng.random(len(fit)), -weight))[:limit]  # ties broken at random
+            weight += on_host * (1e12 if request.group_policy == "soft-affinity" else -1e12)
+        # Weights are whole numbers: a jitter below 1 breaks ties at random and
+        # nothing else. The best `limit` are found in linear time, then sorted.
+        weight += rng.random(len(fit)) * 0.5
+        best = np.argpartition(-weight, limit)[:limit] if len(fit) > limit else np.arange(len(fit))
+        order = best[np.argsort(-weight[best])]
         summary = f"{n} hosts" + "".join(
             f"; {count} {reason}" for reason, count in reasons.most_common() if count)
         return Decision(hosts=[names[fit[k]] for k in order], summary=summary)
