@@ -552,7 +552,8 @@ def host_row(h: pb.HostInfo) -> dict[str, Any]:
     return row
 
 
-HOST_COLUMNS = ["name", "state", "zone", "traits", "instances", "VCPU", "MEMORY_MB", "DISK_GB"]
+HOST_COLUMNS = ["name", "state", "zone", "traits", "aggregates", "instances", "VCPU", "MEMORY_MB",
+                "DISK_GB"]
 
 
 @cli.group(cls=CloudGroup)
@@ -637,6 +638,63 @@ def host_inventory(ctx: click.Context, name: str, resource_class: str, reserved:
     if allocation_ratio is not None:
         request.allocation_ratio = allocation_ratio
     print_host(api(ctx).hosts.SetInventory(request), "table")
+
+
+@cli.group(cls=CloudGroup)
+def aggregate() -> None:
+    """Host aggregates: hosts sharing traits and maybe a zone (admin)."""
+
+
+AGGREGATE_COLUMNS = ["name", "zone", "traits", "hosts"]
+
+
+@aggregate.command("create")
+@click.argument("name")
+@click.option("--zone", default="")
+@click.option("--trait", "traits", multiple=True)
+@output_option
+@click.pass_context
+def aggregate_create(ctx: click.Context, name: str, zone: str, traits: tuple[str, ...],
+                     output: str) -> None:
+    created = api(ctx).hosts.CreateAggregate(pb.CreateAggregateRequest(aggregate=pb.Aggregate(
+        name=name, zone=zone, traits=list(traits))))
+    print_rows([as_dict(created)], AGGREGATE_COLUMNS, output)
+
+
+@aggregate.command("list")
+@output_option
+@click.pass_context
+def aggregate_list(ctx: click.Context, output: str) -> None:
+    aggregates = api(ctx).hosts.ListAggregates(pb.ListAggregatesRequest()).aggregates
+    print_rows([as_dict(a) for a in aggregates], AGGREGATE_COLUMNS, output)
+
+
+@aggregate.command("add-host")
+@click.argument("name")
+@click.argument("host_name")
+@click.pass_context
+def aggregate_add_host(ctx: click.Context, name: str, host_name: str) -> None:
+    updated = api(ctx).hosts.AddHostToAggregate(pb.AggregateHostRequest(aggregate=name,
+                                                                        host=host_name))
+    print_table([as_dict(updated)], AGGREGATE_COLUMNS)
+
+
+@aggregate.command("remove-host")
+@click.argument("name")
+@click.argument("host_name")
+@click.pass_context
+def aggregate_remove_host(ctx: click.Context, name: str, host_name: str) -> None:
+    updated = api(ctx).hosts.RemoveHostFromAggregate(pb.AggregateHostRequest(aggregate=name,
+                                                                             host=host_name))
+    print_table([as_dict(updated)], AGGREGATE_COLUMNS)
+
+
+@aggregate.command("delete")
+@click.argument("name")
+@click.pass_context
+def aggregate_delete(ctx: click.Context, name: str) -> None:
+    api(ctx).hosts.DeleteAggregate(pb.DeleteAggregateRequest(name=name))
+    err.print(f"aggregate {name} deleted", highlight=False)
 
 
 @cli.command("capacity")

@@ -7,6 +7,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/hosts/{name}                            host registration and last heartbeat
     /cloud/placement/providers/{host}              a host's inventory and usage (CAS target of claims)
     /cloud/placement/allocations/{instance_id}     the one allocation an instance holds
+    /cloud/placement/aggregates/{name}             hosts sharing traits and maybe a zone
     /cloud/projects/{project}/instances/{id}       instance record
     /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
     /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
@@ -62,6 +63,14 @@ def provider(host_name: str) -> str:
 
 def providers() -> str:
     return f"{PREFIX}/placement/providers/"
+
+
+def aggregate(name: str) -> str:
+    return f"{PREFIX}/placement/aggregates/{_part(name)}"
+
+
+def aggregates() -> str:
+    return f"{PREFIX}/placement/aggregates/"
 
 
 def allocations() -> str:

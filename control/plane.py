@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from control.agent_client import AgentClient
+from control.aggregates import Aggregates
 from control.catalog import Catalog
 from control.celery_app import create_celery_app
 from control.config import ControlConfig
@@ -40,6 +41,7 @@ class ControlPlane:
     quotas: Quotas
     scheduler: Scheduler
     groups: ServerGroups
+    aggregates: Aggregates
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -56,4 +58,5 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=Scheduler(store, config, placement), groups=groups,
+        aggregates=Aggregates(store),
     )

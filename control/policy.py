@@ -33,7 +33,8 @@ _SERVICES: dict[str, dict[str, str]] = {
     },
     "HostAdminService": {
         "ListHosts": ADMIN, "GetHost": ADMIN, "UpdateHost": ADMIN, "SetInventory": ADMIN,
-        "GetCapacity": ADMIN,
+        "GetCapacity": ADMIN, "CreateAggregate": ADMIN, "ListAggregates": ADMIN,
+        "DeleteAggregate": ADMIN, "AddHostToAggregate": ADMIN, "RemoveHostFromAggregate": ADMIN,
     },
     "FlavorService": {
         "ListFlavors": READER, "GetFlavor": READER, "CreateFlavor": ADMIN, "DeleteFlavor": ADMIN,

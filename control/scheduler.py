@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from control import keys
+from control.aggregates import Aggregate, effective
 from control.config import ControlConfig
 from control.errors import Conflict, ResourceExhausted
 from control.models import Allocation, Flavor, Host, Resources
@@ -75,6 +76,10 @@ class HostTable:
         self.in_use = np.zeros(0, bool)
         self.has_provider = np.zeros(0, bool)
         self.has_host = np.zeros(0, bool)
+        # Zone and traits counting the host's aggregates.
+        self.aggregates: dict[str, Aggregate] = {}
+        self.zones: list[str] = []
+        self.traits: list[frozenset[str]] = []
 
     def start(self) -> None:
         with self._lock:
@@ -85,6 +90,8 @@ class HostTable:
 
     def _load(self) -> None:
         providers, rev_p = self.store.list_at_revision(keys.providers())
+        aggregates, rev_a = self.store.list_at_revision(keys.aggregates())
+        self.aggregates = {r.value["name"]: Aggregate(**r.value) for r in aggregates}
         hosts, rev_h = self.store.list_at_revision(keys.hosts())
         for record in providers:
             self._set_provider(record.key.rsplit("/", 1)[1], record.value, record.mod_revision)
@@ -92,6 +99,7 @@ class HostTable:
             self._set_host(record.key.rsplit("/", 1)[1], record.value)
         self.store.watch(keys.providers(), rev_p, self._on_provider_changes, self._on_error)
         self.store.watch(keys.hosts(), rev_h, self._on_host_changes, self._on_error)
+        self.store.watch(keys.aggregates(), rev_a, self._on_aggregate_changes, self._on_error)
 
     def _on_error(self, exc: Exception) -> None:
         log.warning("scheduler watch broke (%s); reloading the host table", exc)
@@ -114,6 +122,8 @@ class HostTable:
         self.in_use = np.append(self.in_use, False)
         self.has_provider = np.append(self.has_provider, False)
         self.has_host = np.append(self.has_host, False)
+        self.zones.append("")
+        self.traits.append(frozenset())
         return i
 
     def _set_provider(self, name: str, value: dict | None, revision: int) -> None:
@@ -135,8 +145,27 @@ class HostTable:
         host = Host(**value) if value else None
         self.hosts[i] = host
         self.has_host[i] = host is not None
+        self._set_effective(i)
         self.enabled[i] = bool(host and host.enabled)
         self.heartbeat[i] = host.last_heartbeat if host else 0.0
+
+    def _set_effective(self, i: int) -> None:
+        host = self.hosts[i]
+        if host is None:
+            self.zones[i], self.traits[i] = "", frozenset()
+        else:
+            self.zones[i], self.traits[i], _ = effective(host, list(self.aggregates.values()))
+
+    def _on_aggregate_changes(self, changes: list[Change]) -> None:
+        with self._lock:
+            for c in changes:
+                name = c.key.rsplit("/", 1)[1]
+                if c.value is None:
+                    self.aggregates.pop(name, None)
+                else:
+                    self.aggregates[name] = Aggregate(**c.value)
+            for i in range(len(self.names)):
+                self._set_effective(i)
 
     def _on_provider_changes(self, changes: list[Change]) -> None:
         with self._lock:
@@ -162,7 +191,6 @@ class HostTable:
     def _filters(self, request: Request, down_after_s: float) -> list[tuple[str, np.ndarray]]:
         """Each filter but capacity, as (why a host fails it, mask of hosts that pass).
         Call with the lock held."""
-        hosts = self.hosts
         filters: list[tuple[str, np.ndarray]] = [
             ("not reporting", self.has_provider & self.has_host),
             ("disabled", self.enabled.copy()),
@@ -170,11 +198,11 @@ class HostTable:
         ]
         if request.zone:
             filters.append((f"not in zone {request.zone}", np.array(
-                [h is not None and h.zone == request.zone for h in hosts], bool)))
+                [zone == request.zone for zone in self.zones], bool)))
         if request.required_traits or request.forbidden_traits:
             filters.append(("lacked traits", np.array(
-                [h is not None and request.required_traits <= set(h.traits)
-                 and not request.forbidden_traits & set(h.traits) for h in hosts], bool)))
+                [request.required_traits <= traits and not request.forbidden_traits & traits
+                 for traits in self.traits], bool)))
         if request.exclude_hosts:
             filters.append(("failed this instance before", np.array(
                 [name not in request.exclude_hosts for name in self.names], bool)))

@@ -6,6 +6,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control.aggregates import Aggregate, effective
 from control.identity import Caller, Project, User
 from control.models import Fault, Flavor, Host, Image, Instance
 from control.placement import Provider
@@ -32,7 +33,8 @@ def fault(f: Fault) -> pb.Fault:
     return pb.Fault(message=f.message, phase=f.phase, time=_ts(f.time), host=f.host)
 
 
-def host_info(h: Host, provider: Provider | None, instances: int, up: bool) -> pb.HostInfo:
+def host_info(h: Host, provider: Provider | None, instances: int, up: bool,
+              aggregates: list[Aggregate]) -> pb.HostInfo:
     inventory = []
     if provider is not None:
         for rc, item in provider.inventory.items():
@@ -40,10 +42,16 @@ def host_info(h: Host, provider: Provider | None, instances: int, up: bool) -> p
                 resource_class=rc, total=item.total, reserved=item.reserved,
                 allocation_ratio=item.allocation_ratio, capacity=item.capacity,
                 used=provider.usage.get(rc, 0)))
+    zone, traits, member_of = effective(h, aggregates)
     return pb.HostInfo(name=h.name, address=h.address, enabled=h.enabled,
-                       disabled_reason=h.disabled_reason, up=up, zone=h.zone, traits=h.traits,
+                       disabled_reason=h.disabled_reason, up=up, zone=zone, traits=sorted(traits),
                        inventory=inventory, instances=instances, virt_type=h.virt_type,
-                       hypervisor=h.hypervisor, last_heartbeat=_ts(h.last_heartbeat))
+                       hypervisor=h.hypervisor, last_heartbeat=_ts(h.last_heartbeat),
+                       aggregates=member_of)
+
+
+def aggregate(a: Aggregate) -> pb.Aggregate:
+    return pb.Aggregate(name=a.name, zone=a.zone, traits=a.traits, hosts=a.hosts)
 
 
 def token(caller: Caller, secret: str = "") -> ipb.Token:

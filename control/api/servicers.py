@@ -18,6 +18,7 @@ from cloudapi.v1 import (
     identity_pb2_grpc,
 )
 
+from control.aggregates import Aggregate
 from control.api import convert
 from control.api.interceptors import current_caller
 from control.errors import InvalidArgument, NotFound
@@ -231,7 +232,8 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
         if counts is None:
             counts = Counter(a.host for a in self.plane.placement.allocations())
         up = host.is_up(self.plane.config.host_down_after_s)
-        return convert.host_info(host, found[0] if found else None, counts.get(host.name, 0), up)
+        return convert.host_info(host, found[0] if found else None, counts.get(host.name, 0), up,
+                                 self.plane.aggregates.all())
 
     def _host(self, name: str) -> Host:
         try:
@@ -273,6 +275,26 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
         hosts = [compute_pb2.HostCapacity(host=h, fits=n) for h, n in sorted(slots.items())]
         return compute_pb2.Capacity(flavor=flavor.name, total=sum(h.fits for h in hosts),
                                     hosts=hosts)
+
+    def CreateAggregate(self, request, context):
+        a = request.aggregate
+        return convert.aggregate(self.plane.aggregates.create(
+            Aggregate(name=a.name, zone=a.zone, traits=list(a.traits))))
+
+    def ListAggregates(self, request, context):
+        return compute_pb2.ListAggregatesResponse(
+            aggregates=[convert.aggregate(a) for a in self.plane.aggregates.all()])
+
+    def DeleteAggregate(self, request, context):
+        self.plane.aggregates.delete(request.name)
+        return compute_pb2.DeleteAggregateResponse()
+
+    def AddHostToAggregate(self, request, context):
+        return convert.aggregate(self.plane.aggregates.set_member(request.aggregate, request.host, True))
+
+    def RemoveHostFromAggregate(self, request, context):
+        return convert.aggregate(self.plane.aggregates.set_member(request.aggregate, request.host,
+                                                                  False))
 
 
 class HostServicer(agent_pb2_grpc.HostServiceServicer):

@@ -280,3 +280,41 @@ def test_unknown_group_is_not_found_and_writes_nothing(fake_cloud, tenant):
         tenant.instances.CreateInstance(pb.CreateInstanceRequest(name="x", flavor="tiny", group="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert tenant.instances.ListInstances(pb.ListInstancesRequest()).instances == []
+
+
+def test_aggregates_give_their_hosts_traits_and_a_zone(fake_cloud, tenant, tmp_path):
+    cloud, _, admin = fake_cloud
+    suffix = uuid.uuid4().hex[:6]
+    flavor = f"nvme-{suffix}"
+    admin.flavors.CreateFlavor(pb.CreateFlavorRequest(flavor=pb.Flavor(
+        name=flavor, vcpus=1, memory_mb=256, disk_gb=1, public=True, required_traits=["nvme"],
+        zone=f"zone-{suffix}")))
+    request = pb.CreateInstanceRequest(name="a", flavor=flavor)
+    assert tenant.instances.PreviewPlacement(request).host == ""
+    aggregate = f"agg-{suffix}"
+    env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(tmp_path / "c.toml"),
+           "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "COLUMNS": "200"}
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("aggregate", "create", aggregate, "--zone", f"zone-{suffix}", "--trait", "nvme")
+    run("aggregate", "add-host", aggregate, cloud.host_name)
+    try:
+        deadline = time.monotonic() + 5  # the API's table learns it through its watch
+        while tenant.instances.PreviewPlacement(request).host == "" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tenant.instances.PreviewPlacement(request).host == cloud.host_name
+        shown = admin.hosts.GetHost(pb.GetHostRequest(name=cloud.host_name))
+        assert "nvme" in shown.traits and shown.zone == f"zone-{suffix}"
+        assert list(shown.aggregates) == [aggregate]
+        assert aggregate in run("aggregate", "list")
+    finally:
+        run("aggregate", "remove-host", aggregate, cloud.host_name)
+        run("aggregate", "delete", aggregate)
+        admin.flavors.DeleteFlavor(pb.DeleteFlavorRequest(name=flavor))
+    shown = admin.hosts.GetHost(pb.GetHostRequest(name=cloud.host_name))
+    assert "nvme" not in shown.traits and shown.zone == "default"
