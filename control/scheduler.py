@@ -89,17 +89,28 @@ class HostTable:
             self._started = True
 
     def _load(self) -> None:
-        providers, rev_p = self.store.list_at_revision(keys.providers())
-        aggregates, rev_a = self.store.list_at_revision(keys.aggregates())
-        self.aggregates = {r.value["name"]: Aggregate(**r.value) for r in aggregates}
-        hosts, rev_h = self.store.list_at_revision(keys.hosts())
-        for record in providers:
-            self._set_provider(record.key.rsplit("/", 1)[1], record.value, record.mod_revision)
-        for record in hosts:
-            self._set_host(record.key.rsplit("/", 1)[1], record.value)
+        rev_p, rev_h, rev_a = self._read_all()
         self.store.watch(keys.providers(), rev_p, self._on_provider_changes, self._on_error)
         self.store.watch(keys.hosts(), rev_h, self._on_host_changes, self._on_error)
         self.store.watch(keys.aggregates(), rev_a, self._on_aggregate_changes, self._on_error)
+
+    def _read_all(self) -> tuple[int, int, int]:
+        """Read every host, provider and aggregate; return the revisions read at."""
+        providers, rev_p = self.store.list_at_revision(keys.providers())
+        aggregates, rev_a = self.store.list_at_revision(keys.aggregates())
+        hosts, rev_h = self.store.list_at_revision(keys.hosts())
+        with self._lock:
+            self.aggregates = {r.value["name"]: Aggregate(**r.value) for r in aggregates}
+            for record in providers:
+                self._set_provider(record.key.rsplit("/", 1)[1], record.value, record.mod_revision)
+            for record in hosts:
+                self._set_host(record.key.rsplit("/", 1)[1], record.value)
+        return rev_p, rev_h, rev_a
+
+    def reread(self) -> None:
+        """Read everything again now (the watches keep running)."""
+        self.start()
+        self._read_all()
 
     def _on_error(self, exc: Exception) -> None:
         log.warning("scheduler watch broke (%s); reloading the host table", exc)
@@ -176,6 +187,25 @@ class HostTable:
         with self._lock:
             for c in changes:
                 self._set_host(c.key.rsplit("/", 1)[1], c.value)
+
+    def refresh(self, host: str = "") -> None:
+        """Read one host (or, with none, the aggregates) from etcd now, so a change
+        this process just made is seen at once rather than when its watch event comes."""
+        if not self._started:
+            return  # the first query loads everything anyway
+        if host:
+            record = self.store.get(keys.host(host))
+            provider = self.store.get(keys.provider(host))
+            with self._lock:
+                self._set_host(host, record.value if record else None)
+                if provider is not None:
+                    self._set_provider(host, provider.value, provider.mod_revision)
+        else:
+            aggregates = [Change(r.key, r.value, r.mod_revision)
+                          for r in self.store.list(keys.aggregates())]
+            with self._lock:
+                self.aggregates = {}
+            self._on_aggregate_changes(aggregates)
 
     def update_provider(self, provider: Provider, revision: int) -> None:
         with self._lock:
@@ -293,6 +323,11 @@ class Scheduler:
                 request = replace(request, group_policy=members.policy,
                                   group_hosts=members.other_hosts(allocation.instance_id))
             decision = self.preview(request)
+            if not decision.hosts:
+                # The table may lag etcd by a watch event (a host enabled a moment
+                # ago): before refusing, look at etcd itself once.
+                self.table.reread()
+                decision = self.preview(request)
             if not decision.hosts:
                 raise ResourceExhausted(f"no host for {request.what}: {decision.summary}")
             for host in decision.hosts:

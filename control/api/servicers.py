@@ -255,6 +255,7 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
             disabled_reason=request.disabled_reason,
             zone=request.zone if request.HasField("zone") else None,
             add_traits=list(request.add_traits), remove_traits=list(request.remove_traits))
+        self.plane.scheduler.table.refresh(request.name)
         return self._info(host)
 
     def SetInventory(self, request, context):
@@ -267,6 +268,7 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
             request.name, request.resource_class,
             reserved=request.reserved if request.HasField("reserved") else None,
             allocation_ratio=request.allocation_ratio if request.HasField("allocation_ratio") else None)
+        self.plane.scheduler.table.refresh(request.name)
         return self._info(self._host(request.name))
 
     def GetCapacity(self, request, context):
@@ -278,8 +280,10 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
 
     def CreateAggregate(self, request, context):
         a = request.aggregate
-        return convert.aggregate(self.plane.aggregates.create(
-            Aggregate(name=a.name, zone=a.zone, traits=list(a.traits))))
+        created = self.plane.aggregates.create(Aggregate(name=a.name, zone=a.zone,
+                                                         traits=list(a.traits)))
+        self.plane.scheduler.table.refresh()
+        return convert.aggregate(created)
 
     def ListAggregates(self, request, context):
         return compute_pb2.ListAggregatesResponse(
@@ -287,14 +291,19 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
 
     def DeleteAggregate(self, request, context):
         self.plane.aggregates.delete(request.name)
+        self.plane.scheduler.table.refresh()
         return compute_pb2.DeleteAggregateResponse()
 
     def AddHostToAggregate(self, request, context):
-        return convert.aggregate(self.plane.aggregates.set_member(request.aggregate, request.host, True))
+        return self._membership(request, True)
 
     def RemoveHostFromAggregate(self, request, context):
-        return convert.aggregate(self.plane.aggregates.set_member(request.aggregate, request.host,
-                                                                  False))
+        return self._membership(request, False)
+
+    def _membership(self, request, member: bool) -> compute_pb2.Aggregate:
+        updated = self.plane.aggregates.set_member(request.aggregate, request.host, member)
+        self.plane.scheduler.table.refresh()
+        return convert.aggregate(updated)
 
 
 class HostServicer(agent_pb2_grpc.HostServiceServicer):
