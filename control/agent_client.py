@@ -16,6 +16,10 @@ class SpawnFailed(CloudError):
     """The agent could not start the guest; it cleaned up what it had made."""
 
 
+class AgentRefused(CloudError):
+    """The agent could not do an operation (stop, start, reboot, scale); nothing changed."""
+
+
 class AgentClient:
     """One channel per agent address, shared by all threads of the process."""
 
@@ -40,12 +44,15 @@ class AgentClient:
             detail = exc.details() or str(exc.code())
             if method == "Spawn":
                 raise SpawnFailed(detail) from exc
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise AgentRefused(detail) from exc
             raise CloudError(f"compute agent at {address}: {detail}") from exc
 
     def spawn(self, address: str, instance: Instance, image: Image, timeout_s: float) -> str:
         request = agent_pb2.SpawnRequest(
             instance_id=instance.id, name=instance.name, vcpus=instance.resources.vcpus,
             memory_mb=instance.resources.memory_mb, disk_gb=instance.resources.disk_gb,
+            max_vcpus=instance.max_vcpus, max_memory_mb=instance.max_memory_mb,
             image=agent_pb2.ImageSource(id=image.id, kernel_path=image.kernel_path,
                                         initrd_path=image.initrd_path,
                                         disk_path=image.disk_path, cmdline=image.cmdline))
@@ -57,3 +64,19 @@ class AgentClient:
     def console(self, address: str, instance_id: str, max_bytes: int) -> bytes:
         request = agent_pb2.AgentConsoleRequest(instance_id=instance_id, max_bytes=max_bytes)
         return self._call(address, "GetConsoleOutput", request).output
+
+    def stop(self, address: str, instance_id: str, timeout_s: int) -> str:
+        request = agent_pb2.StopRequest(instance_id=instance_id, timeout_s=timeout_s)
+        return self._call(address, "Stop", request, timeout_s + 30).power_state
+
+    def start(self, address: str, instance_id: str) -> str:
+        return self._call(address, "Start", agent_pb2.InstanceRef(instance_id=instance_id)).power_state
+
+    def reboot(self, address: str, instance_id: str, hard: bool) -> str:
+        request = agent_pb2.RebootRequest(instance_id=instance_id, hard=hard)
+        return self._call(address, "Reboot", request, 120).power_state
+
+    def scale(self, address: str, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> str:
+        request = agent_pb2.ScaleRequest(instance_id=instance_id, vcpus=vcpus, memory_mb=memory_mb,
+                                         disk_gb=disk_gb)
+        return self._call(address, "Scale", request).power_state

@@ -80,8 +80,8 @@ def print_instance(i: pb.Instance, output: str) -> None:
         return
     table = Table("field", "value", show_header=False)
     for key in ["id", "name", "status", "task_state", "power_state", "flavor", "vcpus",
-                "memory_mb", "disk_gb", "image", "host", "addresses", "created_at",
-                "launched_at"]:
+                "memory_mb", "disk_gb", "max_vcpus", "max_memory_mb", "image", "host", "addresses",
+                "group", "created_at", "launched_at"]:
         value = data.get(key)
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value or ""))
     if data["fault"]:
@@ -498,6 +498,112 @@ def quota_set(ctx: click.Context, project_name: str, output: str, **limits: int 
     request = ipb.SetQuotaRequest(project=project_name,
                                   **{k: v for k, v in limits.items() if v is not None})
     print_quota(api(ctx).quotas.SetQuota(request), output)
+
+
+def operate(ctx: click.Context, call: Any, request: Any, wait: bool, timeout: float,
+            output: str) -> None:
+    """Send an operation; with --wait, follow it until done, non-zero if it failed."""
+    started = time.time()
+    changed = call(request)
+    err.print(f"{changed.name}: {changed.status}"
+              + (f" ({changed.task_state})" if changed.task_state else ""), highlight=False)
+    if not wait:
+        return
+    stub = api(ctx).instances
+    deadline = time.monotonic() + timeout
+    with err.status(f"{changed.name}: {changed.task_state}"):
+        while True:
+            current = stub.GetInstance(pb.GetInstanceRequest(id_or_name=changed.id))
+            if not current.task_state:
+                break
+            if time.monotonic() > deadline:
+                err.print(f"[red]timed out[/red] after {timeout:.0f}s ({current.task_state})")
+                sys.exit(2)
+            time.sleep(0.2)
+    print_instance(current, output)
+    if current.HasField("fault") and current.fault.time.ToNanoseconds() / 1e9 >= started - 1:
+        err.print(f"[red]failed[/red]: {current.fault.message}", highlight=False)
+        sys.exit(1)
+
+
+wait_option = click.option("--wait", is_flag=True, help="wait until done; exit non-zero if it failed")
+timeout_option = click.option("--timeout", default=300.0, show_default=True)
+
+
+@instance.command("stop")
+@click.argument("instance_ref")
+@wait_option
+@timeout_option
+@output_option
+@click.pass_context
+def instance_stop(ctx: click.Context, instance_ref: str, wait: bool, timeout: float,
+                  output: str) -> None:
+    """Shut the guest down (cleanly, then powered off after a timeout)."""
+    operate(ctx, api(ctx).instances.StopInstance, pb.InstanceOperationRequest(
+        id_or_name=instance_ref, request_id=str(uuid.uuid4())), wait, timeout, output)
+
+
+@instance.command("start")
+@click.argument("instance_ref")
+@wait_option
+@timeout_option
+@output_option
+@click.pass_context
+def instance_start(ctx: click.Context, instance_ref: str, wait: bool, timeout: float,
+                   output: str) -> None:
+    operate(ctx, api(ctx).instances.StartInstance, pb.InstanceOperationRequest(
+        id_or_name=instance_ref, request_id=str(uuid.uuid4())), wait, timeout, output)
+
+
+@instance.command("reboot")
+@click.argument("instance_ref")
+@click.option("--hard", is_flag=True, help="reset instead of a clean restart")
+@wait_option
+@timeout_option
+@output_option
+@click.pass_context
+def instance_reboot(ctx: click.Context, instance_ref: str, hard: bool, wait: bool, timeout: float,
+                    output: str) -> None:
+    operate(ctx, api(ctx).instances.RebootInstance, pb.InstanceOperationRequest(
+        id_or_name=instance_ref, request_id=str(uuid.uuid4()), hard=hard), wait, timeout, output)
+
+
+@instance.command("scale")
+@click.argument("instance_ref")
+@click.option("--vcpus", type=int, default=0)
+@click.option("--memory", "memory_mb", type=int, default=0, help="MiB")
+@click.option("--disk", "disk_gb", type=int, default=0, help="GiB (only grows)")
+@wait_option
+@timeout_option
+@output_option
+@click.pass_context
+def instance_scale(ctx: click.Context, instance_ref: str, vcpus: int, memory_mb: int,
+                   disk_gb: int, wait: bool, timeout: float, output: str) -> None:
+    """Change vCPUs, memory or disk; live, without a restart, when running."""
+    operate(ctx, api(ctx).instances.ScaleInstance, pb.ScaleInstanceRequest(
+        id_or_name=instance_ref, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
+        request_id=str(uuid.uuid4())), wait, timeout, output)
+
+
+@instance.command("rename")
+@click.argument("instance_ref")
+@click.argument("new_name")
+@output_option
+@click.pass_context
+def instance_rename(ctx: click.Context, instance_ref: str, new_name: str, output: str) -> None:
+    print_instance(api(ctx).instances.RenameInstance(pb.RenameInstanceRequest(
+        id_or_name=instance_ref, name=new_name, request_id=str(uuid.uuid4()))), output)
+
+
+@instance.command("actions")
+@click.argument("instance_ref")
+@output_option
+@click.pass_context
+def instance_actions(ctx: click.Context, instance_ref: str, output: str) -> None:
+    """Every operation on the instance: who, when, how it went."""
+    found = api(ctx).instances.ListInstanceActions(pb.ListInstanceActionsRequest(id_or_name=instance_ref))
+    print_rows([as_dict(a) for a in found.actions],
+               ["action", "user", "start", "end", "result", "error", "request_id"], output)
 
 
 # ---------------------------------------------------------------- server groups

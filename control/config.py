@@ -30,6 +30,12 @@ class ControlConfig(BaseModel):
     reserved_host_disk_gb: int = 0
     # spread: most free capacity first; pack: fill hosts already in use first.
     scheduler_weigher: Literal["spread", "pack"] = "spread"
+    # Live scale-up headroom of instances whose flavor sets none: the domain's
+    # maximum vCPUs and memory (never below the flavor's own sizes).
+    default_max_vcpus: int = 4
+    default_max_memory_mb: int = 2048
+    # Seconds a guest gets to shut down cleanly before it is powered off.
+    stop_timeout_s: int = 60
     # Hosts tried for one instance before its build fails (reschedule on spawn failure).
     max_build_attempts: int = 3
     # Seconds allowed for the agent to spawn a guest before the build fails.

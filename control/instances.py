@@ -12,8 +12,9 @@ import re
 import time
 import uuid
 
-from control import keys
+from control import actions, keys
 from control.catalog import Catalog
+from control.config import ControlConfig
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from control.identity import Caller
 from control.models import Instance, validate_name
@@ -42,17 +43,18 @@ def _is_uuid(value: str) -> bool:
 
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, quotas: Quotas,
-                 groups: ServerGroups, default_image: str = ""):
+                 groups: ServerGroups, config: ControlConfig):
         self.groups = groups
+        self.config = config
         self.store = store
         self.queue = queue
         self.catalog = catalog
         self.quotas = quotas
-        self.default_image = default_image
+        self.default_image = config.default_image
 
     # ---------------------------------------------------------------- reads
 
-    def _record(self, project: str, id_or_name: str) -> Record:
+    def record(self, project: str, id_or_name: str) -> Record:
         if id_or_name and "/" not in id_or_name:
             instance_id = id_or_name
             if not _is_uuid(id_or_name):
@@ -65,7 +67,7 @@ class Instances:
         raise NotFound(f"instance {id_or_name!r} not found")
 
     def get(self, project: str, id_or_name: str) -> Instance:
-        return Instance(**self._record(project, id_or_name).value)
+        return Instance(**self.record(project, id_or_name).value)
 
     def list(self, project: str) -> list[Instance]:
         instances = [Instance(**r.value) for r in self.store.list(keys.instances(project))]
@@ -104,7 +106,10 @@ class Instances:
             self.groups.record(project, group)  # NOT_FOUND before anything is written
         instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
                             resources=flavor.resources, image=image.id, request_id=request_id,
-                            group=group)
+                            group=group,
+                            max_vcpus=max(flavor.vcpus, flavor.max_vcpus or self.config.default_max_vcpus),
+                            max_memory_mb=max(flavor.memory_mb,
+                                              flavor.max_memory_mb or self.config.default_max_memory_mb))
         data = instance.model_dump(mode="json")
         for attempt in range(QUOTA_ATTEMPTS):
             txn = (Txn().expect_absent(keys.instance_name(project, name))
@@ -117,6 +122,8 @@ class Instances:
             self.quotas.claim_into(txn, project, QuotaValues.of(flavor.resources))
             if group:
                 txn.merge(with_member(self.groups.record(project, group), instance.id))
+            action_key = actions.begin_into(txn, project, instance.id, "create", request_id,
+                                            caller.username)
             if self.store.commit(txn):
                 break
             if (earlier := self._replay(project, request_id)) is not None:
@@ -128,9 +135,10 @@ class Instances:
         else:
             raise Conflict(f"too many concurrent creates in project {project}; try again")
         try:
-            self.queue.send(BUILD_INSTANCE, instance.id)
+            self.queue.send(BUILD_INSTANCE, instance.id, action_key)
         except Unavailable:
-            self._forget(instance, request_id)  # no half-created instance is left
+            self._forget(instance, request_id)
+            self.store.commit(Txn().delete(action_key))  # no half-created instance is left
             raise
         log.info("instance %s (%s) requested in %s: flavor %s", instance.id, name, project,
                  flavor.name)
@@ -153,9 +161,9 @@ class Instances:
 
     # ---------------------------------------------------------------- delete
 
-    def delete(self, project: str, id_or_name: str) -> Instance:
+    def delete(self, project: str, id_or_name: str, user: str = "", request_id: str = "") -> Instance:
         for _ in range(CAS_ATTEMPTS):
-            record = self._record(project, id_or_name)
+            record = self.record(project, id_or_name)
             before = Instance(**record.value)
             if before.task_state is TaskState.DELETING:
                 # Already asked: send the task again, in case the first one was lost.
@@ -163,15 +171,18 @@ class Instances:
                 return before
             deleting = before.after(Event.DELETE)
             key = keys.instance(project, before.id)
-            if self.store.commit(Txn().expect(record).put(key, deleting.model_dump(mode="json"))):
+            txn = Txn().expect(record).put(key, deleting.model_dump(mode="json"))
+            action_key = actions.begin_into(txn, project, before.id, "delete", request_id, user)
+            if self.store.commit(txn):
                 break
         else:
             raise Conflict(f"instance {id_or_name!r} is changing too often; try again")
         try:
-            self.queue.send(DELETE_INSTANCE, before.id)
+            self.queue.send(DELETE_INSTANCE, before.id, action_key)
         except Unavailable:
             # Put back the state it had, so no delete is left without a task.
             self.store.update(key, lambda r: Txn().expect(r).put(
                 key, {**r.value, "task_state": before.task_state.value}))
+            self.store.commit(Txn().delete(action_key))
             raise
         return deleting

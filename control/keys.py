@@ -12,6 +12,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/instance-names/{name}  name -> id (names unique per project)
     /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
     /cloud/projects/{project}/server-groups/{name}   policy and members -> their hosts
+    /cloud/projects/{project}/actions/{instance_id}/{seq}  what was done to an instance
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
     /cloud/identity/projects/{name}                project record
     /cloud/identity/users/{name}                   user record (password hash)
@@ -104,6 +105,14 @@ def server_group(project: str, name: str) -> str:
 
 def server_groups(project: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/server-groups/"
+
+
+def action(project: str, instance_id: str, sequence: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/actions/{_part(instance_id)}/{_part(sequence)}"
+
+
+def actions(project: str, instance_id: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/actions/{_part(instance_id)}/"
 
 
 def request(project: str, request_id: str) -> str:

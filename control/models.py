@@ -47,6 +47,9 @@ class Flavor(BaseModel):
     required_traits: list[str] = Field(default_factory=list)
     forbidden_traits: list[str] = Field(default_factory=list)
     zone: str = ""
+    # Headroom for live scale-up; 0 takes the cloud's default.
+    max_vcpus: int = 0
+    max_memory_mb: int = 0
 
     def visible_to(self, project: str, is_admin: bool = False) -> bool:
         return self.public or is_admin or project in self.projects
@@ -128,6 +131,10 @@ class Instance(BaseModel):
     # Hosts where a spawn of this instance failed (each one is tried once).
     attempts: list[Fault] = Field(default_factory=list)
     group: str = ""  # server group name, in the instance's project
+    # Live scale-up headroom (the domain's maximums) and a scale in flight.
+    max_vcpus: int = 0
+    max_memory_mb: int = 0
+    scaling_to: Resources | None = None
 
     @property
     def state(self) -> State:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from control import keys
 from control.config import ControlConfig
-from control.errors import Conflict, NotFound
+from control.errors import Conflict, NotFound, ResourceExhausted
 from control.models import Allocation, Resources
 from control.store import CAS_ATTEMPTS, Record, Store, Txn
 
@@ -209,3 +209,25 @@ class Placement:
             return Resources()
         usage = found[0].usage
         return Resources(**{field: usage.get(rc, 0) for rc, field in _FIELDS.items()})
+
+    def resize_into(self, txn: Txn, instance_id: str, resources: Resources) -> None:
+        """Add to `txn` the change of an instance's allocation to `resources` on
+        its host, or raise ResourceExhausted if the growth does not fit there."""
+        alloc_record = self.store.get(keys.allocation(instance_id))
+        if alloc_record is None:
+            raise NotFound(f"instance {instance_id} holds no allocation")
+        allocation = Allocation(**alloc_record.value)
+        found = self.provider(allocation.host)
+        if found is None:
+            raise NotFound(f"host {allocation.host} has no inventory")
+        provider, record = found
+        before, after = amounts(allocation.resources), amounts(resources)
+        growth = {rc: max(0, after[rc] - before[rc]) for rc in RESOURCE_CLASSES}
+        if lacking := provider.lacking(growth):
+            raise ResourceExhausted(
+                f"host {allocation.host} lacks {', '.join(lacking)} for this change: "
+                + ", ".join(f"{rc} free {provider.free(rc)}, asked {growth[rc]}" for rc in lacking))
+        usage = {rc: provider.usage.get(rc, 0) + after[rc] - before[rc] for rc in RESOURCE_CLASSES}
+        txn.expect(record).put(record.key, {**provider.model_dump(), "usage": usage})
+        txn.expect(alloc_record).put(alloc_record.key, allocation.model_copy(
+            update={"resources": resources}).model_dump())

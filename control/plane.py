@@ -18,6 +18,7 @@ from control.config import ControlConfig
 from control.hosts import Hosts
 from control.identity import Identity
 from control.instances import Instances
+from control.lifecycle import Lifecycle
 from control.placement import Placement
 from control.queue import TaskQueue
 from control.quota import Quotas, QuotaValues
@@ -42,6 +43,7 @@ class ControlPlane:
     scheduler: Scheduler
     groups: ServerGroups
     aggregates: Aggregates
+    lifecycle: Lifecycle
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -52,9 +54,10 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     quotas = Quotas(store, QuotaValues(**config.default_quota))
     placement = Placement(store, config)
     groups = ServerGroups(store)
+    instances = Instances(store, queue, catalog, quotas, groups, config)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
-        instances=Instances(store, queue, catalog, quotas, groups, config.default_image),
+        instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=Scheduler(store, config, placement), groups=groups,

@@ -25,7 +25,9 @@ _SERVICES: dict[str, dict[str, str]] = {
     "InstanceService": {
         "CreateInstance": MEMBER, "DeleteInstance": MEMBER,
         "GetInstance": READER, "ListInstances": READER, "GetConsoleOutput": READER,
-        "PreviewPlacement": MEMBER,
+        "PreviewPlacement": MEMBER, "StopInstance": MEMBER, "StartInstance": MEMBER,
+        "RebootInstance": MEMBER, "ScaleInstance": MEMBER, "RenameInstance": MEMBER,
+        "ListInstanceActions": READER,
     },
     "ServerGroupService": {
         "CreateServerGroup": MEMBER, "DeleteServerGroup": MEMBER,

@@ -9,6 +9,7 @@ from control.errors import Unavailable
 
 BUILD_INSTANCE = "cloud.build_instance"
 DELETE_INSTANCE = "cloud.delete_instance"
+INSTANCE_OPERATION = "cloud.instance_operation"
 
 
 class TaskQueue:

@@ -22,6 +22,7 @@ from control.errors import InvalidTransition
 class VmState(StrEnum):
     BUILDING = "building"
     ACTIVE = "active"
+    STOPPED = "stopped"
     ERROR = "error"
     DELETED = "deleted"
 
@@ -30,6 +31,10 @@ class TaskState(StrEnum):
     NONE = ""
     SCHEDULING = "scheduling"
     SPAWNING = "spawning"
+    POWERING_OFF = "powering-off"
+    POWERING_ON = "powering-on"
+    REBOOTING = "rebooting"
+    SCALING = "scaling"
     DELETING = "deleting"
 
 
@@ -48,6 +53,15 @@ class Event(StrEnum):
     RESCHEDULE = "reschedule"      # the spawn failed on a host: try another
     DELETE = "delete"              # a delete was requested
     DELETED = "deleted"            # the delete finished
+    STOP = "stop"
+    STOPPED = "stopped"
+    START = "start"
+    STARTED = "started"
+    REBOOT = "reboot"
+    REBOOTED = "rebooted"
+    SCALE = "scale"                # change vCPUs, memory or disk (live when running)
+    SCALED = "scaled"
+    ABORTED = "aborted"            # a stop/start/reboot/scale failed: as it was before
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,32 @@ _TRANSITIONS: dict[tuple[VmState, TaskState], dict[Event, State]] = {
         Event.FAILED: State(VmState.ERROR),
         Event.RESCHEDULE: State(VmState.BUILDING, TaskState.SCHEDULING),
     },
-    (VmState.BUILDING, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)},
-    (VmState.ACTIVE, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)},
-    (VmState.ERROR, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)},
+    (VmState.ACTIVE, TaskState.NONE): {
+        Event.STOP: State(VmState.ACTIVE, TaskState.POWERING_OFF),
+        Event.REBOOT: State(VmState.ACTIVE, TaskState.REBOOTING),
+        Event.SCALE: State(VmState.ACTIVE, TaskState.SCALING),
+    },
+    (VmState.STOPPED, TaskState.NONE): {
+        Event.START: State(VmState.STOPPED, TaskState.POWERING_ON),
+        Event.SCALE: State(VmState.STOPPED, TaskState.SCALING),
+    },
+    (VmState.ACTIVE, TaskState.POWERING_OFF): {
+        Event.STOPPED: State(VmState.STOPPED), Event.ABORTED: State(VmState.ACTIVE)},
+    (VmState.STOPPED, TaskState.POWERING_ON): {
+        Event.STARTED: State(VmState.ACTIVE), Event.ABORTED: State(VmState.STOPPED)},
+    (VmState.ACTIVE, TaskState.REBOOTING): {
+        Event.REBOOTED: State(VmState.ACTIVE), Event.ABORTED: State(VmState.ACTIVE)},
+    (VmState.ACTIVE, TaskState.SCALING): {
+        Event.SCALED: State(VmState.ACTIVE), Event.ABORTED: State(VmState.ACTIVE)},
+    (VmState.STOPPED, TaskState.SCALING): {
+        Event.SCALED: State(VmState.STOPPED), Event.ABORTED: State(VmState.STOPPED)},
+    **{(vm, TaskState.DELETING): {Event.DELETED: State(VmState.DELETED)}
+       for vm in (VmState.BUILDING, VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)},
 }
+
+# What each operation's task does once the agent has done it.
+DONE = {Event.STOP: Event.STOPPED, Event.START: Event.STARTED, Event.REBOOT: Event.REBOOTED,
+        Event.SCALE: Event.SCALED}
 
 INITIAL = State(VmState.BUILDING, TaskState.SCHEDULING)
 
@@ -89,9 +125,16 @@ def transition(current: State, event: Event) -> State:
 
 
 def status(state: State) -> str:
-    """The one word a user sees, as in Nova: BUILD, ACTIVE, ERROR, DELETING, DELETED."""
+    """The one word a user sees, as in Nova: BUILD, ACTIVE, SHUTOFF, REBOOT, RESIZE,
+    ERROR, DELETING, DELETED."""
     if state.task is TaskState.DELETING:
         return "DELETING"
     if state.vm is VmState.BUILDING:
         return "BUILD"
+    if state.task is TaskState.REBOOTING:
+        return "REBOOT"
+    if state.task is TaskState.SCALING:
+        return "RESIZE"
+    if state.vm is VmState.STOPPED:
+        return "SHUTOFF"
     return state.vm.value.upper()

@@ -7,22 +7,28 @@ redelivery after a worker died) is harmless. A failure leaves a recorded fault.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from typing import Any
 
 from celery import Celery, Task
 
-from control import keys
-from control.agent_client import SpawnFailed
+from control import actions, keys
+from control.agent_client import AgentRefused, SpawnFailed
 from control.errors import CloudError, NotFound, ResourceExhausted, Unavailable
+from control.lifecycle import undo_operation
 from control.models import Allocation, Fault, Flavor, Instance
 from control.plane import ControlPlane
-from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
+from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, INSTANCE_OPERATION
 from control.quota import QuotaValues
 from control.scheduler import Request, flavor_request
 from control.server_groups import without_member
-from control.states import Event, PowerState, TaskState, VmState
+from control.states import DONE, Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
+
+OPERATION_TASK_STATES = {Event.STOP: TaskState.POWERING_OFF, Event.START: TaskState.POWERING_ON,
+                         Event.REBOOT: TaskState.REBOOTING, Event.SCALE: TaskState.SCALING}
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +173,56 @@ class InstanceWork:
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
 
+    def finish_build_action(self, instance_id: str, action_key: str) -> None:
+        record = self._record(instance_id)
+        if record is None or not action_key:
+            return
+        instance = Instance(**record.value)
+        if instance.vm_state is VmState.ACTIVE:
+            actions.finish(self.plane.store, action_key)
+        elif instance.vm_state is VmState.ERROR:
+            actions.finish(self.plane.store, action_key,
+                           instance.fault.message if instance.fault else "failed")
+
+    # ---------------------------------------------------------------- operations
+
+    def operate(self, instance_id: str, event: Event, action_key: str,
+                options: dict[str, Any]) -> None:
+        """Carry out a stop, start, reboot or scale the API recorded."""
+        record = self._record(instance_id)
+        if record is None:
+            actions.finish(self.plane.store, action_key, "the instance was deleted")
+            return
+        instance = Instance(**record.value)
+        if instance.task_state is not OPERATION_TASK_STATES[event]:
+            return  # done already (a redelivered task), or a delete overtook it
+        agents, config = self.plane.agents, self.plane.config
+        try:
+            address = self.plane.hosts.get(instance.host).address
+            if event is Event.STOP:
+                power = agents.stop(address, instance_id, config.stop_timeout_s)
+            elif event is Event.START:
+                power = agents.start(address, instance_id)
+            elif event is Event.REBOOT:
+                power = agents.reboot(address, instance_id, bool(options.get("hard")))
+            else:
+                power = agents.scale(address, instance_id, options["vcpus"], options["memory_mb"],
+                                     options["disk_gb"])
+        except KeyError:
+            undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
+                           action_key, f"host {instance.host} is not registered")
+            return
+        except AgentRefused as exc:
+            undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
+                           action_key, f"host {instance.host}: {exc}")
+            return
+        changes: dict[str, Any] = {"power_state": PowerState(power)}
+        if event is Event.SCALE and instance.scaling_to is not None:
+            changes.update(resources=instance.scaling_to, scaling_to=None)
+        self._advance(instance_id, DONE[event], **changes)
+        actions.finish(self.plane.store, action_key)
+        log.info("instance %s: %s done", instance_id, event.value)
+
     # ---------------------------------------------------------------- delete
 
     def delete(self, instance_id: str) -> None:
@@ -193,8 +249,9 @@ class InstanceWork:
                    .delete(keys.instance_name(instance.project, instance.name))
                    .delete(keys.instance_index(instance_id)))
             if latest.quota_held:
-                self.plane.quotas.release_into(txn, latest.project,
-                                               QuotaValues.of(latest.resources))
+                # A scale in flight has claimed its new sizes already.
+                held = latest.scaling_to or latest.resources
+                self.plane.quotas.release_into(txn, latest.project, QuotaValues.of(held))
             if latest.group:
                 group = self.plane.store.get(keys.server_group(latest.project, latest.group))
                 if group is not None:
@@ -209,16 +266,30 @@ def register_tasks(app: Celery, plane: ControlPlane) -> None:
     work = InstanceWork(plane)
 
     @app.task(name=BUILD_INSTANCE, bind=True, max_retries=AGENT_RETRIES)
-    def build_instance(self: Task, instance_id: str) -> None:
+    def build_instance(self: Task, instance_id: str, action_key: str = "") -> None:
         try:
             work.build(instance_id, give_up_on_unreachable=self.request.retries >= AGENT_RETRIES)
         except Unavailable as exc:
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+        work.finish_build_action(instance_id, action_key)
+
+    @app.task(name=INSTANCE_OPERATION, bind=True, max_retries=AGENT_RETRIES)
+    def instance_operation(self: Task, instance_id: str, event: str, action_key: str,
+                           options: str) -> None:
+        try:
+            work.operate(instance_id, Event(event), action_key, json.loads(options))
+        except Unavailable as exc:
+            if self.request.retries >= AGENT_RETRIES:
+                undo_operation(plane.store, plane.quotas, plane.placement, instance_id,
+                               action_key, str(exc))
+                return
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
 
     @app.task(name=DELETE_INSTANCE, bind=True, max_retries=None)
-    def delete_instance(self: Task, instance_id: str) -> None:
+    def delete_instance(self: Task, instance_id: str, action_key: str = "") -> None:
         try:
             work.delete(instance_id)
+            actions.finish(plane.store, action_key)
         except CloudError as exc:
             # A delete must finish: keep trying (the agent or etcd will come back).
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc

@@ -31,6 +31,8 @@ class InstanceSpec:
     memory_mb: int
     disk_gb: int
     image: ImageFiles
+    max_vcpus: int = 0       # headroom for live scale-up (0: no headroom)
+    max_memory_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,23 @@ class ComputeDriver(ABC):
     @abstractmethod
     def list_instances(self) -> list[Observation]:
         """Every instance this agent's driver runs on the host."""
+
+    @abstractmethod
+    def stop(self, instance_id: str, timeout_s: int) -> str:
+        """Shut the guest down cleanly, powering it off after timeout_s. Stopping
+        a stopped instance succeeds. DriverError if it does not exist."""
+
+    @abstractmethod
+    def start(self, instance_id: str) -> str:
+        """Power a stopped instance on (its disk kept). Starting a running one succeeds."""
+
+    @abstractmethod
+    def reboot(self, instance_id: str, hard: bool) -> str:
+        """Restart the guest: ask it (soft) or reset it (hard)."""
+
+    @abstractmethod
+    def scale(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> str:
+        """Set vCPUs / memory (within the maximums it was spawned with) and grow the
+        disk; 0 leaves a resource as it is. Live when running, without a restart;
+        kept for the next boot either way. DriverError, changing nothing, if a
+        value is out of range."""

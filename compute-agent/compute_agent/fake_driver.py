@@ -5,6 +5,7 @@ integration test."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from compute_agent.driver import (
     ComputeDriver,
@@ -20,6 +21,7 @@ class FakeDriver(ComputeDriver):
         self.inventory = inventory or HostInventory(vcpus=8, memory_mb=16384, disk_gb=200)
         self.fail_spawn = fail_spawn
         self.instances: dict[str, InstanceSpec] = {}
+        self.stopped: set[str] = set()
         self._lock = threading.Lock()
 
     def init_host(self) -> None:
@@ -40,10 +42,13 @@ class FakeDriver(ComputeDriver):
 
     def destroy(self, instance_id: str) -> bool:
         with self._lock:
+            self.stopped.discard(instance_id)
             return self.instances.pop(instance_id, None) is not None
 
     def power_state(self, instance_id: str) -> str:
-        return "running" if instance_id in self.instances else "nostate"
+        if instance_id not in self.instances:
+            return "nostate"
+        return "shutoff" if instance_id in self.stopped else "running"
 
     def console_output(self, instance_id: str, max_bytes: int) -> bytes:
         if instance_id not in self.instances:
@@ -52,4 +57,37 @@ class FakeDriver(ComputeDriver):
 
     def list_instances(self) -> list[Observation]:
         with self._lock:
-            return [Observation(i, "running") for i in self.instances]
+            return [Observation(i, self.power_state(i)) for i in self.instances]
+
+    def _require(self, instance_id: str) -> InstanceSpec:
+        if instance_id not in self.instances:
+            raise DriverError(f"instance {instance_id} is not on this host")
+        return self.instances[instance_id]
+
+    def stop(self, instance_id: str, timeout_s: int) -> str:
+        self._require(instance_id)
+        self.stopped.add(instance_id)
+        return "shutoff"
+
+    def start(self, instance_id: str) -> str:
+        self._require(instance_id)
+        self.stopped.discard(instance_id)
+        return "running"
+
+    def reboot(self, instance_id: str, hard: bool) -> str:
+        self._require(instance_id)
+        if instance_id in self.stopped:
+            raise DriverError("the instance is not running")
+        return "running"
+
+    def scale(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> str:
+        spec = self._require(instance_id)
+        if vcpus > max(spec.vcpus, spec.max_vcpus) or memory_mb > max(spec.memory_mb,
+                                                                         spec.max_memory_mb):
+            raise DriverError("beyond this instance's maximum")
+        if disk_gb and disk_gb < spec.disk_gb:
+            raise DriverError("a disk can only grow")
+        self.instances[instance_id] = replace(spec, vcpus=vcpus or spec.vcpus,
+                                              memory_mb=memory_mb or spec.memory_mb,
+                                              disk_gb=disk_gb or spec.disk_gb)
+        return self.power_state(instance_id)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import libvirt
+from lxml import etree
 
 from compute_agent.domain_xml import DomainSpec, build_domain_xml, network_xml, owner_of
 from compute_agent.driver import (
@@ -179,8 +182,9 @@ class LibvirtDriver(ComputeDriver):
                                check=True, capture_output=True, text=True)
             xml = build_domain_xml(DomainSpec(
                 uuid=spec.instance_id, display_name=spec.name, owner_host=self.host_name,
-                virt_type=self.virt_type, vcpus=spec.vcpus, max_vcpus=spec.vcpus,
-                memory_mb=spec.memory_mb, max_memory_mb=spec.memory_mb,
+                virt_type=self.virt_type, vcpus=spec.vcpus,
+                max_vcpus=max(spec.vcpus, spec.max_vcpus),
+                memory_mb=spec.memory_mb, max_memory_mb=max(spec.memory_mb, spec.max_memory_mb),
                 kernel=base.kernel_path, initrd=base.initrd_path,
                 cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}",
                 disk_path=str(disk), console_log=str(directory / "console.log"),
@@ -248,3 +252,96 @@ class LibvirtDriver(ComputeDriver):
                 continue  # vanished while we looked
             found.append(Observation(domain.UUIDString(), state, addresses))
         return found
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _require(self, instance_id: str) -> libvirt.virDomain:
+        domain = self._domain(instance_id)
+        if domain is None:
+            raise DriverError(f"instance {instance_id} is not on this host")
+        return domain
+
+    def _wait_off(self, domain: libvirt.virDomain, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while domain.isActive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not domain.isActive()
+
+    def stop(self, instance_id: str, timeout_s: int) -> str:
+        domain = self._require(instance_id)
+        try:
+            if domain.isActive():
+                domain.shutdown()  # ACPI power button: the guest shuts down cleanly
+                if not self._wait_off(domain, timeout_s):
+                    log.info("%s did not shut down in %ss: powering off", instance_id, timeout_s)
+                    domain.destroy()
+        except libvirt.libvirtError as exc:
+            if domain.isActive():
+                raise DriverError(f"stop failed: {exc}") from exc
+        return self.power_state(instance_id)
+
+    def start(self, instance_id: str) -> str:
+        domain = self._require(instance_id)
+        try:
+            if not domain.isActive():
+                domain.create()
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"start failed: {exc}") from exc
+        return self.power_state(instance_id)
+
+    def reboot(self, instance_id: str, hard: bool) -> str:
+        domain = self._require(instance_id)
+        if not domain.isActive():
+            raise DriverError("the instance is not running")
+        try:
+            if hard:
+                domain.reset(0)
+            else:
+                # A clean shutdown and a fresh start: guests differ in what an
+                # ACPI "reboot" means, but all shut down on the power button.
+                self.stop(instance_id, REBOOT_SHUTDOWN_TIMEOUT_S)
+                domain.create()
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"reboot failed: {exc}") from exc
+        return self.power_state(instance_id)
+
+    def scale(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> str:
+        domain = self._require(instance_id)
+        root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        max_vcpus = int(root.findtext("vcpu"))
+        max_memory_mb = int(root.findtext("memory")) // 1024  # KiB
+        if vcpus > max_vcpus or memory_mb > max_memory_mb:
+            raise DriverError(f"beyond this instance's maximum of {max_vcpus} vCPUs and "
+                              f"{max_memory_mb} MiB")
+        live = bool(domain.isActive())
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+        disk = self._instance_dir(instance_id) / "disk.qcow2"
+        if disk_gb:
+            current = domain.blockInfo("vda")[0] if live else _virtual_size(disk)
+            if disk_gb * 2**30 < current:
+                raise DriverError("a disk can only grow")
+        try:
+            if vcpus:
+                domain.setVcpusFlags(vcpus, flags)
+            if memory_mb:
+                domain.setMemoryFlags(memory_mb * 1024, flags)  # the balloon's target
+            if disk_gb and disk_gb * 2**30 > current:
+                if live:
+                    domain.blockResize("vda", disk_gb * 2**30, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                else:
+                    subprocess.run(["qemu-img", "resize", "-q", str(disk), f"{disk_gb}G"],
+                                   check=True, capture_output=True, text=True)
+        except (libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+            raise DriverError(f"scale failed: {exc}") from exc
+        log.info("scaled %s: vcpus=%s memory_mb=%s disk_gb=%s (live=%s)", instance_id, vcpus,
+                 memory_mb, disk_gb, live)
+        return self.power_state(instance_id)
+
+
+REBOOT_SHUTDOWN_TIMEOUT_S = 30
+
+
+def _virtual_size(disk: Path) -> int:
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(disk)], check=True,
+                          capture_output=True, text=True)
+    return int(json.loads(info.stdout)["virtual-size"])

@@ -30,6 +30,7 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
         spec = InstanceSpec(
             instance_id=request.instance_id, name=request.name, vcpus=request.vcpus,
             memory_mb=request.memory_mb, disk_gb=request.disk_gb,
+            max_vcpus=request.max_vcpus, max_memory_mb=request.max_memory_mb,
             image=ImageFiles(id=image.id, kernel_path=image.kernel_path,
                              initrd_path=image.initrd_path, disk_path=image.disk_path,
                              cmdline=image.cmdline))
@@ -51,6 +52,26 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
     def GetConsoleOutput(self, request, context):
         return agent_pb2.AgentConsoleResponse(
             output=self.driver.console_output(request.instance_id, request.max_bytes or 65536))
+
+    def _power(self, context, action, *args) -> agent_pb2.PowerStateResponse:
+        try:
+            return agent_pb2.PowerStateResponse(power_state=action(*args))
+        except DriverError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise  # not reached: abort raises
+
+    def Stop(self, request, context):
+        return self._power(context, self.driver.stop, request.instance_id, request.timeout_s or 60)
+
+    def Start(self, request, context):
+        return self._power(context, self.driver.start, request.instance_id)
+
+    def Reboot(self, request, context):
+        return self._power(context, self.driver.reboot, request.instance_id, request.hard)
+
+    def Scale(self, request, context):
+        return self._power(context, self.driver.scale, request.instance_id, request.vcpus,
+                           request.memory_mb, request.disk_gb)
 
     def GetInventory(self, request, context):
         inv = self.driver.host_inventory()

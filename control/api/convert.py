@@ -6,6 +6,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control.actions import Action
 from control.aggregates import Aggregate, effective
 from control.identity import Caller, Project, User
 from control.models import Fault, Flavor, Host, Image, Instance
@@ -84,7 +85,7 @@ def instance(i: Instance) -> pb.Instance:
         vm_state=i.vm_state.value, task_state=i.task_state.value, power_state=i.power_state.value,
         flavor=i.flavor, vcpus=i.resources.vcpus, memory_mb=i.resources.memory_mb,
         disk_gb=i.resources.disk_gb, image=i.image, host=i.host, addresses=i.addresses,
-        group=i.group,
+        group=i.group, max_vcpus=i.max_vcpus, max_memory_mb=i.max_memory_mb,
         created_at=_ts(i.created_at), updated_at=_ts(i.updated_at),
         launched_at=_ts(i.launched_at))
     if i.fault:
@@ -95,3 +96,8 @@ def instance(i: Instance) -> pb.Instance:
 
 def server_group(g: ServerGroup) -> pb.ServerGroup:
     return pb.ServerGroup(name=g.name, policy=g.policy, members=sorted(g.members))
+
+
+def action(a: Action) -> pb.InstanceAction:
+    return pb.InstanceAction(action=a.action, request_id=a.request_id, user=a.user,
+                             start=_ts(a.start), end=_ts(a.end), result=a.result, error=a.error)

@@ -18,6 +18,7 @@ from cloudapi.v1 import (
     identity_pb2_grpc,
 )
 
+from control import actions
 from control.aggregates import Aggregate
 from control.api import convert
 from control.api.interceptors import current_caller
@@ -103,8 +104,36 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in instances])
 
     def DeleteInstance(self, request, context):
-        return convert.instance(self.plane.instances.delete(caller_project(context),
-                                                            request.id_or_name))
+        caller = current_caller()
+        return convert.instance(self.plane.instances.delete(caller.project, request.id_or_name,
+                                                            caller.username, request.request_id))
+
+    def StopInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.stop(current_caller(), request.id_or_name,
+                                                          request.request_id))
+
+    def StartInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.start(current_caller(), request.id_or_name,
+                                                           request.request_id))
+
+    def RebootInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.reboot(current_caller(), request.id_or_name,
+                                                            request.hard, request.request_id))
+
+    def ScaleInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.scale(
+            current_caller(), request.id_or_name, request.vcpus, request.memory_mb, request.disk_gb,
+            request.request_id))
+
+    def RenameInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.rename(current_caller(), request.id_or_name,
+                                                            request.name, request.request_id))
+
+    def ListInstanceActions(self, request, context):
+        project = caller_project(context)
+        instance = self.plane.instances.get(project, request.id_or_name)
+        return compute_pb2.ListInstanceActionsResponse(actions=[
+            convert.action(a) for a in actions.history(self.plane.store, project, instance.id)])
 
     def GetConsoleOutput(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)

@@ -1,0 +1,158 @@
+"""Stop, start, reboot, scale and rename through the whole control plane, on
+fake-driver hosts; the claims a scale makes are exact and undone on failure."""
+
+import grpc
+import pytest
+from cloudapi.v1 import compute_pb2 as pb
+from cloudapi.v1 import identity_pb2 as ipb
+
+from control.placement import Placement
+from tests.conftest import login, start_cloud, stop_cloud
+from tests.control.test_quota import delete_all, new_tenant
+
+
+@pytest.fixture(scope="module")
+def fake_cloud():
+    cloud, store = start_cloud("life", agent_settings={"driver": "fake"})
+    yield cloud, store, login(cloud, "admin")
+    stop_cloud(cloud, "life")
+
+
+def idle(client, instance_id):
+    """Wait until no operation is in flight."""
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        current = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
+        if not current.task_state or time.monotonic() > deadline:
+            return current
+        time.sleep(0.05)
+
+
+def expect(code, call):
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    return info.value.details()
+
+
+@pytest.fixture
+def running(fake_cloud):
+    cloud, store, admin = fake_cloud
+    project, client = new_tenant(cloud, admin, instances=5, vcpus=3, memory_mb=-1, disk_gb=-1)
+    created = client.instances.CreateInstance(pb.CreateInstanceRequest(name="vm", flavor="small"))
+    assert client.wait_status(created.id, {"ACTIVE", "ERROR"}).status == "ACTIVE"
+    yield client, created, store, project
+    delete_all(client, [created])
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage == ipb.QuotaValues()
+
+
+def test_stop_start_reboot(running):
+    client, vm, _, _ = running
+    op = pb.InstanceOperationRequest(id_or_name="vm")
+    assert client.instances.StopInstance(op).task_state == "powering-off"
+    stopped = idle(client, vm.id)
+    assert (stopped.status, stopped.power_state) == ("SHUTOFF", "shutoff")
+    details = expect(grpc.StatusCode.FAILED_PRECONDITION, lambda: client.instances.StopInstance(op))
+    assert "cannot stop" in details
+    expect(grpc.StatusCode.FAILED_PRECONDITION, lambda: client.instances.RebootInstance(op))
+    client.instances.StartInstance(op)
+    started = idle(client, vm.id)
+    assert (started.status, started.power_state) == ("ACTIVE", "running")
+    client.instances.RebootInstance(pb.InstanceOperationRequest(id_or_name="vm", hard=True))
+    assert idle(client, vm.id).status == "ACTIVE"
+    done = [(a.action, a.result) for a in client.instances.ListInstanceActions(
+        pb.ListInstanceActionsRequest(id_or_name="vm")).actions]
+    assert done == [("create", "success"), ("stop", "success"), ("start", "success"),
+                    ("reboot", "success")]
+
+
+def test_scale_claims_quota_and_host_and_is_exact(running):
+    client, vm, store, _ = running
+    placement = Placement(store, None)
+    host = vm.host or client.instances.GetInstance(pb.GetInstanceRequest(id_or_name="vm")).host
+    before = placement.usage(host)
+    scaled = client.instances.ScaleInstance(pb.ScaleInstanceRequest(
+        id_or_name="vm", vcpus=2, memory_mb=1024, disk_gb=4))
+    assert scaled.status == "RESIZE"
+    after = idle(client, vm.id)
+    assert (after.vcpus, after.memory_mb, after.disk_gb) == (2, 1024, 4)
+    assert after.status == "ACTIVE" and not after.HasField("fault")
+    usage = client.quotas.GetQuota(ipb.GetQuotaRequest()).usage
+    assert (usage.vcpus, usage.memory_mb, usage.disk_gb) == (2, 1024, 4)
+    grown = placement.usage(host)
+    assert (grown.vcpus - before.vcpus, grown.memory_mb - before.memory_mb,
+            grown.disk_gb - before.disk_gb) == (1, 512, 2)
+    # Scaling down memory and vCPUs gives back what it frees.
+    client.instances.ScaleInstance(pb.ScaleInstanceRequest(id_or_name="vm", vcpus=1, memory_mb=512))
+    idle(client, vm.id)
+    usage = client.quotas.GetQuota(ipb.GetQuotaRequest()).usage
+    assert (usage.vcpus, usage.memory_mb, usage.disk_gb) == (1, 512, 4)
+    assert placement.usage(host).memory_mb == before.memory_mb
+
+
+def test_scale_refusals_change_nothing(running):
+    client, vm, store, project = running
+    before = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name="vm"))
+    quota_before = client.quotas.GetQuota(ipb.GetQuotaRequest()).usage
+    cases = [
+        (grpc.StatusCode.INVALID_ARGUMENT, "maximum", dict(vcpus=before.max_vcpus + 1)),
+        (grpc.StatusCode.INVALID_ARGUMENT, "maximum", dict(memory_mb=before.max_memory_mb + 1)),
+        (grpc.StatusCode.INVALID_ARGUMENT, "only grow", dict(disk_gb=1)),
+        (grpc.StatusCode.INVALID_ARGUMENT, "nothing to change", dict(vcpus=before.vcpus)),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "quota exceeded for vcpus", dict(vcpus=4)),
+    ]
+    for code, words, sizes in cases:
+        details = expect(code, lambda sizes=sizes: client.instances.ScaleInstance(
+            pb.ScaleInstanceRequest(id_or_name="vm", **sizes)))
+        assert words in details
+    after = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name="vm"))
+    assert (after.vcpus, after.memory_mb, after.disk_gb, after.status) == (
+        before.vcpus, before.memory_mb, before.disk_gb, "ACTIVE")
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage == quota_before
+    assert [a.action for a in client.instances.ListInstanceActions(
+        pb.ListInstanceActionsRequest(id_or_name="vm")).actions] == ["create"]
+
+
+def test_scale_beyond_the_host_says_so(running, fake_cloud):
+    client, vm, store, _ = running
+    _, _, admin = fake_cloud
+    host = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name="vm")).host
+    free = {i.resource_class: i.capacity - i.used
+            for i in admin.hosts.GetHost(pb.GetHostRequest(name=host)).inventory}["MEMORY_MB"]
+    admin.hosts.SetInventory(pb.SetInventoryRequest(name=host, resource_class="MEMORY_MB",
+                                                    reserved=512 + free - 100))
+    try:
+        details = expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: client.instances.ScaleInstance(
+            pb.ScaleInstanceRequest(id_or_name="vm", memory_mb=1024)))
+        assert f"host {host} lacks MEMORY_MB" in details
+    finally:
+        admin.hosts.SetInventory(pb.SetInventoryRequest(name=host, resource_class="MEMORY_MB",
+                                                        reserved=512))
+
+
+def test_rename(running):
+    client, vm, _, _ = running
+    renamed = client.instances.RenameInstance(pb.RenameInstanceRequest(id_or_name="vm", name="vm2"))
+    assert renamed.name == "vm2"
+    assert client.instances.GetInstance(pb.GetInstanceRequest(id_or_name="vm2")).id == vm.id
+    expect(grpc.StatusCode.NOT_FOUND, lambda: client.instances.GetInstance(
+        pb.GetInstanceRequest(id_or_name="vm")))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: client.instances.RenameInstance(
+        pb.RenameInstanceRequest(id_or_name="vm2", name="bad name")))
+    client.instances.RenameInstance(pb.RenameInstanceRequest(id_or_name="vm2", name="vm"))
+
+
+def test_reader_cannot_operate(fake_cloud, running):
+    cloud, _, admin = fake_cloud
+    client, vm, _, project = running
+    admin.identity.CreateUser(ipb.CreateUserRequest(name=f"{project}-r", password="pw", project=project,
+                                                    role="reader"))
+    from tests.conftest import ApiClient
+    reader = ApiClient(cloud.endpoint)
+    reader.login(f"{project}-r", "pw", project)
+    expect(grpc.StatusCode.PERMISSION_DENIED, lambda: reader.instances.StopInstance(
+        pb.InstanceOperationRequest(id_or_name="vm")))
+    expect(grpc.StatusCode.PERMISSION_DENIED, lambda: reader.instances.ScaleInstance(
+        pb.ScaleInstanceRequest(id_or_name="vm", vcpus=2)))
+    assert reader.instances.ListInstanceActions(pb.ListInstanceActionsRequest(id_or_name="vm")).actions

@@ -1,0 +1,85 @@
+"""Live scale-up on a real guest under QEMU: the running guest sees more vCPUs,
+memory and disk without a reboot (same boot id); stop/start keep the disk and
+the new sizes."""
+
+import re
+import time
+
+from cloudapi.v1 import compute_pb2 as pb
+
+RESOURCES = re.compile(r"CLOUD-RESOURCES cpus=(\d+) mem_kb=(\d+) disk_bytes=(\d+) boot_id=(\S+)")
+BOOT = re.compile(r"CLOUD-BOOT-OK instance_id=(\S+) boot_id=(\S+)")
+
+
+def console(api, instance_id: str) -> str:
+    return api.instances.GetConsoleOutput(pb.GetConsoleOutputRequest(id_or_name=instance_id)).output
+
+
+def wait_for(api, instance_id: str, check, what: str, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        output = console(api, instance_id)
+        found = check(output)
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not on the console after {timeout_s}s:\n{output[-2000:]}")
+
+
+def resources(output: str) -> list[tuple[int, int, int, str]]:
+    return [(int(c), int(m), int(d), b) for c, m, d, b in RESOURCES.findall(output)]
+
+
+def idle(api, instance_id: str):
+    deadline = time.monotonic() + 180
+    while True:
+        current = api.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
+        if not current.task_state or time.monotonic() > deadline:
+            return current
+        time.sleep(0.2)
+
+
+def test_live_scale_up_then_stop_and_start(api):
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(name="scale1", flavor="small"))
+    try:
+        active = api.wait_status(created.id, {"ACTIVE", "ERROR"})
+        assert active.status == "ACTIVE", active.fault.message
+        assert (active.max_vcpus, active.max_memory_mb) == (4, 2048)
+        # The guest boots seeing its maximum memory; the balloon then brings it to 512 MiB.
+        settled = wait_for(api, created.id,
+                           lambda out: [r for r in resources(out) if r[1] < 600 * 1024],
+                           "memory ballooned to the flavor's 512 MiB")
+        cpus, mem_kb, disk, boot_id = settled[-1]
+        assert (cpus, disk) == (1, 2 * 2**30)
+
+        api.instances.ScaleInstance(pb.ScaleInstanceRequest(
+            id_or_name=created.id, vcpus=2, memory_mb=1024, disk_gb=3))
+        scaled = idle(api, created.id)
+        assert (scaled.vcpus, scaled.memory_mb, scaled.disk_gb, scaled.status) == (2, 1024, 3, "ACTIVE")
+        assert not scaled.HasField("fault"), scaled.fault.message
+
+        def grown(out):
+            return [r for r in resources(out) if r[0] == 2 and r[2] == 3 * 2**30 and r[1] > mem_kb]
+        cpus2, mem_kb2, _, boot_id2 = wait_for(api, created.id, grown, "the grown resources")[-1]
+        assert boot_id2 == boot_id  # no reboot
+        assert mem_kb2 - mem_kb > 300 * 1024
+        assert BOOT.findall(console(api, created.id))[-1][1] == boot_id
+
+        api.instances.StopInstance(pb.InstanceOperationRequest(id_or_name=created.id))
+        stopped = idle(api, created.id)
+        assert (stopped.status, stopped.power_state) == ("SHUTOFF", "shutoff")
+        api.instances.StartInstance(pb.InstanceOperationRequest(id_or_name=created.id))
+        assert idle(api, created.id).status == "ACTIVE"
+
+        def rebooted(out):
+            return [r for r in resources(out) if r[3] != boot_id]
+        cpus3, _, disk3, boot_id3 = wait_for(api, created.id, rebooted, "a new boot")[0]
+        assert boot_id3 != boot_id
+        assert (cpus3, disk3) == (2, 3 * 2**30)  # the new sizes were kept for the next boot
+        actions = [(a.action, a.result) for a in api.instances.ListInstanceActions(
+            pb.ListInstanceActionsRequest(id_or_name=created.id)).actions]
+        assert actions == [("create", "success"), ("scale", "success"), ("stop", "success"),
+                           ("start", "success")]
+    finally:
+        api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
+        assert api.wait_gone(created.id)
