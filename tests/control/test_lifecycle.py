@@ -156,3 +156,40 @@ def test_reader_cannot_operate(fake_cloud, running):
     expect(grpc.StatusCode.PERMISSION_DENIED, lambda: reader.instances.ScaleInstance(
         pb.ScaleInstanceRequest(id_or_name="vm", vcpus=2)))
     assert reader.instances.ListInstanceActions(pb.ListInstanceActionsRequest(id_or_name="vm")).actions
+
+
+def test_cli_lifecycle(fake_cloud, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    cloud, _, admin = fake_cloud
+    project, client = new_tenant(cloud, admin, instances=5, vcpus=-1, memory_mb=-1, disk_gb=-1)
+    admin.identity.CreateUser(ipb.CreateUserRequest(name=f"{project}-cli", password="pw",
+                                                    project=project, role="member"))
+    env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(tmp_path / "c.toml"),
+           "CLOUD_USERNAME": f"{project}-cli", "CLOUD_PASSWORD": "pw", "CLOUD_PROJECT": project,
+           "COLUMNS": "200"}
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("instance", "create", "--flavor", "small", "--name", "c1", "--wait")
+    stopped = json.loads(run("instance", "stop", "c1", "--wait", "-o", "json"))
+    assert stopped["status"] == "SHUTOFF"
+    assert json.loads(run("instance", "start", "c1", "--wait", "-o", "json"))["status"] == "ACTIVE"
+    run("instance", "reboot", "c1", "--hard", "--wait")
+    scaled = json.loads(run("instance", "scale", "c1", "--vcpus", "2", "--memory", "1024", "--disk", "3",
+                            "--wait", "-o", "json"))
+    assert (scaled["vcpus"], scaled["memory_mb"], scaled["disk_gb"]) == (2, 1024, 3)
+    run("instance", "rename", "c1", "c2")
+    history = json.loads(run("instance", "actions", "c2", "-o", "json"))
+    assert [a["action"] for a in history] == ["create", "stop", "start", "reboot", "scale", "rename"]
+    assert all(a["result"] == "success" and a["user"] == f"{project}-cli" for a in history)
+    refused = subprocess.run([sys.executable, "-m", "control.cli", "instance", "scale", "c2", "--vcpus",
+                              "99"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+    run("instance", "delete", "c2", "--wait")
