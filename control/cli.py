@@ -219,13 +219,20 @@ def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: f
 @click.option("--wait", is_flag=True, help="wait until ACTIVE or ERROR; exit non-zero on ERROR")
 @click.option("--timeout", default=300.0, show_default=True)
 @click.option("--group", default="", help="server group to join (see cloudctl server-group)")
+@click.option("--count", type=int, default=0,
+              help="scale out: NAME-1..NAME-COUNT, quota and hosts claimed for all or none")
+@click.option("--min-count", type=int, default=0, help="with --count: accept as few as this")
 @click.option("--dry-run", is_flag=True,
               help="show the host it would go to and why others can't take it; create nothing")
 @output_option
 @click.pass_context
 def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: str,
-                    request_id: str, wait: bool, timeout: float, group: str, dry_run: bool,
-                    output: str) -> None:
+                    request_id: str, wait: bool, timeout: float, group: str, count: int,
+                    min_count: int, dry_run: bool, output: str) -> None:
+    if count:
+        create_many(ctx, name, flavor_name, image_ref, count, min_count, request_id, wait, timeout,
+                    output)
+        return
     request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
                                        request_id=request_id or str(uuid.uuid4()), group=group)
     if dry_run:
@@ -241,6 +248,19 @@ def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: 
         created = wait_for(ctx, created.id, until_gone=False, timeout_s=timeout)
     print_instance(created, output)
     if created.status == "ERROR":
+        sys.exit(1)
+
+
+def create_many(ctx: click.Context, name: str, flavor_name: str, image_ref: str, count: int,
+                min_count: int, request_id: str, wait: bool, timeout: float, output: str) -> None:
+    made = api(ctx).instances.CreateInstances(pb.CreateInstancesRequest(
+        name=name, flavor=flavor_name, image=image_ref, count=count, min_count=min_count,
+        request_id=request_id or str(uuid.uuid4()))).instances
+    err.print(f"{len(made)} instances requested", highlight=False)
+    if wait:
+        made = [wait_for(ctx, i.id, until_gone=False, timeout_s=timeout) for i in made]
+    print_rows([instance_dict(i) for i in made], INSTANCE_COLUMNS, output)
+    if any(i.status == "ERROR" for i in made):
         sys.exit(1)
 
 

@@ -17,7 +17,7 @@ from control.catalog import Catalog
 from control.config import ControlConfig
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from control.identity import Caller
-from control.models import Instance, validate_name
+from control.models import Flavor, Image, Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.quota import Quotas, QuotaValues
 from control.server_groups import ServerGroups, with_member, without_member
@@ -98,18 +98,10 @@ class Instances:
         self._check_request_id(request_id)
         if (earlier := self._replay(project, request_id)) is not None:
             return earlier
-        flavor = self.catalog.flavor(flavor_name, project, caller.is_admin)
-        image = self.catalog.image(image_ref or self.default_image)
-        if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
-            raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
+        flavor, image = self.flavor_and_image(caller, flavor_name, image_ref)
         if group:
             self.groups.record(project, group)  # NOT_FOUND before anything is written
-        instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
-                            resources=flavor.resources, image=image.id, request_id=request_id,
-                            group=group,
-                            max_vcpus=max(flavor.vcpus, flavor.max_vcpus or self.config.default_max_vcpus),
-                            max_memory_mb=max(flavor.memory_mb,
-                                              flavor.max_memory_mb or self.config.default_max_memory_mb))
+        instance = self.new_instance(project, name, flavor, image, request_id, group)
         data = instance.model_dump(mode="json")
         for attempt in range(QUOTA_ATTEMPTS):
             txn = (Txn().expect_absent(keys.instance_name(project, name))
@@ -143,6 +135,23 @@ class Instances:
         log.info("instance %s (%s) requested in %s: flavor %s", instance.id, name, project,
                  flavor.name)
         return instance
+
+    def flavor_and_image(self, caller: Caller, flavor_name: str, image_ref: str) -> tuple[Flavor, Image]:
+        flavor = self.catalog.flavor(flavor_name, caller.project, caller.is_admin)
+        image = self.catalog.image(image_ref or self.default_image)
+        if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
+            raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
+        return flavor, image
+
+    def new_instance(self, project: str, name: str, flavor: Flavor, image: Image,
+                     request_id: str = "", group: str = "") -> Instance:
+        c = self.config
+        return Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
+                        resources=flavor.resources, image=image.id, request_id=request_id,
+                        group=group,
+                        max_vcpus=max(flavor.vcpus, flavor.max_vcpus or c.default_max_vcpus),
+                        max_memory_mb=max(flavor.memory_mb,
+                                          flavor.max_memory_mb or c.default_max_memory_mb))
 
     def _forget(self, instance: Instance, request_id: str = "") -> None:
         """Undo a create whose build could not be queued, quota claim included."""

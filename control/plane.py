@@ -22,6 +22,7 @@ from control.lifecycle import Lifecycle
 from control.placement import Placement
 from control.queue import TaskQueue
 from control.quota import Quotas, QuotaValues
+from control.scale_out import ScaleOut
 from control.scheduler import Scheduler
 from control.server_groups import ServerGroups
 from control.store import Store
@@ -44,6 +45,7 @@ class ControlPlane:
     groups: ServerGroups
     aggregates: Aggregates
     lifecycle: Lifecycle
+    scale_out: ScaleOut
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -55,11 +57,13 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     placement = Placement(store, config)
     groups = ServerGroups(store)
     instances = Instances(store, queue, catalog, quotas, groups, config)
+    scheduler = Scheduler(store, config, placement)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
+        scale_out=ScaleOut(store, queue, instances, quotas, scheduler),
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
-        scheduler=Scheduler(store, config, placement), groups=groups,
+        scheduler=scheduler, groups=groups,
         aggregates=Aggregates(store),
     )

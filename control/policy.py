@@ -25,7 +25,8 @@ _SERVICES: dict[str, dict[str, str]] = {
     "InstanceService": {
         "CreateInstance": MEMBER, "DeleteInstance": MEMBER,
         "GetInstance": READER, "ListInstances": READER, "GetConsoleOutput": READER,
-        "PreviewPlacement": MEMBER, "StopInstance": MEMBER, "StartInstance": MEMBER,
+        "PreviewPlacement": MEMBER, "CreateInstances": MEMBER,
+        "StopInstance": MEMBER, "StartInstance": MEMBER,
         "RebootInstance": MEMBER, "ScaleInstance": MEMBER, "RenameInstance": MEMBER,
         "ListInstanceActions": READER,
     },

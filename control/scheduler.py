@@ -30,12 +30,12 @@ from control.errors import Conflict, ResourceExhausted
 from control.models import Allocation, Flavor, Host, Resources
 from control.placement import RESOURCE_CLASSES, Placement, Provider, amounts
 from control.server_groups import ServerGroup, with_member
-from control.store import Change, Store, Txn
+from control.store import Change, Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
 CANDIDATES_TRIED = 8   # best candidates tried per selection before selecting again
-SELECTIONS = 4         # selections before giving up with Conflict
+SELECTIONS = 8         # selections before giving up with Conflict
 
 
 @dataclass(frozen=True)
@@ -282,6 +282,37 @@ class HostTable:
             f"; {count} {reason}" for reason, count in reasons.most_common() if count)
         return Decision(hosts=[names[fit[k]] for k in order], summary=summary)
 
+    def plan(self, request: Request, count: int, down_after_s: float, weigher: str,
+             rng: np.random.Generator) -> tuple[list[tuple[str, Provider, int]], str]:
+        """Hosts for `count` instances at once, one pick at a time as if each were
+        already placed: [(host, provider as seen, its revision)], maybe fewer
+        than count, and the per-filter summary of the first pick."""
+        first = self.select(request, down_after_s, weigher, rng)
+        need = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
+        with self._lock:
+            usable = np.ones(len(self.names), bool)
+            for _, mask in self._filters(request, down_after_s):
+                usable &= mask
+            free = (self.cap - self.used).copy()
+            in_use = self.in_use.copy()
+            snapshot = [(name, self.providers[i], int(self.revision[i]))
+                        for i, name in enumerate(self.names)]
+        picks: list[tuple[str, Provider, int]] = []
+        for _ in range(count):
+            fit = np.flatnonzero(usable & (free >= need).all(axis=1))
+            if not len(fit):
+                break
+            weight = free[fit, 1].astype(np.float64)
+            if weigher == "pack":
+                weight = -weight + in_use[fit] * 1e10
+            i = fit[int(np.argmax(weight + rng.random(len(fit)) * 0.5))]
+            free[i] -= need
+            in_use[i] = True
+            name, provider, revision = snapshot[i]
+            if provider is not None:
+                picks.append((name, provider, revision))
+        return picks, first.summary
+
     def slots(self, request: Request, down_after_s: float) -> dict[str, int]:
         """How many more of the request fit on each host that passes its other filters."""
         self.start()
@@ -362,6 +393,28 @@ class Scheduler:
                 provider, revision = found[0], found[1].mod_revision
                 self.table.update_provider(provider, revision)
         return False
+
+    def claim_many_into(self, txn: Txn, request: Request, allocations: list[Allocation]
+                        ) -> tuple[list[str], str]:
+        """Plan hosts for all `allocations` and add their claims to `txn` (each
+        host's provider compared at the revision planned from): the caller
+        commits them together with whatever else must be all or none. Returns
+        the hosts, in the allocations' order (maybe fewer), and the summary."""
+        picks, summary = self.table.plan(request, len(allocations), self.config.host_down_after_s,
+                                         self.config.scheduler_weigher, self.rng)
+        per_host: dict[str, tuple[Provider, int, list[Allocation]]] = {}
+        for (host, provider, revision), allocation in zip(picks, allocations, strict=False):
+            per_host.setdefault(host, (provider, revision, []))[2].append(
+                allocation.model_copy(update={"host": host}))
+        for host, (provider, revision, placed) in per_host.items():
+            need = {rc: sum(amounts(a.resources)[rc] for a in placed) for rc in RESOURCE_CLASSES}
+            usage = {rc: provider.usage.get(rc, 0) + need[rc] for rc in RESOURCE_CLASSES}
+            txn.expect(Record(keys.provider(host), {}, revision)).put(
+                keys.provider(host), {**provider.model_dump(), "usage": usage})
+            for allocation in placed:
+                key = keys.allocation(allocation.instance_id)
+                txn.expect_absent(key).put(key, allocation.model_dump())
+        return [host for host, _, _ in picks], summary
 
     def free_slots(self, request: Request) -> dict[str, int]:
         """How many more instances of the request fit, per eligible host."""

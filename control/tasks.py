@@ -16,7 +16,7 @@ from celery import Celery, Task
 
 from control import actions, keys
 from control.agent_client import AgentRefused, SpawnFailed
-from control.errors import CloudError, NotFound, ResourceExhausted, Unavailable
+from control.errors import CloudError, Conflict, NotFound, ResourceExhausted, Unavailable
 from control.lifecycle import undo_operation
 from control.models import Allocation, Fault, Flavor, Instance
 from control.plane import ControlPlane
@@ -121,8 +121,9 @@ class InstanceWork:
                 try:
                     group_key = keys.server_group(instance.project, instance.group) \
                         if instance.group else ""
-                    host = self.plane.scheduler.schedule(self._allocation(instance),
-                                                         self._request(instance), group_key)
+                    claimed = self.plane.placement.allocation(instance_id)  # scale-out claims ahead
+                    host = claimed.host if claimed else self.plane.scheduler.schedule(
+                        self._allocation(instance), self._request(instance), group_key)
                 except ResourceExhausted as exc:
                     # After failed spawns, the spawn failure is what the user needs to see.
                     phase = "spawning" if instance.attempts else "scheduling"
@@ -267,10 +268,18 @@ def register_tasks(app: Celery, plane: ControlPlane) -> None:
 
     @app.task(name=BUILD_INSTANCE, bind=True, max_retries=AGENT_RETRIES)
     def build_instance(self: Task, instance_id: str, action_key: str = "") -> None:
+        last_try = self.request.retries >= AGENT_RETRIES
         try:
-            work.build(instance_id, give_up_on_unreachable=self.request.retries >= AGENT_RETRIES)
+            work.build(instance_id, give_up_on_unreachable=last_try)
         except Unavailable as exc:
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+        except Conflict as exc:
+            # Lost too many races for a host: try again a little later, then give up
+            # with a fault rather than leave the instance in BUILD.
+            if last_try:
+                work.fail(instance_id, "scheduling", str(exc))
+            else:
+                raise self.retry(exc=exc, countdown=0.2 * (self.request.retries + 1)) from exc
         work.finish_build_action(instance_id, action_key)
 
     @app.task(name=INSTANCE_OPERATION, bind=True, max_retries=AGENT_RETRIES)

@@ -86,6 +86,12 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
             request.group)
         return convert.instance(instance)
 
+    def CreateInstances(self, request, context):
+        made = self.plane.scale_out.create(current_caller(), request.name, request.flavor,
+                                           request.image, request.count, request.min_count,
+                                           request.request_id)
+        return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in made])
+
     def PreviewPlacement(self, request, context):
         caller = current_caller()
         validate_name(request.name, "instance name")

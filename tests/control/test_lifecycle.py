@@ -193,3 +193,38 @@ def test_cli_lifecycle(fake_cloud, tmp_path):
                               "99"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
     run("instance", "delete", "c2", "--wait")
+
+
+def test_scale_out_all_or_none(fake_cloud):
+    cloud, store, admin = fake_cloud
+    _, client = new_tenant(cloud, admin, instances=4, vcpus=-1, memory_mb=-1, disk_gb=-1)
+    made = client.instances.CreateInstances(pb.CreateInstancesRequest(
+        name="web", flavor="tiny", count=3)).instances
+    assert [i.name for i in made] == ["web-1", "web-2", "web-3"]
+    assert all(client.wait_status(i.id, {"ACTIVE", "ERROR"}).status == "ACTIVE" for i in made)
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage.instances == 3
+    # 3 more do not fit the quota of 4: none is made...
+    details = expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: client.instances.CreateInstances(
+        pb.CreateInstancesRequest(name="api", flavor="tiny", count=3)))
+    assert "quota allows 1 more" in details
+    assert len(client.instances.ListInstances(pb.ListInstancesRequest()).instances) == 3
+    # ...unless the request accepts fewer.
+    more = client.instances.CreateInstances(pb.CreateInstancesRequest(
+        name="api", flavor="tiny", count=3, min_count=1)).instances
+    assert [i.name for i in more] == ["api-1"]
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage.instances == 4
+    placement = Placement(store, None)
+    assert all(placement.allocation(i.id) is not None for i in [*made, *more])
+    delete_all(client, [*made, *more])
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage == ipb.QuotaValues()
+    assert all(placement.allocation(i.id) is None for i in [*made, *more])
+
+
+def test_scale_out_bad_counts(fake_cloud):
+    cloud, _, admin = fake_cloud
+    _, client = new_tenant(cloud, admin)
+    for count, min_count in [(0, 0), (21, 0), (3, 4)]:
+        request = pb.CreateInstancesRequest(name="x", flavor="tiny", count=count, min_count=min_count)
+        expect(grpc.StatusCode.INVALID_ARGUMENT,
+               lambda r=request: client.instances.CreateInstances(r))
+    assert client.instances.ListInstances(pb.ListInstancesRequest()).instances == []

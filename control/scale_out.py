@@ -1,0 +1,119 @@
+"""Scale out: several instances of one flavor in one request (web-1 .. web-N).
+
+Quota and host capacity are claimed for all of them in one etcd transaction,
+together with their records: either `count` instances (or, with min_count, at
+least that many) exist and hold their claims, or none does. Their builds then
+find their allocation already made and go straight to spawning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from control import actions, keys
+from control.errors import AlreadyExists, Conflict, InvalidArgument, ResourceExhausted, Unavailable
+from control.identity import Caller
+from control.instances import Instances
+from control.models import Allocation, Instance, validate_name
+from control.queue import BUILD_INSTANCE, TaskQueue
+from control.quota import FIELDS, UNLIMITED, Quotas, QuotaValues
+from control.scheduler import Scheduler, flavor_request
+from control.store import Store, Txn
+
+log = logging.getLogger(__name__)
+
+MAX_COUNT = 20  # bounded so that one etcd transaction holds them all
+ATTEMPTS = 20
+
+
+def fitting(limits: QuotaValues, usage: QuotaValues, one: QuotaValues, wanted: int) -> int:
+    """How many of `one` fit in the quota, up to `wanted`."""
+    fits = wanted
+    for f in FIELDS:
+        limit, each = getattr(limits, f), getattr(one, f)
+        if limit != UNLIMITED and each > 0:
+            fits = min(fits, max(0, (limit - getattr(usage, f)) // each))
+    return fits
+
+
+class ScaleOut:
+    def __init__(self, store: Store, queue: TaskQueue, instances: Instances, quotas: Quotas,
+                 scheduler: Scheduler):
+        self.store = store
+        self.queue = queue
+        self.instances = instances
+        self.quotas = quotas
+        self.scheduler = scheduler
+
+    def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str, count: int,
+               min_count: int = 0, request_id: str = "") -> list[Instance]:
+        project = caller.project
+        min_count = min_count or count
+        if not 1 <= count <= MAX_COUNT:
+            raise InvalidArgument(f"count must be 1 to {MAX_COUNT}")
+        if not 1 <= min_count <= count:
+            raise InvalidArgument("min_count must be 1 to count")
+        names = [validate_name(f"{name}-{i}", "instance name") for i in range(1, count + 1)]
+        self.instances._check_request_id(request_id)
+        if request_id and (earlier := self.store.get(keys.request(project, request_id))):
+            return [self.instances.get(project, i) for i in earlier.value.get("instance_ids", [])]
+        flavor, image = self.instances.flavor_and_image(caller, flavor_name, image_ref)
+        one = QuotaValues.of(flavor.resources)
+        request = flavor_request(flavor)
+
+        for _ in range(ATTEMPTS):
+            limits, usage = self.quotas.limits(project), self.quotas.usage(project)
+            wanted = fitting(limits, usage, one, count)
+            if wanted < min_count:
+                raise ResourceExhausted(
+                    f"quota allows {wanted} more of flavor {flavor.name} in project {project}, "
+                    f"asked at least {min_count}")
+            made = [self.instances.new_instance(project, n, flavor, image, request_id)
+                    for n in names[:wanted]]
+            txn = Txn()
+            hosts, summary = self.scheduler.claim_many_into(txn, request, [
+                Allocation(instance_id=i.id, project=project, host="", resources=i.resources)
+                for i in made])
+            if len(hosts) < min_count:
+                raise ResourceExhausted(f"no room for {min_count} of flavor {flavor.name}: "
+                                        f"{len(hosts)} fit; {summary}")
+            made = made[:len(hosts)]
+            action_keys = []
+            for instance in made:
+                txn.expect_absent(keys.instance_name(project, instance.name))
+                txn.put(keys.instance(project, instance.id), instance.model_dump(mode="json"))
+                txn.put(keys.instance_name(project, instance.name), {"id": instance.id})
+                txn.put(keys.instance_index(instance.id), {"project": project})
+                action_keys.append(actions.begin_into(txn, project, instance.id, "create",
+                                                      request_id, caller.username))
+            self.quotas.claim_into(txn, project, _times(one, len(made)))
+            if request_id:
+                txn.expect_absent(keys.request(project, request_id)).put(
+                    keys.request(project, request_id), {"instance_ids": [i.id for i in made]})
+            if self.store.commit(txn):
+                break
+            taken = [n for n in names if self.store.get(keys.instance_name(project, n))]
+            if taken:
+                raise AlreadyExists(f"instances named {', '.join(taken)} already exist")
+            self.scheduler.table.reread()  # a host or the quota moved meanwhile
+        else:
+            raise Conflict("too many concurrent changes; try again")
+
+        try:
+            for instance, action_key in zip(made, action_keys, strict=True):
+                self.queue.send(BUILD_INSTANCE, instance.id, action_key)
+        except Unavailable:
+            # Redis is down: take every one of them back, claims included.
+            for instance, action_key in zip(made, action_keys, strict=True):
+                self.instances._forget(instance)
+                self.scheduler.placement.release(instance.id)
+                self.store.commit(Txn().delete(action_key))
+            if request_id:
+                self.store.commit(Txn().delete(keys.request(project, request_id)))
+            raise
+        log.info("%d instances of %s requested in %s", len(made), flavor.name, project)
+        return made
+
+
+def _times(one: QuotaValues, n: int) -> QuotaValues:
+    return QuotaValues(**{f: getattr(one, f) * n for f in FIELDS})
