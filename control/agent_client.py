@@ -80,3 +80,6 @@ class AgentClient:
         request = agent_pb2.ScaleRequest(instance_id=instance_id, vcpus=vcpus, memory_mb=memory_mb,
                                          disk_gb=disk_gb)
         return self._call(address, "Scale", request).power_state
+
+    def stats(self, address: str, instance_id: str) -> agent_pb2.InstanceStats:
+        return self._call(address, "GetStats", agent_pb2.InstanceRef(instance_id=instance_id))

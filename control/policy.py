@@ -28,7 +28,7 @@ _SERVICES: dict[str, dict[str, str]] = {
         "PreviewPlacement": MEMBER, "CreateInstances": MEMBER,
         "StopInstance": MEMBER, "StartInstance": MEMBER,
         "RebootInstance": MEMBER, "ScaleInstance": MEMBER, "RenameInstance": MEMBER,
-        "ListInstanceActions": READER,
+        "ListInstanceActions": READER, "GetInstanceStats": READER,
     },
     "ServerGroupService": {
         "CreateServerGroup": MEMBER, "DeleteServerGroup": MEMBER,

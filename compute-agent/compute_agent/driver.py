@@ -88,6 +88,11 @@ class ComputeDriver(ABC):
         """Every instance this agent's driver runs on the host."""
 
     @abstractmethod
+    def stats(self, instance_id: str) -> dict[str, float]:
+        """Counters of a guest (keys as in agent.proto's InstanceStats, power_state
+        aside); DriverError if it is not on this host."""
+
+    @abstractmethod
     def stop(self, instance_id: str, timeout_s: int) -> str:
         """Shut the guest down cleanly, powering it off after timeout_s. Stopping
         a stopped instance succeeds. DriverError if it does not exist."""

@@ -5,6 +5,7 @@ integration test."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 from compute_agent.driver import (
@@ -63,6 +64,12 @@ class FakeDriver(ComputeDriver):
         if instance_id not in self.instances:
             raise DriverError(f"instance {instance_id} is not on this host")
         return self.instances[instance_id]
+
+    def stats(self, instance_id: str) -> dict[str, float]:
+        spec = self._require(instance_id)
+        return {"sampled_at": time.time(), "cpu_time_ns": 0, "vcpus": spec.vcpus,
+                "memory_actual_kb": spec.memory_mb * 1024,
+                "memory_available_kb": spec.memory_mb * 1024}
 
     def stop(self, instance_id: str, timeout_s: int) -> str:
         self._require(instance_id)

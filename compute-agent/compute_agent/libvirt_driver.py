@@ -337,6 +337,25 @@ class LibvirtDriver(ComputeDriver):
                  memory_mb, disk_gb, live)
         return self.power_state(instance_id)
 
+    def stats(self, instance_id: str) -> dict[str, float]:
+        domain = self._require(instance_id)
+        result: dict[str, float] = {"sampled_at": time.time()}
+        if not domain.isActive():
+            return result
+        try:
+            _, _, _, vcpus, cpu_time = domain.info()
+            memory = domain.memoryStats()
+            rd_req, rd_bytes, wr_req, wr_bytes, _ = domain.blockStats("vda")
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"stats failed: {exc}") from exc
+        result.update(cpu_time_ns=cpu_time, vcpus=vcpus,
+                      memory_actual_kb=memory.get("actual", 0),
+                      memory_available_kb=memory.get("available", 0),
+                      memory_unused_kb=memory.get("unused", 0),
+                      memory_usable_kb=memory.get("usable", 0), memory_rss_kb=memory.get("rss", 0),
+                      disk_read_bytes=rd_bytes, disk_write_bytes=wr_bytes,
+                      disk_read_requests=rd_req, disk_write_requests=wr_req)
+        return result
 
 REBOOT_SHUTDOWN_TIMEOUT_S = 30
 

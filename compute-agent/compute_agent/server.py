@@ -73,6 +73,16 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
         return self._power(context, self.driver.scale, request.instance_id, request.vcpus,
                            request.memory_mb, request.disk_gb)
 
+    def GetStats(self, request, context):
+        try:
+            counters = self.driver.stats(request.instance_id)
+        except DriverError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise  # not reached: abort raises
+        return agent_pb2.InstanceStats(power_state=self.driver.power_state(request.instance_id),
+                                       **{k: int(v) if k != "sampled_at" else v
+                                          for k, v in counters.items()})
+
     def GetInventory(self, request, context):
         inv = self.driver.host_inventory()
         return agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,

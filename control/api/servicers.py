@@ -141,6 +141,16 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         return compute_pb2.ListInstanceActionsResponse(actions=[
             convert.action(a) for a in actions.history(self.plane.store, project, instance.id)])
 
+    def GetInstanceStats(self, request, context):
+        instance = self.plane.instances.get(caller_project(context), request.id_or_name)
+        if not instance.host:
+            return agent_pb2.InstanceStats(power_state=instance.power_state.value)
+        try:
+            address = self.plane.hosts.get(instance.host).address
+        except KeyError:
+            raise NotFound(f"host of instance {request.id_or_name!r} is gone") from None
+        return self.plane.agents.stats(address, instance.id)
+
     def GetConsoleOutput(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
         if not instance.host:

@@ -185,6 +185,8 @@ def test_cli_lifecycle(fake_cloud, tmp_path):
     scaled = json.loads(run("instance", "scale", "c1", "--vcpus", "2", "--memory", "1024", "--disk", "3",
                             "--wait", "-o", "json"))
     assert (scaled["vcpus"], scaled["memory_mb"], scaled["disk_gb"]) == (2, 1024, 3)
+    stats = json.loads(run("instance", "stats", "c1", "--interval", "0.1", "-o", "json"))
+    assert stats["vcpus"] == 2 and stats["memory_actual_kb"] == 1024 * 1024 and "cpu_percent" in stats
     run("instance", "rename", "c1", "c2")
     history = json.loads(run("instance", "actions", "c2", "-o", "json"))
     assert [a["action"] for a in history] == ["create", "stop", "start", "reboot", "scale", "rename"]

@@ -65,6 +65,11 @@ def test_live_scale_up_then_stop_and_start(api):
         assert mem_kb2 - mem_kb > 300 * 1024
         assert BOOT.findall(console(api, created.id))[-1][1] == boot_id
 
+        stats = api.instances.GetInstanceStats(pb.GetInstanceRequest(id_or_name=created.id))
+        assert stats.power_state == "running" and stats.vcpus == 2 and stats.cpu_time_ns > 0
+        assert stats.memory_actual_kb == 1024 * 1024  # the balloon's target after the scale
+        assert stats.disk_read_bytes > 0
+
         api.instances.StopInstance(pb.InstanceOperationRequest(id_or_name=created.id))
         stopped = idle(api, created.id)
         assert (stopped.status, stopped.power_state) == ("SHUTOFF", "shutoff")
