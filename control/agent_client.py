@@ -8,7 +8,7 @@ import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 
 from control.errors import CloudError, Unavailable
-from control.models import Image, Instance
+from control.models import Image, Instance, Resources
 from control.store import RECONNECT_OPTIONS
 
 
@@ -83,3 +83,10 @@ class AgentClient:
 
     def stats(self, address: str, instance_id: str) -> agent_pb2.InstanceStats:
         return self._call(address, "GetStats", agent_pb2.InstanceRef(instance_id=instance_id))
+
+    def resize(self, address: str, instance: Instance, resources: Resources, max_vcpus: int,
+               max_memory_mb: int) -> str:
+        request = agent_pb2.ResizeRequest(
+            instance_id=instance.id, vcpus=resources.vcpus, memory_mb=resources.memory_mb,
+            disk_gb=resources.disk_gb, max_vcpus=max_vcpus, max_memory_mb=max_memory_mb)
+        return self._call(address, "Resize", request).power_state

@@ -605,6 +605,21 @@ def instance_scale(ctx: click.Context, instance_ref: str, vcpus: int, memory_mb:
         request_id=str(uuid.uuid4())), wait, timeout, output)
 
 
+@instance.command("resize")
+@click.argument("instance_ref")
+@click.option("--flavor", "flavor_name", required=True)
+@wait_option
+@timeout_option
+@output_option
+@click.pass_context
+def instance_resize(ctx: click.Context, instance_ref: str, flavor_name: str, wait: bool,
+                    timeout: float, output: str) -> None:
+    """Move to another flavor (stops, resizes, starts again); the disk only grows."""
+    operate(ctx, api(ctx).instances.ResizeInstance, pb.ResizeInstanceRequest(
+        id_or_name=instance_ref, flavor=flavor_name, request_id=str(uuid.uuid4())), wait, timeout,
+        output)
+
+
 @instance.command("rename")
 @click.argument("instance_ref")
 @click.argument("new_name")

@@ -23,7 +23,7 @@ from control.store import CAS_ATTEMPTS, Record, Store, Txn
 log = logging.getLogger(__name__)
 
 OPERATIONS = {Event.STOP: "stop", Event.START: "start", Event.REBOOT: "reboot",
-              Event.SCALE: "scale"}
+              Event.SCALE: "scale", Event.RESIZE: "resize"}
 
 
 class Lifecycle:
@@ -101,6 +101,31 @@ class Lifecycle:
         return self._operate(caller, id_or_name, Event.SCALE, request_id,
                              {"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}, prepare)
 
+    def resize(self, caller: Caller, id_or_name: str, flavor_name: str,
+               request_id: str = "") -> Instance:
+        """Cold resize to another flavor: its sizes and maximums, with a restart.
+        Growth is claimed from quota and the host first, as for a scale."""
+        flavor = self.instances.catalog.flavor(flavor_name, caller.project, caller.is_admin)
+        config = self.instances.config
+
+        def prepare(instance: Instance, changed: Instance, txn: Txn) -> Instance:
+            if flavor.name == instance.flavor:
+                raise InvalidArgument(f"the instance is of flavor {flavor.name} already")
+            if flavor.disk_gb < instance.resources.disk_gb:
+                raise InvalidArgument(f"cannot resize to a smaller disk: flavor {flavor.name} has "
+                                      f"{flavor.disk_gb} GiB, the instance {instance.resources.disk_gb}")
+            new = flavor.resources
+            self.quotas.claim_into(txn, instance.project,
+                                   QuotaValues.of(new - instance.resources, instances=0))
+            self.placement.resize_into(txn, instance.id, new)
+            return changed.model_copy(update={"scaling_to": new, "resize": {
+                "flavor": flavor.name,
+                "max_vcpus": max(flavor.vcpus, flavor.max_vcpus or config.default_max_vcpus),
+                "max_memory_mb": max(flavor.memory_mb,
+                                     flavor.max_memory_mb or config.default_max_memory_mb)}})
+
+        return self._operate(caller, id_or_name, Event.RESIZE, request_id, {}, prepare)
+
     def rename(self, caller: Caller, id_or_name: str, new_name: str, request_id: str = "") -> Instance:
         validate_name(new_name, "instance name")
         project = caller.project
@@ -138,7 +163,7 @@ def undo_operation(store: Store, quotas: Quotas, placement: Placement, instance_
             if instance.task_state in (TaskState.NONE, TaskState.DELETING):
                 return None
             phase = instance.task_state.value
-            undone = instance.after(Event.ABORTED, scaling_to=None,
+            undone = instance.after(Event.ABORTED, scaling_to=None, resize=None,
                                     fault=Fault(message=error, phase=phase, host=instance.host))
             txn = Txn().expect(record).put(key, undone.model_dump(mode="json"))
             if instance.scaling_to is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -135,6 +136,8 @@ class Instance(BaseModel):
     max_vcpus: int = 0
     max_memory_mb: int = 0
     scaling_to: Resources | None = None
+    # A cold resize in flight: the target flavor and its maximums.
+    resize: dict[str, Any] | None = None
 
     @property
     def state(self) -> State:

@@ -28,6 +28,7 @@ _SERVICES: dict[str, dict[str, str]] = {
         "PreviewPlacement": MEMBER, "CreateInstances": MEMBER,
         "StopInstance": MEMBER, "StartInstance": MEMBER,
         "RebootInstance": MEMBER, "ScaleInstance": MEMBER, "RenameInstance": MEMBER,
+        "ResizeInstance": MEMBER,
         "ListInstanceActions": READER, "GetInstanceStats": READER,
     },
     "ServerGroupService": {

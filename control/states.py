@@ -35,6 +35,7 @@ class TaskState(StrEnum):
     POWERING_ON = "powering-on"
     REBOOTING = "rebooting"
     SCALING = "scaling"
+    RESIZING = "resizing"
     DELETING = "deleting"
 
 
@@ -61,6 +62,8 @@ class Event(StrEnum):
     REBOOTED = "rebooted"
     SCALE = "scale"                # change vCPUs, memory or disk (live when running)
     SCALED = "scaled"
+    RESIZE = "resize"              # to another flavor, with a restart (cold)
+    RESIZED = "resized"
     ABORTED = "aborted"            # a stop/start/reboot/scale failed: as it was before
 
 
@@ -85,11 +88,17 @@ _TRANSITIONS: dict[tuple[VmState, TaskState], dict[Event, State]] = {
         Event.STOP: State(VmState.ACTIVE, TaskState.POWERING_OFF),
         Event.REBOOT: State(VmState.ACTIVE, TaskState.REBOOTING),
         Event.SCALE: State(VmState.ACTIVE, TaskState.SCALING),
+        Event.RESIZE: State(VmState.ACTIVE, TaskState.RESIZING),
     },
     (VmState.STOPPED, TaskState.NONE): {
         Event.START: State(VmState.STOPPED, TaskState.POWERING_ON),
         Event.SCALE: State(VmState.STOPPED, TaskState.SCALING),
+        Event.RESIZE: State(VmState.STOPPED, TaskState.RESIZING),
     },
+    (VmState.ACTIVE, TaskState.RESIZING): {
+        Event.RESIZED: State(VmState.ACTIVE), Event.ABORTED: State(VmState.ACTIVE)},
+    (VmState.STOPPED, TaskState.RESIZING): {
+        Event.RESIZED: State(VmState.STOPPED), Event.ABORTED: State(VmState.STOPPED)},
     (VmState.ACTIVE, TaskState.POWERING_OFF): {
         Event.STOPPED: State(VmState.STOPPED), Event.ABORTED: State(VmState.ACTIVE)},
     (VmState.STOPPED, TaskState.POWERING_ON): {
@@ -106,7 +115,7 @@ _TRANSITIONS: dict[tuple[VmState, TaskState], dict[Event, State]] = {
 
 # What each operation's task does once the agent has done it.
 DONE = {Event.STOP: Event.STOPPED, Event.START: Event.STARTED, Event.REBOOT: Event.REBOOTED,
-        Event.SCALE: Event.SCALED}
+        Event.SCALE: Event.SCALED, Event.RESIZE: Event.RESIZED}
 
 INITIAL = State(VmState.BUILDING, TaskState.SCHEDULING)
 
@@ -133,7 +142,7 @@ def status(state: State) -> str:
         return "BUILD"
     if state.task is TaskState.REBOOTING:
         return "REBOOT"
-    if state.task is TaskState.SCALING:
+    if state.task in (TaskState.SCALING, TaskState.RESIZING):
         return "RESIZE"
     if state.vm is VmState.STOPPED:
         return "SHUTOFF"

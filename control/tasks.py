@@ -28,7 +28,8 @@ from control.states import DONE, Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
 
 OPERATION_TASK_STATES = {Event.STOP: TaskState.POWERING_OFF, Event.START: TaskState.POWERING_ON,
-                         Event.REBOOT: TaskState.REBOOTING, Event.SCALE: TaskState.SCALING}
+                         Event.REBOOT: TaskState.REBOOTING, Event.SCALE: TaskState.SCALING,
+                         Event.RESIZE: TaskState.RESIZING}
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,20 @@ class InstanceWork:
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
 
+    def _resize(self, address: str, instance: Instance) -> str:
+        """Stop (if running), redefine with the new flavor, start again (if it was)."""
+        agents, running = self.plane.agents, instance.vm_state is VmState.ACTIVE
+        assert instance.scaling_to is not None and instance.resize is not None
+        if running:
+            agents.stop(address, instance.id, self.plane.config.stop_timeout_s)
+        try:
+            power = agents.resize(address, instance, instance.scaling_to,
+                                  instance.resize["max_vcpus"], instance.resize["max_memory_mb"])
+        finally:
+            if running:
+                power = agents.start(address, instance.id)  # as it was, even if the resize failed
+        return power
+
     def finish_build_action(self, instance_id: str, action_key: str) -> None:
         record = self._record(instance_id)
         if record is None or not action_key:
@@ -206,9 +221,11 @@ class InstanceWork:
                 power = agents.start(address, instance_id)
             elif event is Event.REBOOT:
                 power = agents.reboot(address, instance_id, bool(options.get("hard")))
-            else:
+            elif event is Event.SCALE:
                 power = agents.scale(address, instance_id, options["vcpus"], options["memory_mb"],
                                      options["disk_gb"])
+            else:
+                power = self._resize(address, instance)
         except KeyError:
             undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
                            action_key, f"host {instance.host} is not registered")
@@ -218,8 +235,12 @@ class InstanceWork:
                            action_key, f"host {instance.host}: {exc}")
             return
         changes: dict[str, Any] = {"power_state": PowerState(power)}
-        if event is Event.SCALE and instance.scaling_to is not None:
+        if event in (Event.SCALE, Event.RESIZE) and instance.scaling_to is not None:
             changes.update(resources=instance.scaling_to, scaling_to=None)
+        if event is Event.RESIZE and instance.resize:
+            changes.update(flavor=instance.resize["flavor"], resize=None,
+                           max_vcpus=instance.resize["max_vcpus"],
+                           max_memory_mb=instance.resize["max_memory_mb"])
         self._advance(instance_id, DONE[event], **changes)
         actions.finish(self.plane.store, action_key)
         log.info("instance %s: %s done", instance_id, event.value)

@@ -88,6 +88,12 @@ class ComputeDriver(ABC):
         """Every instance this agent's driver runs on the host."""
 
     @abstractmethod
+    def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int, max_vcpus: int,
+               max_memory_mb: int) -> str:
+        """Redefine a stopped instance with new sizes and maximums (for its next
+        boot); the disk only grows. DriverError, changing nothing, if it runs."""
+
+    @abstractmethod
     def stats(self, instance_id: str) -> dict[str, float]:
         """Counters of a guest (keys as in agent.proto's InstanceStats, power_state
         aside); DriverError if it is not on this host."""

@@ -65,6 +65,17 @@ class FakeDriver(ComputeDriver):
             raise DriverError(f"instance {instance_id} is not on this host")
         return self.instances[instance_id]
 
+    def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int, max_vcpus: int,
+               max_memory_mb: int) -> str:
+        spec = self._require(instance_id)
+        if instance_id not in self.stopped:
+            raise DriverError("stop the instance before a resize")
+        if disk_gb < spec.disk_gb:
+            raise DriverError("a disk can only grow")
+        self.instances[instance_id] = replace(spec, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
+                                              max_vcpus=max_vcpus, max_memory_mb=max_memory_mb)
+        return "shutoff"
+
     def stats(self, instance_id: str) -> dict[str, float]:
         spec = self._require(instance_id)
         return {"sampled_at": time.time(), "cpu_time_ns": 0, "vcpus": spec.vcpus,

@@ -337,6 +337,28 @@ class LibvirtDriver(ComputeDriver):
                  memory_mb, disk_gb, live)
         return self.power_state(instance_id)
 
+    def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int, max_vcpus: int,
+               max_memory_mb: int) -> str:
+        domain = self._require(instance_id)
+        if domain.isActive():
+            raise DriverError("stop the instance before a resize")
+        disk = self._instance_dir(instance_id) / "disk.qcow2"
+        if disk_gb * 2**30 < _virtual_size(disk):
+            raise DriverError("a disk can only grow")
+        root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        vcpu = root.find("vcpu")
+        vcpu.text, vcpu.attrib["current"] = str(max(vcpus, max_vcpus)), str(vcpus)
+        for tag, mib in (("memory", max(memory_mb, max_memory_mb)), ("currentMemory", memory_mb)):
+            element = root.find(tag)
+            element.text, element.attrib["unit"] = str(mib), "MiB"
+        try:
+            self.conn.defineXML(etree.tostring(root, encoding="unicode"))
+            subprocess.run(["qemu-img", "resize", "-q", str(disk), f"{disk_gb}G"], check=True,
+                           capture_output=True, text=True)
+        except (libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+            raise DriverError(f"resize failed: {exc}") from exc
+        return self.power_state(instance_id)
+
     def stats(self, instance_id: str) -> dict[str, float]:
         domain = self._require(instance_id)
         result: dict[str, float] = {"sampled_at": time.time()}

@@ -73,6 +73,11 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
         return self._power(context, self.driver.scale, request.instance_id, request.vcpus,
                            request.memory_mb, request.disk_gb)
 
+    def Resize(self, request, context):
+        return self._power(context, self.driver.resize, request.instance_id, request.vcpus,
+                           request.memory_mb, request.disk_gb, request.max_vcpus,
+                           request.max_memory_mb)
+
     def GetStats(self, request, context):
         try:
             counters = self.driver.stats(request.instance_id)

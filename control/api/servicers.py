@@ -131,6 +131,10 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
             current_caller(), request.id_or_name, request.vcpus, request.memory_mb, request.disk_gb,
             request.request_id))
 
+    def ResizeInstance(self, request, context):
+        return convert.instance(self.plane.lifecycle.resize(current_caller(), request.id_or_name,
+                                                            request.flavor, request.request_id))
+
     def RenameInstance(self, request, context):
         return convert.instance(self.plane.lifecycle.rename(current_caller(), request.id_or_name,
                                                             request.name, request.request_id))

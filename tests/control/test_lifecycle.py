@@ -230,3 +230,35 @@ def test_scale_out_bad_counts(fake_cloud):
         expect(grpc.StatusCode.INVALID_ARGUMENT,
                lambda r=request: client.instances.CreateInstances(r))
     assert client.instances.ListInstances(pb.ListInstancesRequest()).instances == []
+
+
+def test_cold_resize_to_another_flavor(running):
+    client, vm, store, _ = running
+    client.instances.StopInstance(pb.InstanceOperationRequest(id_or_name="vm"))
+    idle(client, vm.id)
+    resizing = client.instances.ResizeInstance(pb.ResizeInstanceRequest(id_or_name="vm", flavor="medium"))
+    assert resizing.status == "RESIZE"
+    resized = idle(client, vm.id)
+    assert (resized.flavor, resized.vcpus, resized.memory_mb, resized.disk_gb) == ("medium", 2, 1024, 5)
+    assert resized.status == "SHUTOFF"  # it was stopped, and stays so
+    usage = client.quotas.GetQuota(ipb.GetQuotaRequest()).usage
+    assert (usage.vcpus, usage.memory_mb, usage.disk_gb) == (2, 1024, 5)
+    assert Placement(store, None).allocation(vm.id).resources.disk_gb == 5
+    for flavor, words in [("small", "smaller disk"), ("medium", "already")]:
+        details = expect(grpc.StatusCode.INVALID_ARGUMENT, lambda f=flavor: client.instances.ResizeInstance(
+            pb.ResizeInstanceRequest(id_or_name="vm", flavor=f)))
+        assert words in details
+    expect(grpc.StatusCode.NOT_FOUND, lambda: client.instances.ResizeInstance(
+        pb.ResizeInstanceRequest(id_or_name="vm", flavor="no-such")))
+
+
+def test_delete_during_resize_leaves_nothing(fake_cloud):
+    cloud, store, admin = fake_cloud
+    _, client = new_tenant(cloud, admin, instances=2, vcpus=-1, memory_mb=-1, disk_gb=-1)
+    created = client.instances.CreateInstance(pb.CreateInstanceRequest(name="d", flavor="small"))
+    client.wait_status(created.id, {"ACTIVE"})
+    client.instances.ResizeInstance(pb.ResizeInstanceRequest(id_or_name="d", flavor="medium"))
+    client.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name="d"))
+    assert client.wait_gone(created.id)
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage == ipb.QuotaValues()
+    assert Placement(store, None).allocation(created.id) is None

@@ -88,3 +88,21 @@ def test_live_scale_up_then_stop_and_start(api):
     finally:
         api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
         assert api.wait_gone(created.id)
+
+
+def test_cold_resize_restarts_with_the_new_flavor(api):
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(name="resize1", flavor="small"))
+    try:
+        assert api.wait_status(created.id, {"ACTIVE", "ERROR"}).status == "ACTIVE"
+        boot_id = wait_for(api, created.id, lambda out: BOOT.findall(out), "the boot marker")[0][1]
+        api.instances.ResizeInstance(pb.ResizeInstanceRequest(id_or_name=created.id, flavor="medium"))
+        resized = idle(api, created.id)
+        assert (resized.status, resized.flavor, resized.vcpus, resized.disk_gb) == ("ACTIVE", "medium", 2, 5)
+
+        def new_boot(out):
+            return [r for r in resources(out) if r[3] != boot_id and r[0] == 2]
+        cpus, _, disk, _ = wait_for(api, created.id, new_boot, "a boot with the new flavor")[0]
+        assert (cpus, disk) == (2, 5 * 2**30)
+    finally:
+        api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
+        assert api.wait_gone(created.id)
