@@ -1,0 +1,12 @@
+"""cloudctl: the command-line client of the cloud's public gRPC API.
+
+Where the API is and who the caller is come from the environment or the config
+file: see control/client.py. One module per area of commands.
+"""
+
+from control.cli import catalog, identity, instances, placement  # noqa: F401  (they register the commands)
+from control.cli.base import cli
+
+
+def main() -> None:
+    cli(obj={})
