@@ -90,6 +90,7 @@ class CloudClient:
         self.images = compute_pb2_grpc.ImageServiceStub(channel)
         self.hosts = compute_pb2_grpc.HostAdminServiceStub(channel)
         self.groups = compute_pb2_grpc.ServerGroupServiceStub(channel)
+        self.keypairs = compute_pb2_grpc.KeypairServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
         self.quotas = identity_pb2_grpc.QuotaServiceStub(channel)
 

@@ -17,6 +17,7 @@ from control.catalog import Catalog
 from control.config import ControlConfig
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from control.identity import Caller
+from control.keypairs import Keypairs
 from control.models import Flavor, Image, Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.quota import Quotas, QuotaValues
@@ -43,8 +44,9 @@ def _is_uuid(value: str) -> bool:
 
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, quotas: Quotas,
-                 groups: ServerGroups, config: ControlConfig):
+                 groups: ServerGroups, config: ControlConfig, keypairs: Keypairs):
         self.groups = groups
+        self.keypairs = keypairs
         self.config = config
         self.store = store
         self.queue = queue
@@ -91,7 +93,7 @@ class Instances:
         return Instance(**(found.value if found else record.value["instance"]))
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
-               request_id: str = "", group: str = "") -> Instance:
+               request_id: str = "", group: str = "", key_name: str = "") -> Instance:
         """Record a new instance and claim its quota in one transaction, then queue its build."""
         project = caller.project
         validate_name(name, "instance name")
@@ -101,7 +103,10 @@ class Instances:
         flavor, image = self.flavor_and_image(caller, flavor_name, image_ref)
         if group:
             self.groups.record(project, group)  # NOT_FOUND before anything is written
+        if key_name:
+            self.keypairs.get(project, key_name)
         instance = self.new_instance(project, name, flavor, image, request_id, group)
+        instance.key_name = key_name
         data = instance.model_dump(mode="json")
         for attempt in range(QUOTA_ATTEMPTS):
             txn = (Txn().expect_absent(keys.instance_name(project, name))

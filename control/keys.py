@@ -13,6 +13,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/requests/{request_id}  request id -> result (idempotency)
     /cloud/projects/{project}/server-groups/{name}   policy and members -> their hosts
     /cloud/projects/{project}/actions/{instance_id}/{seq}  what was done to an instance
+    /cloud/projects/{project}/keypairs/{name}      SSH public keys for guests
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
     /cloud/identity/projects/{name}                project record
     /cloud/identity/users/{name}                   user record (password hash)
@@ -113,6 +114,14 @@ def action(project: str, instance_id: str, sequence: str) -> str:
 
 def actions(project: str, instance_id: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/actions/{_part(instance_id)}/"
+
+
+def keypair(project: str, name: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/keypairs/{_part(name)}"
+
+
+def keypairs(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/keypairs/"
 
 
 def request(project: str, request_id: str) -> str:

@@ -132,6 +132,7 @@ class Instance(BaseModel):
     # Hosts where a spawn of this instance failed (each one is tried once).
     attempts: list[Fault] = Field(default_factory=list)
     group: str = ""  # server group name, in the instance's project
+    key_name: str = ""  # keypair for the guest, in the instance's project
     # Live scale-up headroom (the domain's maximums) and a scale in flight.
     max_vcpus: int = 0
     max_memory_mb: int = 0

@@ -18,6 +18,7 @@ from control.config import ControlConfig
 from control.hosts import Hosts
 from control.identity import Identity
 from control.instances import Instances
+from control.keypairs import Keypairs
 from control.lifecycle import Lifecycle
 from control.placement import Placement
 from control.queue import TaskQueue
@@ -46,6 +47,7 @@ class ControlPlane:
     aggregates: Aggregates
     lifecycle: Lifecycle
     scale_out: ScaleOut
+    keypairs: Keypairs
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -56,12 +58,13 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     quotas = Quotas(store, QuotaValues(**config.default_quota))
     placement = Placement(store, config)
     groups = ServerGroups(store)
-    instances = Instances(store, queue, catalog, quotas, groups, config)
+    keypairs = Keypairs(store)
+    instances = Instances(store, queue, catalog, quotas, groups, config, keypairs)
     scheduler = Scheduler(store, config, placement)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
-        scale_out=ScaleOut(store, queue, instances, quotas, scheduler),
+        scale_out=ScaleOut(store, queue, instances, quotas, scheduler), keypairs=keypairs,
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=scheduler, groups=groups,

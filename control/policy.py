@@ -35,6 +35,10 @@ _SERVICES: dict[str, dict[str, str]] = {
         "CreateServerGroup": MEMBER, "DeleteServerGroup": MEMBER,
         "GetServerGroup": READER, "ListServerGroups": READER,
     },
+    "KeypairService": {
+        "CreateKeypair": MEMBER, "ImportKeypair": MEMBER, "DeleteKeypair": MEMBER,
+        "ListKeypairs": READER,
+    },
     "HostAdminService": {
         "ListHosts": ADMIN, "GetHost": ADMIN, "UpdateHost": ADMIN, "SetInventory": ADMIN,
         "GetCapacity": ADMIN, "CreateAggregate": ADMIN, "ListAggregates": ADMIN,

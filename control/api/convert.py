@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from control.actions import Action
 from control.aggregates import Aggregate, effective
 from control.identity import Caller, Project, User
+from control.keypairs import Keypair
 from control.models import Fault, Flavor, Host, Image, Instance
 from control.placement import Provider
 from control.quota import QuotaValues
@@ -85,7 +86,7 @@ def instance(i: Instance) -> pb.Instance:
         vm_state=i.vm_state.value, task_state=i.task_state.value, power_state=i.power_state.value,
         flavor=i.flavor, vcpus=i.resources.vcpus, memory_mb=i.resources.memory_mb,
         disk_gb=i.resources.disk_gb, image=i.image, host=i.host, addresses=i.addresses,
-        group=i.group, max_vcpus=i.max_vcpus, max_memory_mb=i.max_memory_mb,
+        group=i.group, max_vcpus=i.max_vcpus, max_memory_mb=i.max_memory_mb, key_name=i.key_name,
         created_at=_ts(i.created_at), updated_at=_ts(i.updated_at),
         launched_at=_ts(i.launched_at))
     if i.fault:
@@ -101,3 +102,8 @@ def server_group(g: ServerGroup) -> pb.ServerGroup:
 def action(a: Action) -> pb.InstanceAction:
     return pb.InstanceAction(action=a.action, request_id=a.request_id, user=a.user,
                              start=_ts(a.start), end=_ts(a.end), result=a.result, error=a.error)
+
+
+def keypair(k: Keypair) -> pb.Keypair:
+    return pb.Keypair(name=k.name, public_key=k.public_key, fingerprint=k.fingerprint, type=k.type,
+                      created_at=_ts(k.created_at))

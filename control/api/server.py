@@ -30,6 +30,7 @@ from control.api.servicers import (
     IdentityServicer,
     ImageServicer,
     InstanceServicer,
+    KeypairServicer,
     QuotaServicer,
     ServerGroupServicer,
 )
@@ -45,7 +46,8 @@ def _service_names() -> list[str]:
     identity = identity_pb2.DESCRIPTOR.services_by_name
     agent = agent_pb2.DESCRIPTOR.services_by_name
     return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService",
-                                              "HostAdminService", "ServerGroupService")]
+                                              "HostAdminService", "ServerGroupService",
+                                              "KeypairService")]
             + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
             + [agent["HostService"].full_name])
 
@@ -63,6 +65,7 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
     compute_pb2_grpc.add_HostAdminServiceServicer_to_server(HostAdminServicer(plane), server)
     compute_pb2_grpc.add_ServerGroupServiceServicer_to_server(ServerGroupServicer(plane), server)
+    compute_pb2_grpc.add_KeypairServiceServicer_to_server(KeypairServicer(plane), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
     identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)

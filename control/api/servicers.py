@@ -83,7 +83,7 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
             current_caller(), request.name, request.flavor, request.image, request.request_id,
-            request.group)
+            request.group, request.key_name)
         return convert.instance(instance)
 
     def CreateInstances(self, request, context):
@@ -248,6 +248,27 @@ class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
                 raise InvalidArgument(f"quota {field} must be -1 (unlimited) or more, not {value}")
         self.plane.quotas.set_limits(request.project, changes)
         return self._quota(request.project)
+
+
+class KeypairServicer(compute_pb2_grpc.KeypairServiceServicer):
+    def __init__(self, plane: ControlPlane):
+        self.keypairs = plane.keypairs
+
+    def CreateKeypair(self, request, context):
+        keypair, private_key = self.keypairs.create(caller_project(context), request.name)
+        return compute_pb2.CreatedKeypair(keypair=convert.keypair(keypair), private_key=private_key)
+
+    def ImportKeypair(self, request, context):
+        return convert.keypair(self.keypairs.import_(caller_project(context), request.name,
+                                                     request.public_key))
+
+    def ListKeypairs(self, request, context):
+        return compute_pb2.ListKeypairsResponse(
+            keypairs=[convert.keypair(k) for k in self.keypairs.list(caller_project(context))])
+
+    def DeleteKeypair(self, request, context):
+        self.keypairs.delete(caller_project(context), request.name)
+        return compute_pb2.DeleteKeypairResponse()
 
 
 class ServerGroupServicer(compute_pb2_grpc.ServerGroupServiceServicer):

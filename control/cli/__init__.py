@@ -4,7 +4,7 @@ Where the API is and who the caller is come from the environment or the config
 file: see control/client.py. One module per area of commands.
 """
 
-from control.cli import catalog, identity, instances, placement  # noqa: F401  (they register the commands)
+from control.cli import catalog, identity, instances, keypairs, placement  # noqa: F401 (register commands)
 from control.cli.base import cli
 
 

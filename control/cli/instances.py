@@ -50,6 +50,7 @@ def instance() -> None:
 @click.option("--wait", is_flag=True, help="wait until ACTIVE or ERROR; exit non-zero on ERROR")
 @click.option("--timeout", default=300.0, show_default=True)
 @click.option("--group", default="", help="server group to join (see cloudctl server-group)")
+@click.option("--key", "key_name", default="", help="keypair for the guest (see cloudctl keypair)")
 @click.option("--count", type=int, default=0,
               help="scale out: NAME-1..NAME-COUNT, quota and hosts claimed for all or none")
 @click.option("--min-count", type=int, default=0, help="with --count: accept as few as this")
@@ -58,15 +59,16 @@ def instance() -> None:
 @output_option
 @click.pass_context
 def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: str,
-                    request_id: str, wait: bool, timeout: float, group: str, count: int,
-                    min_count: int, dry_run: bool, output: str) -> None:
+                    request_id: str, wait: bool, timeout: float, group: str, key_name: str,
+                    count: int, min_count: int, dry_run: bool, output: str) -> None:
     """Create an instance (or, with --count, several); --wait follows its build."""
     if count:
         create_many(ctx, name, flavor_name, image_ref, count, min_count, request_id, wait, timeout,
                     output)
         return
     request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
-                                       request_id=request_id or str(uuid.uuid4()), group=group)
+                                       request_id=request_id or str(uuid.uuid4()), group=group,
+                                       key_name=key_name)
     if dry_run:
         preview = api(ctx).instances.PreviewPlacement(request)
         if output == "json":
