@@ -7,9 +7,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from control import keys
-from control.errors import AlreadyExists, Conflict, InvalidTransition, NotFound
+from control.errors import AlreadyExists, InvalidTransition, NotFound
 from control.models import Host, validate_name
-from control.store import CAS_ATTEMPTS, Store, Txn
+from control.store import Record, Store, Txn
 
 
 class Aggregate(BaseModel):
@@ -62,13 +62,13 @@ class Aggregates:
         if not host or "/" in host or self.store.get(keys.host(host)) is None:
             raise NotFound(f"host {host!r} not found")
         key = keys.aggregate(name)
-        for _ in range(CAS_ATTEMPTS):
-            record = self.store.get(key)
-            if record is None:
-                raise NotFound(f"aggregate {name!r} not found")
-            aggregate = Aggregate(**record.value)
-            hosts = set(aggregate.hosts) | {host} if member else set(aggregate.hosts) - {host}
-            updated = aggregate.model_copy(update={"hosts": sorted(hosts)})
-            if self.store.commit(Txn().expect(record).put(key, updated.model_dump())):
-                return updated
-        raise Conflict(f"aggregate {name!r} is changing too often; try again")
+
+        def change(record: Record) -> Txn:
+            hosts = set(record.value["hosts"])
+            hosts = hosts | {host} if member else hosts - {host}
+            return Txn().expect(record).put(key, {**record.value, "hosts": sorted(hosts)})
+
+        updated = self.store.update(key, change)
+        if updated is None:
+            raise NotFound(f"aggregate {name!r} not found")
+        return Aggregate(**updated.value)

@@ -109,23 +109,21 @@ class Placement:
                       allocation_ratio: float | None = None) -> Provider:
         """An admin's override of a host's reserved amount or overcommit ratio."""
         key = keys.provider(host)
-        for _ in range(CAS_ATTEMPTS):
-            record = self.store.get(key)
-            if record is None:
-                raise NotFound(f"host {host!r} not found")
+        changes = {k: v for k, v in (("reserved", reserved), ("allocation_ratio", allocation_ratio))
+                   if v is not None}
+
+        def change(record: Record) -> Txn:
             provider = Provider(**record.value)
             if rc not in provider.inventory:
                 raise NotFound(f"host {host} has no {rc} inventory")
-            changes: dict[str, object] = {}
-            if reserved is not None:
-                changes["reserved"] = reserved
-            if allocation_ratio is not None:
-                changes["allocation_ratio"] = allocation_ratio
             provider.inventory[rc] = provider.inventory[rc].model_copy(update=changes)
             provider.overridden[rc] = True
-            if self.store.commit(Txn().expect(record).put(key, provider.model_dump())):
-                return provider
-        raise Conflict(f"provider {host} is changing too often; try again")
+            return Txn().expect(record).put(key, provider.model_dump())
+
+        updated = self.store.update(key, change)
+        if updated is None:
+            raise NotFound(f"host {host!r} not found")
+        return Provider(**updated.value)
 
     def provider(self, host: str) -> tuple[Provider, Record] | None:
         record = self.store.get(keys.provider(host))

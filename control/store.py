@@ -184,16 +184,18 @@ class Store:
 
         `change` gets the current record and returns the transaction to commit
         (which should `expect` that record), or None to leave things as they are.
-        Returns the record as it was when `change` was applied, or None if the
-        key does not exist.
+        Returns the key's record as the change left it (its new value when the
+        transaction put one), or None if the key does not exist.
         """
         for _ in range(CAS_ATTEMPTS):
             record = self.get(key)
             if record is None:
                 return None
             txn = change(record)
-            if txn is None or self.commit(txn):
+            if txn is None:
                 return record
+            if (revision := self.commit_at(txn)) is not None:
+                return Record(key, txn.puts.get(key, record.value), revision)
             log.debug("conflict on %s, retrying", key)
         raise Conflict(f"too many concurrent updates to {key}; try again")
 

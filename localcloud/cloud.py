@@ -209,46 +209,31 @@ class LocalCloud:
         self.start_worker()
         self.start_agent()
 
-    def down(self) -> list[str]:
-        """Stop what `up` started, newest first; guests of our agent are shut off."""
-        stopped = []
-        for name in [*self._extra_agents(), "agent", "worker", "api"]:
-            if self.procs.stop(name):
-                stopped.append(name)
-        self.shut_off_guests()
-        for name in ("redis", "etcd", "libvirtd", "virtlogd"):
-            if self.procs.stop(name):
-                stopped.append(name)
+    def down(self, remove_guests: bool = False) -> list[str]:
+        """Stop what `up` started, newest first. Guests of our agents are powered
+        off (their records stay), or with remove_guests, deleted with their disks."""
+        stopped = [n for n in [*self._extra_agents(), "agent", "worker", "api"] if self.procs.stop(n)]
+        self._stop_guests(remove_guests)
+        stopped += [n for n in ("redis", "etcd", "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped
 
     def _extra_agents(self) -> list[str]:
         return [name for name in self.procs.running() if name.startswith("agent-")]
 
-    def shut_off_guests(self) -> None:
-        """Power off the guests this cloud's agent started (their records stay)."""
+    def _stop_guests(self, remove: bool) -> None:
         if not _libvirt_answers():
             return
         from compute_agent.libvirt_driver import LibvirtDriver  # only when libvirt is there
         driver = LibvirtDriver("qemu:///system", str(self.root / "agent"), self.host_name)
         for observation in driver.list_instances():
-            if observation.power_state == "running":
-                domain = driver.conn.lookupByUUIDString(observation.instance_id)
-                domain.destroy()
+            if remove:
+                driver.destroy(observation.instance_id)
+            elif observation.power_state == "running":
+                driver.conn.lookupByUUIDString(observation.instance_id).destroy()
 
     def destroy_everything(self) -> None:
         """For tests: stop all and delete the guests and files this cloud made."""
-        for name in self._extra_agents():
-            self.procs.stop(name)
-        self.procs.stop("agent")
-        self.procs.stop("worker")
-        self.procs.stop("api")
-        if _libvirt_answers():
-            from compute_agent.libvirt_driver import LibvirtDriver
-            driver = LibvirtDriver("qemu:///system", str(self.root / "agent"), self.host_name)
-            for observation in driver.list_instances():
-                driver.destroy(observation.instance_id)
-        for name in ("redis", "etcd", "libvirtd", "virtlogd"):
-            self.procs.stop(name)
+        self.down(remove_guests=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

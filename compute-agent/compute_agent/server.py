@@ -20,6 +20,8 @@ from compute_agent.driver import ComputeDriver, DriverError, ImageFiles, Instanc
 
 log = logging.getLogger(__name__)
 
+FULL_REPORT_EVERY = 5
+
 
 class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
     def __init__(self, driver: ComputeDriver):
@@ -108,6 +110,8 @@ class Reporter:
         self.metadata = [("authorization", f"Bearer {secret}")]
         self.interval = config.heartbeat_interval_s
         self.registered = threading.Event()
+        self._reported: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._beats = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
 
@@ -129,17 +133,25 @@ class Reporter:
         # The control plane decides how often hosts report (it judges them down).
         self.interval = response.heartbeat_interval_s or self.interval
         self.registered.set()
+        self._beats = 0  # the next heartbeat reports everything
         log.info("registered host %s at %s", self.config.host_name, self.address)
 
     def heartbeat(self) -> None:
+        """Report liveness, and of the instances only what changed since the last
+        report (each one costs the control plane etcd reads); everything every
+        FULL_REPORT_EVERY beats, so an observation it set aside is sent again."""
         observed_at = time.time()
-        observations = [agent_pb2.InstanceObservation(instance_id=o.instance_id,
-                                                      power_state=o.power_state,
-                                                      addresses=o.addresses)
-                        for o in self.driver.list_instances()]
+        seen = {o.instance_id: (o.power_state, tuple(o.addresses))
+                for o in self.driver.list_instances()}
+        full = self._beats % FULL_REPORT_EVERY == 0
+        changed = seen if full else {i: s for i, s in seen.items() if self._reported.get(i) != s}
         self.stub.Heartbeat(agent_pb2.HeartbeatRequest(
-            name=self.config.host_name, instances=observations, observed_at=observed_at),
+            name=self.config.host_name, observed_at=observed_at, instances=[
+                agent_pb2.InstanceObservation(instance_id=i, power_state=power, addresses=addresses)
+                for i, (power, addresses) in changed.items()]),
             timeout=10, metadata=self.metadata)
+        self._reported = seen
+        self._beats += 1
 
     def _run(self) -> None:
         while not self._stop.is_set():

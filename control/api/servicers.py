@@ -297,13 +297,20 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
     def __init__(self, plane: ControlPlane):
         self.plane = plane
 
-    def _info(self, host: Host, counts: dict[str, int] | None = None) -> compute_pb2.HostInfo:
-        found = self.plane.placement.provider(host.name)
-        if counts is None:
-            counts = Counter(a.host for a in self.plane.placement.allocations())
-        up = host.is_up(self.plane.config.host_down_after_s)
-        return convert.host_info(host, found[0] if found else None, counts.get(host.name, 0), up,
-                                 self.plane.aggregates.all())
+    def _infos(self, hosts: list[Host]) -> list[compute_pb2.HostInfo]:
+        """Hosts with their inventory, usage, instance count and aggregates
+        (each read once for the whole list)."""
+        placement = self.plane.placement
+        counts = Counter(a.host for a in placement.allocations())
+        providers = {p.host: p for p in placement.providers()} if len(hosts) > 1 else {
+            h.name: found[0] for h in hosts if (found := placement.provider(h.name))}
+        aggregates = self.plane.aggregates.all()
+        down_after = self.plane.config.host_down_after_s
+        return [convert.host_info(h, providers.get(h.name), counts.get(h.name, 0),
+                                  h.is_up(down_after), aggregates) for h in hosts]
+
+    def _info(self, host: Host) -> compute_pb2.HostInfo:
+        return self._infos([host])[0]
 
     def _host(self, name: str) -> Host:
         try:
@@ -312,9 +319,8 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
             raise NotFound(f"host {name!r} not found") from None
 
     def ListHosts(self, request, context):
-        counts = Counter(a.host for a in self.plane.placement.allocations())
         hosts = sorted(self.plane.hosts.all(), key=lambda h: h.name)
-        return compute_pb2.ListHostsResponse(hosts=[self._info(h, counts) for h in hosts])
+        return compute_pb2.ListHostsResponse(hosts=self._infos(hosts))
 
     def GetHost(self, request, context):
         return self._info(self._host(request.name))

@@ -77,7 +77,7 @@ def print_instance(i: pb.Instance, output: str) -> None:
                 "memory_mb", "disk_gb", "max_vcpus", "max_memory_mb", "image", "host", "addresses",
                 "group", "created_at", "launched_at"]:
         value = data.get(key)
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value or ""))
+        table.add_row(key, cell(value))
     if data["fault"]:
         table.add_row("fault", f"[red]{data['fault']['phase']}: {data['fault']['message']}[/red]")
     out.print(table)
