@@ -27,8 +27,7 @@ from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
 from compute_agent.driver import ImageFiles, InstanceSpec  # noqa: E402
 from compute_agent.libvirt_driver import LibvirtDriver  # noqa: E402
 
-from control.catalog import Catalog  # noqa: E402
-from tests.conftest import ApiClient, login, start_cloud, stop_cloud  # noqa: E402
+from tests.conftest import ApiClient, cached_image, login, start_cloud, stop_cloud  # noqa: E402
 
 RUNS = 5
 MARKER = "CLOUD-BOOT-OK instance_id={}"
@@ -77,13 +76,10 @@ def main() -> None:
     direct_dir.chmod(0o755)
     try:
         api = login(cloud)
-        image = Catalog(store).image("debian-busybox")
-        files = ImageFiles(id=image.id, kernel_path=image.kernel_path,
-                           initrd_path=image.initrd_path, disk_path=image.disk_path,
-                           cmdline=image.cmdline)
+        files = cached_image(direct_dir / "_base")
         driver = LibvirtDriver("qemu:///system", str(direct_dir), "bench-direct")
         driver.init_host()
-        # Warm both paths once (base image copy, first connections).
+        # Warm both paths once (image fetch into the cache, first connections).
         through_control_plane(api, 0)
         direct(driver, files)
         cp_active, cp_marker, d_running, d_marker = [], [], [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
@@ -18,6 +19,15 @@ class SpawnFailed(CloudError):
 
 class AgentRefused(CloudError):
     """The agent could not do an operation (stop, start, reboot, scale); nothing changed."""
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """What the agent puts on the guest's config drive."""
+
+    hostname: str = ""
+    public_keys: list[str] = field(default_factory=list)
+    user_data: bytes = b""
 
 
 class AgentClient:
@@ -48,14 +58,19 @@ class AgentClient:
                 raise AgentRefused(detail) from exc
             raise CloudError(f"compute agent at {address}: {detail}") from exc
 
-    def spawn(self, address: str, instance: Instance, image: Image, timeout_s: float) -> str:
+    def spawn(self, address: str, instance: Instance, image: Image, timeout_s: float,
+              guest: GuestConfig | None = None) -> str:
+        guest = guest or GuestConfig()
         request = agent_pb2.SpawnRequest(
             instance_id=instance.id, name=instance.name, vcpus=instance.resources.vcpus,
             memory_mb=instance.resources.memory_mb, disk_gb=instance.resources.disk_gb,
             max_vcpus=instance.max_vcpus, max_memory_mb=instance.max_memory_mb,
-            image=agent_pb2.ImageSource(id=image.id, kernel_path=image.kernel_path,
-                                        initrd_path=image.initrd_path,
-                                        disk_path=image.disk_path, cmdline=image.cmdline))
+            hostname=guest.hostname, public_keys=guest.public_keys, user_data=guest.user_data,
+            image=agent_pb2.ImageSource(id=image.id, cmdline=image.cmdline,
+                                        disk_format=image.disk_format,
+                                        disk_sha256=image.disk_sha256,
+                                        kernel_sha256=image.kernel_sha256,
+                                        initrd_sha256=image.initrd_sha256))
         return self._call(address, "Spawn", request, timeout_s).power_state
 
     def destroy(self, address: str, instance_id: str) -> bool:

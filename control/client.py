@@ -15,9 +15,10 @@ import tomllib
 from pathlib import Path
 
 import grpc
-from cloudapi.v1 import compute_pb2_grpc, identity_pb2, identity_pb2_grpc
+from cloudapi.v1 import compute_pb2, compute_pb2_grpc, identity_pb2, identity_pb2_grpc
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 def config_path() -> Path:
@@ -47,7 +48,8 @@ def endpoint() -> str:
     return os.environ.get("CLOUD_ENDPOINT") or read_config().get("endpoint") or DEFAULT_ENDPOINT
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor):
     def __init__(self, token_source):
         self.token_source = token_source
 
@@ -64,6 +66,9 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_unary_stream(self, continuation, details, request):
         return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
 
 
 class _Details(grpc.ClientCallDetails):
@@ -99,6 +104,24 @@ class CloudClient:
             username=username, password=password, project=project), timeout=30)
         self.token = result.token
         return result
+
+    def upload_image(self, info: compute_pb2.ImageInfo, disk: str | Path, kernel: str | Path = "",
+                     initrd: str | Path = "", progress=None) -> compute_pb2.Image:
+        """CreateImage: stream the info, then each file in chunks. `progress(n)`
+        is called with the bytes of each chunk sent."""
+        files = {"disk": disk, "kernel": kernel, "initrd": initrd}
+
+        def messages():
+            yield compute_pb2.ImageUpload(info=info)
+            for part, path in files.items():
+                if not path:
+                    continue
+                with open(path, "rb") as f:
+                    while chunk := f.read(UPLOAD_CHUNK_BYTES):
+                        yield compute_pb2.ImageUpload(data=compute_pb2.ImageData(part=part, chunk=chunk))
+                        if progress:
+                            progress(len(chunk))
+        return self.images.CreateImage(messages(), timeout=3600)
 
     @classmethod
     def from_environment(cls) -> CloudClient:

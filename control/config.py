@@ -44,6 +44,10 @@ class ControlConfig(BaseModel):
     # Image used when a create names none, and image directories registered at start.
     default_image: str = "debian-busybox"
     image_dirs: list[str] = Field(default_factory=list)
+    # Where the API server keeps image files (agents fetch them from it), and
+    # the largest file of an image it accepts.
+    image_store_dir: str = "/var/lib/smallcloud/images"
+    image_max_bytes: int = 20 * 2**30
     # Identity: how long tokens live, and a file holding the password the admin
     # user gets when the cloud is first started.
     token_ttl_s: float = 3600

@@ -12,11 +12,12 @@ import re
 import time
 import uuid
 
-from control import actions, keys
+from control import actions, guest_data, keys
 from control.catalog import Catalog
 from control.config import ControlConfig
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from control.identity import Caller
+from control.images import Images
 from control.keypairs import Keypairs
 from control.models import Flavor, Image, Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
@@ -43,14 +44,15 @@ def _is_uuid(value: str) -> bool:
 
 
 class Instances:
-    def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, quotas: Quotas,
-                 groups: ServerGroups, config: ControlConfig, keypairs: Keypairs):
+    def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, images: Images,
+                 quotas: Quotas, groups: ServerGroups, config: ControlConfig, keypairs: Keypairs):
         self.groups = groups
         self.keypairs = keypairs
         self.config = config
         self.store = store
         self.queue = queue
         self.catalog = catalog
+        self.images = images
         self.quotas = quotas
         self.default_image = config.default_image
 
@@ -93,11 +95,14 @@ class Instances:
         return Instance(**(found.value if found else record.value["instance"]))
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
-               request_id: str = "", group: str = "", key_name: str = "") -> Instance:
-        """Record a new instance and claim its quota in one transaction, then queue its build."""
+               request_id: str = "", group: str = "", key_name: str = "",
+               user_data: bytes = b"") -> Instance:
+        """Record a new instance (and its user data) and claim its quota in one
+        transaction, then queue its build."""
         project = caller.project
         validate_name(name, "instance name")
         self._check_request_id(request_id)
+        guest_data.validate_user_data(user_data)
         if (earlier := self._replay(project, request_id)) is not None:
             return earlier
         flavor, image = self.flavor_and_image(caller, flavor_name, image_ref)
@@ -108,15 +113,18 @@ class Instances:
         instance = self.new_instance(project, name, flavor, image, request_id, group)
         instance.key_name = key_name
         data = instance.model_dump(mode="json")
+        stored_user_data = guest_data.encode_user_data(user_data)
         for attempt in range(QUOTA_ATTEMPTS):
             txn = (Txn().expect_absent(keys.instance_name(project, name))
                    .put(keys.instance(project, instance.id), data)
                    .put(keys.instance_name(project, name), {"id": instance.id})
                    .put(keys.instance_index(instance.id), {"project": project}))
+            guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
             if request_id:
                 txn.expect_absent(keys.request(project, request_id)).put(
                     keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
             self.quotas.claim_into(txn, project, QuotaValues.of(flavor.resources))
+            txn.expect(self.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if group:
                 txn.merge(with_member(self.groups.record(project, group), instance.id))
             action_key = actions.begin_into(txn, project, instance.id, "create", request_id,
@@ -143,7 +151,7 @@ class Instances:
 
     def flavor_and_image(self, caller: Caller, flavor_name: str, image_ref: str) -> tuple[Flavor, Image]:
         flavor = self.catalog.flavor(flavor_name, caller.project, caller.is_admin)
-        image = self.catalog.image(image_ref or self.default_image)
+        image, _ = self.images.bootable(caller, image_ref or self.default_image)
         if flavor.disk_gb < image.min_disk_gb or flavor.memory_mb < image.min_memory_mb:
             raise InvalidArgument(f"flavor {flavor.name} is too small for image {image.name}")
         return flavor, image
@@ -165,6 +173,7 @@ class Instances:
             txn = (Txn().delete(keys.instance(project, instance.id))
                    .delete(keys.instance_name(project, instance.name))
                    .delete(keys.instance_index(instance.id)))
+            guest_data.delete_user_data_into(txn, project, instance.id)
             if request_id:
                 txn.delete(keys.request(project, request_id))
             self.quotas.release_into(txn, project, QuotaValues.of(instance.resources))

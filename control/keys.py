@@ -4,6 +4,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
 
     /cloud/flavors/{name}                          flavor record
     /cloud/images/{id}                             image record
+    /cloud/image-names/{scope}/{name}              name -> id; scope: "public" or the owner project
     /cloud/hosts/{name}                            host registration and last heartbeat
     /cloud/placement/providers/{host}              a host's inventory and usage (CAS target of claims)
     /cloud/placement/allocations/{instance_id}     the one allocation an instance holds
@@ -14,6 +15,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/server-groups/{name}   policy and members -> their hosts
     /cloud/projects/{project}/actions/{instance_id}/{seq}  what was done to an instance
     /cloud/projects/{project}/keypairs/{name}      SSH public keys for guests
+    /cloud/projects/{project}/user-data/{instance_id}  an instance's user data (apart: it is large)
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
     /cloud/identity/projects/{name}                project record
     /cloud/identity/users/{name}                   user record (password hash)
@@ -49,6 +51,11 @@ def image(image_id: str) -> str:
 
 def images() -> str:
     return f"{PREFIX}/images/"
+
+
+def image_name(scope: str, name: str) -> str:
+    """Image names are unique among public images, and among a project's own."""
+    return f"{PREFIX}/image-names/{_part(scope)}/{_part(name)}"
 
 
 def host(name: str) -> str:
@@ -122,6 +129,11 @@ def keypair(project: str, name: str) -> str:
 
 def keypairs(project: str) -> str:
     return f"{PREFIX}/projects/{_part(project)}/keypairs/"
+
+
+def user_data(project: str, instance_id: str) -> str:
+    # Not under instances/: listing instances must not read user data.
+    return f"{PREFIX}/projects/{_part(project)}/user-data/{_part(instance_id)}"
 
 
 def request(project: str, request_id: str) -> str:

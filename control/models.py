@@ -64,13 +64,27 @@ class Image(BaseModel):
     id: str
     name: str
     os: str = "linux"
-    kernel_path: str
-    initrd_path: str
-    disk_path: str
-    cmdline: str
+    project: str = ""           # the owner; "" for the operator's seed images
+    visibility: str = "private"  # public: every project; private: its project only
+    disk_format: str = "qcow2"  # raw or qcow2, declared by the uploader and checked
+    size_bytes: int = 0
+    virtual_size_bytes: int = 0
+    # SHA-256 of each file; an empty kernel checksum means the disk boots itself.
+    disk_sha256: str = ""
+    kernel_sha256: str = ""
+    initrd_sha256: str = ""
+    cmdline: str = ""
     min_disk_gb: int = 1
     min_memory_mb: int = 128
-    status: str = "active"
+    status: str = "active"  # active, or deleting while its delete checks for users
+    created_at: float = Field(default_factory=time.time)
+
+    @property
+    def direct_kernel_boot(self) -> bool:
+        return bool(self.kernel_sha256)
+
+    def visible_to(self, project: str, is_admin: bool = False) -> bool:
+        return self.visibility == "public" or is_admin or self.project == project
 
 
 DEFAULT_ZONE = "default"

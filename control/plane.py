@@ -17,6 +17,8 @@ from control.celery_app import create_celery_app
 from control.config import ControlConfig
 from control.hosts import Hosts
 from control.identity import Identity
+from control.image_store import ImageStore
+from control.images import Images
 from control.instances import Instances
 from control.keypairs import Keypairs
 from control.lifecycle import Lifecycle
@@ -36,6 +38,7 @@ class ControlPlane:
     celery: Celery
     queue: TaskQueue
     catalog: Catalog
+    images: Images
     instances: Instances
     hosts: Hosts
     placement: Placement
@@ -55,14 +58,15 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     celery = create_celery_app(config)
     queue = TaskQueue(celery)
     catalog = Catalog(store)
+    images = Images(store, ImageStore(config.image_store_dir, config.image_max_bytes))
     quotas = Quotas(store, QuotaValues(**config.default_quota))
     placement = Placement(store, config)
     groups = ServerGroups(store)
     keypairs = Keypairs(store)
-    instances = Instances(store, queue, catalog, quotas, groups, config, keypairs)
+    instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs)
     scheduler = Scheduler(store, config, placement)
     return ControlPlane(
-        config=config, store=store, celery=celery, queue=queue, catalog=catalog,
+        config=config, store=store, celery=celery, queue=queue, catalog=catalog, images=images,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
         scale_out=ScaleOut(store, queue, instances, quotas, scheduler), keypairs=keypairs,
         hosts=Hosts(store), placement=placement, agents=AgentClient(),

@@ -47,7 +47,8 @@ _SERVICES: dict[str, dict[str, str]] = {
     "FlavorService": {
         "ListFlavors": READER, "GetFlavor": READER, "CreateFlavor": ADMIN, "DeleteFlavor": ADMIN,
     },
-    "ImageService": {"ListImages": READER, "GetImage": READER},
+    "ImageService": {"ListImages": READER, "GetImage": READER, "CreateImage": MEMBER,
+                     "DeleteImage": MEMBER},
     "IdentityService": {
         "Logout": READER, "WhoAmI": READER, "RevokeUserTokens": ADMIN,
         "CreateProject": ADMIN, "ListProjects": ADMIN, "DeleteProject": ADMIN,

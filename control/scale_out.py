@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from control import actions, keys
+from control import actions, guest_data, keys
 from control.errors import AlreadyExists, Conflict, InvalidArgument, ResourceExhausted, Unavailable
 from control.identity import Caller
 from control.instances import Instances
@@ -46,18 +46,33 @@ class ScaleOut:
         self.scheduler = scheduler
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str, count: int,
-               min_count: int = 0, request_id: str = "") -> list[Instance]:
+               min_count: int = 0, request_id: str = "", key_name: str = "",
+               user_data: bytes = b"", group: str = "") -> list[Instance]:
         project = caller.project
         min_count = min_count or count
         if not 1 <= count <= MAX_COUNT:
             raise InvalidArgument(f"count must be 1 to {MAX_COUNT}")
         if not 1 <= min_count <= count:
             raise InvalidArgument("min_count must be 1 to count")
+        if group:
+            # The plan picks all hosts at once without the group's policy (an
+            # anti-affinity group would get several members on one host).
+            raise InvalidArgument("a scale-out cannot join a server group; create the "
+                                  "instances one by one with --group")
+        guest_data.validate_user_data(user_data)
+        stored_user_data = guest_data.encode_user_data(user_data)
+        # One copy per instance, all in one etcd transaction (etcd caps its size).
+        if count * len(stored_user_data.get("zlib_base64", "")) > guest_data.SCALE_OUT_BUDGET:
+            raise InvalidArgument(f"user data too large for a scale-out of {count}: "
+                                  f"compressed, {count} copies exceed "
+                                  f"{guest_data.SCALE_OUT_BUDGET // 1024} KiB; use a smaller count")
         names = [validate_name(f"{name}-{i}", "instance name") for i in range(1, count + 1)]
         self.instances._check_request_id(request_id)
         if request_id and (earlier := self.store.get(keys.request(project, request_id))):
             return [self.instances.get(project, i) for i in earlier.value.get("instance_ids", [])]
         flavor, image = self.instances.flavor_and_image(caller, flavor_name, image_ref)
+        if key_name:
+            self.instances.keypairs.get(project, key_name)  # NOT_FOUND before anything is written
         one = QuotaValues.of(flavor.resources)
         request = flavor_request(flavor)
 
@@ -70,6 +85,8 @@ class ScaleOut:
                     f"asked at least {min_count}")
             made = [self.instances.new_instance(project, n, flavor, image, request_id)
                     for n in names[:wanted]]
+            for instance in made:
+                instance.key_name = key_name
             txn = Txn()
             hosts, summary = self.scheduler.claim_many_into(txn, request, [
                 Allocation(instance_id=i.id, project=project, host="", resources=i.resources)
@@ -84,9 +101,11 @@ class ScaleOut:
                 txn.put(keys.instance(project, instance.id), instance.model_dump(mode="json"))
                 txn.put(keys.instance_name(project, instance.name), {"id": instance.id})
                 txn.put(keys.instance_index(instance.id), {"project": project})
+                guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
                 action_keys.append(actions.begin_into(txn, project, instance.id, "create",
                                                       request_id, caller.username))
             self.quotas.claim_into(txn, project, _times(one, len(made)))
+            txn.expect(self.instances.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if request_id:
                 txn.expect_absent(keys.request(project, request_id)).put(
                     keys.request(project, request_id), {"instance_ids": [i.id for i in made]})

@@ -14,8 +14,8 @@ from typing import Any
 
 from celery import Celery, Task
 
-from control import actions, keys
-from control.agent_client import AgentRefused, SpawnFailed
+from control import actions, guest_data, keys
+from control.agent_client import AgentRefused, GuestConfig, SpawnFailed
 from control.errors import CloudError, Conflict, NotFound, ResourceExhausted, Unavailable
 from control.lifecycle import undo_operation
 from control.models import Allocation, Fault, Flavor, Instance
@@ -102,6 +102,21 @@ class InstanceWork:
         flavor = flavor.model_copy(update=instance.resources.model_dump())
         return flavor_request(flavor, frozenset(a.host for a in instance.attempts))
 
+    def _guest_config(self, instance: Instance) -> GuestConfig:
+        """What goes on the guest's config drive, read at spawn time: a keypair
+        deleted since the create is left out (the guest still boots)."""
+        public_keys = []
+        if instance.key_name:
+            try:
+                public_keys = [self.plane.keypairs.get(instance.project, instance.key_name).public_key]
+            except NotFound:
+                log.warning("instance %s: keypair %s was deleted; spawning without it",
+                            instance.id, instance.key_name)
+        return GuestConfig(hostname=guest_data.hostname(instance.name, instance.id),
+                           public_keys=public_keys,
+                           user_data=guest_data.load_user_data(self.plane.store, instance.project,
+                                                               instance.id))
+
     # ---------------------------------------------------------------- build
 
     def build(self, instance_id: str, give_up_on_unreachable: bool) -> None:
@@ -112,10 +127,11 @@ class InstanceWork:
         if instance.vm_state is not VmState.BUILDING or instance.task_state is TaskState.DELETING:
             return  # done already, or a delete overtook the build
         try:
-            image = self.plane.catalog.image(instance.image)
+            image = self.plane.images.by_id(instance.image)
         except NotFound as exc:
             self.fail(instance_id, "scheduling", str(exc))
             return
+        guest = self._guest_config(instance)
 
         while True:
             if instance.task_state is TaskState.SCHEDULING:
@@ -138,7 +154,7 @@ class InstanceWork:
             try:
                 address = self.plane.hosts.get(instance.host).address
                 power = self.plane.agents.spawn(address, instance, image,
-                                                self.plane.config.spawn_timeout_s)
+                                                self.plane.config.spawn_timeout_s, guest)
                 break
             except KeyError:
                 self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
@@ -270,6 +286,7 @@ class InstanceWork:
             txn = (Txn().expect(current).delete(current.key)
                    .delete(keys.instance_name(instance.project, instance.name))
                    .delete(keys.instance_index(instance_id)))
+            guest_data.delete_user_data_into(txn, instance.project, instance_id)
             if latest.quota_held:
                 # A scale in flight has claimed its new sizes already.
                 held = latest.scaling_to or latest.resources

@@ -40,6 +40,12 @@ DISK_SIZE_MB=512   # must stay <= 1 GiB so the image fits the smallest flavor
 # Anything built into the kernel is skipped.
 INITRD_MODULES="virtio_pci virtio_blk crc32c_generic ext4"
 ROOT_MODULES="virtio_net virtio_balloon evdev button"
+# The config drive: an ISO 9660 cdrom on the "pc" machine's PIIX IDE controller
+# (the cloud kernel has no AHCI, so no SATA). ata_piix pulls in libata and
+# scsi_mod; sr_mod gives /dev/sr0; isofs (after cdrom) reads it. They get their
+# own list, which the init loads in the background: probing IDE must not delay
+# the network.
+CDROM_MODULES="ata_piix sr_mod isofs"
 
 log() { echo "build-image: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -324,6 +330,10 @@ MISSING_ROOT=()
 for m in $ROOT_MODULES; do
 	resolve "$m" "$ROOT_MODDIR" "$ROOT_MODDIR/load.list" || MISSING_ROOT+=("$m")
 done
+: > "$ROOT_MODDIR/cdrom.list"
+for m in $CDROM_MODULES; do
+	resolve "$m" "$ROOT_MODDIR" "$ROOT_MODDIR/cdrom.list" || MISSING_ROOT+=("$m")
+done
 [ ${#MISSING_ROOT[@]} -eq 0 ] || log "warning: modules not available: ${MISSING_ROOT[*]}"
 
 log "making disk.qcow2 (ext4, ${DISK_SIZE_MB} MiB virtual)"
@@ -353,6 +363,7 @@ EOF
 	echo "busybox_package=busybox-static $(dpkg-deb -f "$BUSYBOX_DEB" Version)"
 	echo "initrd_modules=$(tr '\n' ' ' < "$INITRD_DIR/lib/modules/load.list")"
 	echo "root_modules=$(tr '\n' ' ' < "$ROOT_MODDIR/load.list")"
+	echo "cdrom_modules=$(tr '\n' ' ' < "$ROOT_MODDIR/cdrom.list")"
 	echo "builtin=${BUILTIN_USED[*]:-}"
 	echo "missing=${MISSING_ROOT[*]:-}"
 } > "$WORK/build-info.txt"

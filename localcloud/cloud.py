@@ -122,6 +122,7 @@ class LocalCloud:
             "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
             "listen": self.endpoint,
             "image_dirs": self.image_dirs,
+            "image_store_dir": str(self.root / "images"),
             **self.control_settings,
         }
         _write_toml(self.config_path, control, self.agent_config())

@@ -48,6 +48,21 @@ class ApiClient(CloudClient):
         return False
 
 
+def cached_image(cache_dir: Path, image_dir: Path = IMAGE_DIR, kernel: str = "vmlinuz"):
+    """The built guest image as an agent's image cache holds it: the agent's own
+    ImageCache, fed from the build directory instead of the control plane."""
+    import hashlib
+
+    from compute_agent.image_cache import ImageCache
+
+    files = {"disk": image_dir / "disk.qcow2", "kernel": image_dir / kernel,
+             "initrd": image_dir / "initrd.img"}
+    sums = {part: hashlib.sha256(path.read_bytes()).hexdigest() for part, path in files.items()}
+    cache = ImageCache(cache_dir, lambda _image_id, part: [files[part].read_bytes()])
+    return cache.ensure("image-" + sums["kernel"][:8], "qcow2", "console=ttyS0 root=/dev/vda rw quiet",
+                        sums["disk"], sums["kernel"], sums["initrd"])
+
+
 def start_cloud(name: str, **settings):
     """A private cloud on free ports. `settings` go to LocalCloud (e.g.
     agent_settings={"driver": "fake"} for tests about scale, not hypervisors)."""

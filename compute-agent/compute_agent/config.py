@@ -32,6 +32,16 @@ class AgentConfig(BaseModel):
     network_cidr: str = "10.213.0.0/24"
     # Until registered; then the control plane's heartbeat_interval_s applies.
     heartbeat_interval_s: float = 2.0
+    # Memory reclaim (compute_agent/reclaim.py): what an idle guest does not use goes
+    # back to the host through its balloon, down to max(floor_mb, floor_ratio x its
+    # memory), and returns as soon as the guest needs it. Off: guests keep all of it.
+    reclaim_enabled: bool = True
+    reclaim_floor_mb: int = 128
+    reclaim_floor_ratio: float = 0.25
+    reclaim_idle_s: float = 30.0       # quiet this long (after boot, scale, busy) first
+    reclaim_interval_s: float = 2.0
+    reclaim_headroom_mb: int = 64      # left usable to an idle guest; busy below half
+    reclaim_step_mb: int = 64          # most taken per interval
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -24,12 +24,13 @@ class DomainSpec:
     max_vcpus: int
     memory_mb: int
     max_memory_mb: int
-    kernel: str
+    kernel: str            # empty: boot from the disk (its own bootloader)
     initrd: str
     cmdline: str
     disk_path: str
     console_log: str
     network: str
+    config_drive: str | None = None   # ISO 9660 image for a read-only IDE cdrom (hdc)
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
@@ -58,9 +59,12 @@ def build_domain_xml(spec: DomainSpec) -> str:
 
     os_ = _sub(domain, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
-    _sub(os_, "kernel", spec.kernel)
-    _sub(os_, "initrd", spec.initrd)
-    _sub(os_, "cmdline", spec.cmdline)
+    if spec.kernel:
+        _sub(os_, "kernel", spec.kernel)
+        _sub(os_, "initrd", spec.initrd)
+        _sub(os_, "cmdline", spec.cmdline)
+    else:
+        _sub(os_, "boot", dev="hd")
 
     # ACPI is needed for CPU hotplug and clean shutdown; direct kernel boot does not add it.
     features = _sub(domain, "features")
@@ -79,6 +83,15 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(disk, "source", file=spec.disk_path)
     _sub(disk, "target", dev="vda", bus="virtio")
 
+    if spec.config_drive:
+        # IDE, not SATA: the machine is "pc" (i440fx, with PIIX IDE) and the
+        # guest kernels we boot need not have AHCI. hdc = secondary master.
+        cdrom = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(cdrom, "driver", name="qemu", type="raw")
+        _sub(cdrom, "source", file=spec.config_drive)
+        _sub(cdrom, "target", dev="hdc", bus="ide")
+        _sub(cdrom, "readonly")
+
     nic = _sub(devices, "interface", type="network")
     _sub(nic, "source", network=spec.network)
     _sub(nic, "model", type="virtio")
@@ -91,7 +104,9 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(console, "target", type="serial", port="0")
 
     balloon = _sub(devices, "memballoon", model="virtio")
-    _sub(balloon, "stats", period="5")
+    # The guest reports its memory every 2 s: the agent's reclaim sees a guest
+    # getting busy within a few seconds (compute_agent/reclaim.py).
+    _sub(balloon, "stats", period="2")
     return etree.tostring(domain, pretty_print=True, encoding="unicode")
 
 

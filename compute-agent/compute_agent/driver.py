@@ -16,11 +16,14 @@ class DriverError(Exception):
 
 @dataclass(frozen=True)
 class ImageFiles:
+    """An image's files on this host (see image_cache.py)."""
+
     id: str
-    kernel_path: str
-    initrd_path: str
     disk_path: str
-    cmdline: str
+    disk_format: str = "qcow2"   # raw or qcow2: the base of the instance's qcow2 overlay
+    kernel_path: str = ""        # empty: boot the disk's own bootloader
+    initrd_path: str = ""
+    cmdline: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class InstanceSpec:
     image: ImageFiles
     max_vcpus: int = 0       # headroom for live scale-up (0: no headroom)
     max_memory_mb: int = 0
+    # The guest's NoCloud config drive (see config_drive.py): one RFC 1123
+    # label, OpenSSH public keys, and cloud-init user-data as given.
+    hostname: str = ""
+    public_keys: tuple[str, ...] = ()
+    user_data: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,17 @@ class HostInventory:
     vcpus: int
     memory_mb: int
     disk_gb: int
+
+
+@dataclass(frozen=True)
+class BalloonStatus:
+    """A running guest's memory as its virtio balloon reports it (KiB)."""
+    entitled_kib: int   # the tenant's memory: the persistent config's currentMemory
+    actual_kib: int     # what the balloon gives the guest now
+    available_kib: int  # the guest's MemTotal; 0 until its balloon driver reports
+    usable_kib: int     # what the guest could give up without swapping (MemAvailable)
+    report_id: int      # changes with every stats report of the guest
+    run_id: str         # changes when the guest restarts (or is reset) and its memory with it
 
 
 @dataclass
@@ -92,6 +111,22 @@ class ComputeDriver(ABC):
                max_memory_mb: int) -> str:
         """Redefine a stopped instance with new sizes and maximums (for its next
         boot); the disk only grows. DriverError, changing nothing, if it runs."""
+
+    @abstractmethod
+    def running_instances(self) -> list[str]:
+        """Ids of this driver's instances that run now (cheaper than list_instances)."""
+
+    @abstractmethod
+    def balloon_status(self, instance_id: str) -> BalloonStatus | None:
+        """The guest's balloon figures; None if it is not running or not on this host."""
+
+    @abstractmethod
+    def set_balloon(self, instance_id: str, target_kib: int, entitled_kib: int) -> bool:
+        """Move the running guest's balloon to target_kib (capped at its entitlement),
+        live only: its persistent size (the entitlement) stays, so a restart, scale or
+        hard reboot gives the whole entitlement back. Returns False, changing nothing,
+        if the entitlement is no longer entitled_kib (a scale came in between) or the
+        guest is not running. DriverError if it is not on this host."""
 
     @abstractmethod
     def stats(self, instance_id: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 
 from compute_agent.driver import (
+    BalloonStatus,
     ComputeDriver,
     DriverError,
     HostInventory,
@@ -23,6 +24,12 @@ class FakeDriver(ComputeDriver):
         self.fail_spawn = fail_spawn
         self.instances: dict[str, InstanceSpec] = {}
         self.stopped: set[str] = set()
+        # The live balloon of guests whose memory was reclaimed (KiB); absent: the
+        # entitlement. Every (re)start, hard reboot or scale gives it back.
+        self.balloon: dict[str, int] = {}
+        self.guest_used_kib = 64 * 1024  # what every fake guest cannot give up
+        self._runs: dict[str, int] = {}
+        self._reports = 0
         self._lock = threading.Lock()
 
     def init_host(self) -> None:
@@ -39,11 +46,13 @@ class FakeDriver(ComputeDriver):
             raise DriverError("spawn failed: the fake driver was told to fail")
         with self._lock:
             self.instances[spec.instance_id] = spec
+        self._restart(spec.instance_id)
         return "running"
 
     def destroy(self, instance_id: str) -> bool:
         with self._lock:
             self.stopped.discard(instance_id)
+            self.balloon.pop(instance_id, None)
             return self.instances.pop(instance_id, None) is not None
 
     def power_state(self, instance_id: str) -> str:
@@ -78,9 +87,37 @@ class FakeDriver(ComputeDriver):
 
     def stats(self, instance_id: str) -> dict[str, float]:
         spec = self._require(instance_id)
+        actual = self.balloon.get(instance_id, spec.memory_mb * 1024)
         return {"sampled_at": time.time(), "cpu_time_ns": 0, "vcpus": spec.vcpus,
-                "memory_actual_kb": spec.memory_mb * 1024,
-                "memory_available_kb": spec.memory_mb * 1024}
+                "memory_actual_kb": actual, "memory_available_kb": actual,
+                "memory_entitled_kb": spec.memory_mb * 1024,
+                "memory_reclaimed_kb": spec.memory_mb * 1024 - actual}
+
+    def _restart(self, instance_id: str) -> None:
+        """A new run of the guest: it gets its whole entitlement."""
+        self._runs[instance_id] = self._runs.get(instance_id, 0) + 1
+        self.balloon.pop(instance_id, None)
+
+    def running_instances(self) -> list[str]:
+        with self._lock:
+            return [i for i in self.instances if i not in self.stopped]
+
+    def balloon_status(self, instance_id: str) -> BalloonStatus | None:
+        spec = self.instances.get(instance_id)
+        if spec is None or instance_id in self.stopped:
+            return None
+        actual = self.balloon.get(instance_id, spec.memory_mb * 1024)
+        self._reports += 1  # every look is a fresh report
+        return BalloonStatus(entitled_kib=spec.memory_mb * 1024, actual_kib=actual,
+                             available_kib=actual, usable_kib=max(0, actual - self.guest_used_kib),
+                             report_id=self._reports, run_id=str(self._runs.get(instance_id, 0)))
+
+    def set_balloon(self, instance_id: str, target_kib: int, entitled_kib: int) -> bool:
+        spec = self._require(instance_id)
+        if instance_id in self.stopped or spec.memory_mb * 1024 != entitled_kib:
+            return False
+        self.balloon[instance_id] = min(target_kib, entitled_kib)
+        return True
 
     def stop(self, instance_id: str, timeout_s: int) -> str:
         self._require(instance_id)
@@ -89,13 +126,16 @@ class FakeDriver(ComputeDriver):
 
     def start(self, instance_id: str) -> str:
         self._require(instance_id)
-        self.stopped.discard(instance_id)
+        if instance_id in self.stopped:
+            self.stopped.discard(instance_id)
+            self._restart(instance_id)
         return "running"
 
     def reboot(self, instance_id: str, hard: bool) -> str:
         self._require(instance_id)
         if instance_id in self.stopped:
             raise DriverError("the instance is not running")
+        self._restart(instance_id)
         return "running"
 
     def scale(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> str:
@@ -108,4 +148,6 @@ class FakeDriver(ComputeDriver):
         self.instances[instance_id] = replace(spec, vcpus=vcpus or spec.vcpus,
                                               memory_mb=memory_mb or spec.memory_mb,
                                               disk_gb=disk_gb or spec.disk_gb)
+        if memory_mb:
+            self.balloon.pop(instance_id, None)  # the balloon goes to the new size
         return self.power_state(instance_id)

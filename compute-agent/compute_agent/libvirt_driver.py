@@ -15,12 +15,13 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
+from compute_agent import config_drive
 from compute_agent.domain_xml import DomainSpec, build_domain_xml, network_xml, owner_of
 from compute_agent.driver import (
+    BalloonStatus,
     ComputeDriver,
     DriverError,
     HostInventory,
-    ImageFiles,
     InstanceSpec,
     Observation,
 )
@@ -74,7 +75,10 @@ class LibvirtDriver(ComputeDriver):
         self.network_cidr = ipaddress.ip_network(network_cidr)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
-        self._base_lock = threading.Lock()
+        # Serialises the entitlement (scale) with live balloon moves (reclaim), so a
+        # reclaim decided on the old entitlement never undoes a scale.
+        self._memory_lock = threading.Lock()
+        self._hard_reboots: dict[str, int] = {}  # per instance: part of BalloonStatus.run_id
 
     # ---------------------------------------------------------------- host
 
@@ -91,7 +95,8 @@ class LibvirtDriver(ComputeDriver):
     def init_host(self) -> None:
         for sub in ("instances", "_base"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        # qemu runs as an unprivileged user: it must be able to reach the files.
+        # qemu runs as an unprivileged user: it must be able to reach the files
+        # (the image cache keeps its files in _base).
         for path in (self.state_dir, self.state_dir / "instances", self.state_dir / "_base"):
             path.chmod(0o755)
         self.ensure_network()
@@ -139,25 +144,6 @@ class LibvirtDriver(ComputeDriver):
     def _instance_dir(self, instance_id: str) -> Path:
         return self.state_dir / "instances" / instance_id
 
-    def _cached_base(self, image: ImageFiles) -> ImageFiles:
-        """A host-local copy of the image's files, made once per image and shared
-        (read-only) by every instance's overlay."""
-        base = self.state_dir / "_base" / image.id
-        with self._base_lock:
-            if not (base / "ready").exists():
-                base.mkdir(parents=True, exist_ok=True)
-                for src in (image.kernel_path, image.initrd_path, image.disk_path):
-                    tmp = base / (Path(src).name + ".part")
-                    shutil.copyfile(src, tmp)
-                    tmp.chmod(0o644)
-                    tmp.rename(base / Path(src).name)
-                (base / "ready").touch()
-                base.chmod(0o755)
-        return ImageFiles(id=image.id, cmdline=image.cmdline,
-                          kernel_path=str(base / Path(image.kernel_path).name),
-                          initrd_path=str(base / Path(image.initrd_path).name),
-                          disk_path=str(base / Path(image.disk_path).name))
-
     def spawn(self, spec: InstanceSpec) -> str:
         existing = self._domain(spec.instance_id)
         if existing is not None and existing.isActive():
@@ -171,24 +157,29 @@ class LibvirtDriver(ComputeDriver):
 
     def _spawn(self, spec: InstanceSpec, domain: libvirt.virDomain | None) -> str:
         if domain is None:
-            base = self._cached_base(spec.image)
+            base = spec.image  # the image cache's files: read-only, shared by overlays
             directory = self._instance_dir(spec.instance_id)
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o755)
             disk = directory / "disk.qcow2"
             if not disk.exists():
-                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.disk_format,
                                 "-b", base.disk_path, str(disk), f"{spec.disk_gb}G"],
                                check=True, capture_output=True, text=True)
+            # Rebuilt on every define: a retried spawn may carry other keys or user data.
+            iso = directory / "config.iso"
+            config_drive.build(iso, spec.instance_id, spec.hostname, spec.public_keys,
+                               spec.user_data)
             xml = build_domain_xml(DomainSpec(
                 uuid=spec.instance_id, display_name=spec.name, owner_host=self.host_name,
                 virt_type=self.virt_type, vcpus=spec.vcpus,
                 max_vcpus=max(spec.vcpus, spec.max_vcpus),
                 memory_mb=spec.memory_mb, max_memory_mb=max(spec.memory_mb, spec.max_memory_mb),
                 kernel=base.kernel_path, initrd=base.initrd_path,
-                cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}",
+                cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}" if base.kernel_path
+                else "",
                 disk_path=str(disk), console_log=str(directory / "console.log"),
-                network=self.network_name))
+                network=self.network_name, config_drive=str(iso)))
             domain = self.conn.defineXML(xml)
         domain.create()
         log.info("spawned %s (%s)", spec.instance_id, spec.name)
@@ -295,6 +286,7 @@ class LibvirtDriver(ComputeDriver):
             raise DriverError("the instance is not running")
         try:
             if hard:
+                self._deflate_before_reset(instance_id, domain)
                 domain.reset(0)
             else:
                 # A clean shutdown and a fresh start: guests differ in what an
@@ -324,7 +316,8 @@ class LibvirtDriver(ComputeDriver):
             if vcpus:
                 domain.setVcpusFlags(vcpus, flags)
             if memory_mb:
-                domain.setMemoryFlags(memory_mb * 1024, flags)  # the balloon's target
+                with self._memory_lock:
+                    domain.setMemoryFlags(memory_mb * 1024, flags)  # the balloon's target
             if disk_gb and disk_gb * 2**30 > current:
                 if live:
                     domain.blockResize("vda", disk_gb * 2**30, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
@@ -370,7 +363,10 @@ class LibvirtDriver(ComputeDriver):
             rd_req, rd_bytes, wr_req, wr_bytes, _ = domain.blockStats("vda")
         except libvirt.libvirtError as exc:
             raise DriverError(f"stats failed: {exc}") from exc
+        entitled = _entitled_kib(domain)
         result.update(cpu_time_ns=cpu_time, vcpus=vcpus,
+                      memory_entitled_kb=entitled,
+                      memory_reclaimed_kb=max(0, entitled - memory.get("actual", entitled)),
                       memory_actual_kb=memory.get("actual", 0),
                       memory_available_kb=memory.get("available", 0),
                       memory_unused_kb=memory.get("unused", 0),
@@ -379,7 +375,78 @@ class LibvirtDriver(ComputeDriver):
                       disk_read_requests=rd_req, disk_write_requests=wr_req)
         return result
 
+    # ---------------------------------------------------------------- memory reclaim
+
+    def _deflate_before_reset(self, instance_id: str, domain: libvirt.virDomain) -> None:
+        """A reset keeps the QEMU process with its balloon (maybe reclaimed), and QEMU
+        keeps reporting the balloon's old size until it next moves. So give the guest
+        its whole entitlement first, as a restart would, and wait (briefly: a hung
+        guest does not answer) for it to take it; it counts as a new run."""
+        with self._memory_lock:
+            self._hard_reboots[instance_id] = self._hard_reboots.get(instance_id, 0) + 1
+            entitled = _entitled_kib(domain)
+            domain.setMemoryFlags(entitled, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        deadline = time.monotonic() + DEFLATE_BEFORE_RESET_WAIT_S
+        while (domain.memoryStats().get("actual", entitled) < entitled
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+
+    def running_instances(self) -> list[str]:
+        found = []
+        for domain in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                if owner_of(domain.XMLDesc()) == self.host_name:
+                    found.append(domain.UUIDString())
+            except libvirt.libvirtError:
+                continue  # vanished while we looked
+        return found
+
+    def balloon_status(self, instance_id: str) -> BalloonStatus | None:
+        domain = self._domain(instance_id)
+        if domain is None:
+            return None
+        try:
+            if not domain.isActive():
+                return None
+            memory = domain.memoryStats()
+            entitled = _entitled_kib(domain)
+            run_id = f"{domain.ID()}.{self._hard_reboots.get(instance_id, 0)}"
+        except libvirt.libvirtError as exc:
+            if not domain.isActive():
+                return None  # stopped while we looked
+            raise DriverError(f"balloon stats failed: {exc}") from exc
+        # Without "usable" (a guest kernel that does not report MemAvailable) its
+        # needs are unknown: report no figures, and reclaim leaves it alone.
+        reporting = "usable" in memory and "available" in memory
+        return BalloonStatus(entitled_kib=entitled, actual_kib=memory.get("actual", 0),
+                             available_kib=memory["available"] if reporting else 0,
+                             usable_kib=memory["usable"] if reporting else 0,
+                             report_id=memory.get("last_update", 0), run_id=run_id)
+
+    def set_balloon(self, instance_id: str, target_kib: int, entitled_kib: int) -> bool:
+        domain = self._require(instance_id)
+        with self._memory_lock:
+            try:
+                if not domain.isActive() or _entitled_kib(domain) != entitled_kib:
+                    return False
+                # AFFECT_LIVE only: the persistent currentMemory stays the entitlement.
+                domain.setMemoryFlags(min(target_kib, entitled_kib), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                if not domain.isActive():
+                    return False
+                raise DriverError(f"balloon move failed: {exc}") from exc
+        return True
+
+
+def _entitled_kib(domain: libvirt.virDomain) -> int:
+    """The tenant's memory: currentMemory of the persistent definition (what the
+    next boot gets; scale and resize change it, reclaim never does)."""
+    root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    return int(root.findtext("currentMemory"))  # libvirt reports it in KiB
+
+
 REBOOT_SHUTDOWN_TIMEOUT_S = 30
+DEFLATE_BEFORE_RESET_WAIT_S = 3
 
 
 def _virtual_size(disk: Path) -> int:

@@ -16,27 +16,32 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from compute_agent.config import AgentConfig, load_config
-from compute_agent.driver import ComputeDriver, DriverError, ImageFiles, InstanceSpec
+from compute_agent.driver import ComputeDriver, DriverError, InstanceSpec
+from compute_agent.image_cache import ImageCache
+from compute_agent.reclaim import ReclaimLoop, ReclaimSettings
 
 log = logging.getLogger(__name__)
 
 FULL_REPORT_EVERY = 5
+IMAGE_FETCH_TIMEOUT_S = 600
 
 
 class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
-    def __init__(self, driver: ComputeDriver):
+    def __init__(self, driver: ComputeDriver, images: ImageCache):
         self.driver = driver
+        self.images = images
 
     def Spawn(self, request, context):
         image = request.image
-        spec = InstanceSpec(
-            instance_id=request.instance_id, name=request.name, vcpus=request.vcpus,
-            memory_mb=request.memory_mb, disk_gb=request.disk_gb,
-            max_vcpus=request.max_vcpus, max_memory_mb=request.max_memory_mb,
-            image=ImageFiles(id=image.id, kernel_path=image.kernel_path,
-                             initrd_path=image.initrd_path, disk_path=image.disk_path,
-                             cmdline=image.cmdline))
         try:
+            files = self.images.ensure(image.id, image.disk_format or "qcow2", image.cmdline,
+                                       image.disk_sha256, image.kernel_sha256, image.initrd_sha256)
+            spec = InstanceSpec(
+                instance_id=request.instance_id, name=request.name, vcpus=request.vcpus,
+                memory_mb=request.memory_mb, disk_gb=request.disk_gb,
+                max_vcpus=request.max_vcpus, max_memory_mb=request.max_memory_mb, image=files,
+                hostname=request.hostname, public_keys=tuple(request.public_keys),
+                user_data=request.user_data)
             return agent_pb2.SpawnResponse(power_state=self.driver.spawn(spec))
         except DriverError as exc:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
@@ -105,9 +110,7 @@ class Reporter:
         self.driver = driver
         self.address = address
         self.stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
-        secret = Path(config.control_secret_file).read_text().strip() \
-            if config.control_secret_file else ""
-        self.metadata = [("authorization", f"Bearer {secret}")]
+        self.metadata = control_metadata(config)
         self.interval = config.heartbeat_interval_s
         self.registered = threading.Event()
         self._reported: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -169,6 +172,30 @@ class Reporter:
             self._stop.wait(self.interval)
 
 
+def control_metadata(config: AgentConfig) -> list[tuple[str, str]]:
+    """What the agent presents to the control plane's HostService."""
+    secret = Path(config.control_secret_file).read_text().strip() \
+        if config.control_secret_file else ""
+    return [("authorization", f"Bearer {secret}")]
+
+
+def image_fetcher(config: AgentConfig):
+    """fetch(image_id, part): an image file's chunks, streamed by the control plane."""
+    stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
+    metadata = control_metadata(config)
+
+    def fetch(image_id: str, part: str):
+        try:
+            for message in stub.FetchImageFile(
+                    agent_pb2.FetchImageFileRequest(image_id=image_id, part=part),
+                    timeout=IMAGE_FETCH_TIMEOUT_S, metadata=metadata):
+                yield message.data
+        except grpc.RpcError as exc:
+            raise DriverError(f"cannot fetch image {image_id} ({part}) from the control plane: "
+                              f"{exc.details() or exc.code()}") from exc
+    return fetch
+
+
 def make_driver(config: AgentConfig) -> ComputeDriver:
     if config.driver == "fake":
         from compute_agent.fake_driver import FakeDriver
@@ -180,13 +207,14 @@ def make_driver(config: AgentConfig) -> ComputeDriver:
 
 
 def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
-                 ) -> tuple[grpc.Server, int, Reporter]:
-    """Build the agent's server on config.listen (port 0 picks a free one) and its
-    reporter. Neither is started."""
+                 ) -> tuple[grpc.Server, int, Reporter, ReclaimLoop]:
+    """Build the agent's server on config.listen (port 0 picks a free one), its
+    reporter and its memory reclaim loop. None is started."""
     driver = driver or make_driver(config)
     driver.init_host()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver), server)
+    images = ImageCache(Path(config.state_dir) / "_base", image_fetcher(config))
+    agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver, images), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = agent_pb2.DESCRIPTOR.services_by_name["ComputeAgent"].full_name
@@ -196,7 +224,12 @@ def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
                                         server)
     port = server.add_insecure_port(config.listen)
     address = config.advertise_address or f"{config.listen.rsplit(':', 1)[0]}:{port}"
-    return server, port, Reporter(config, driver, address)
+    reclaim = ReclaimLoop(driver, ReclaimSettings(
+        enabled=config.reclaim_enabled, floor_mb=config.reclaim_floor_mb,
+        floor_ratio=config.reclaim_floor_ratio, idle_s=config.reclaim_idle_s,
+        interval_s=config.reclaim_interval_s, headroom_mb=config.reclaim_headroom_mb,
+        step_mb=config.reclaim_step_mb))
+    return server, port, Reporter(config, driver, address), reclaim
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,14 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(args.config)
-    server, port, reporter = create_agent(config)
+    server, port, reporter, reclaim = create_agent(config)
     server.start()
     reporter.start()
+    reclaim.start()
     log.info("compute agent %s listening on port %d", config.host_name, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    reclaim.stop()
     reporter.stop()
     server.stop(grace=10).wait()
 

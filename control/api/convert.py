@@ -77,7 +77,11 @@ def quota_values(v: QuotaValues) -> ipb.QuotaValues:
 
 def image(i: Image) -> pb.Image:
     return pb.Image(id=i.id, name=i.name, os=i.os, min_disk_gb=i.min_disk_gb,
-                    min_memory_mb=i.min_memory_mb, status=i.status.upper())
+                    min_memory_mb=i.min_memory_mb, status=i.status.upper(), project=i.project,
+                    visibility=i.visibility, disk_format=i.disk_format, size_bytes=i.size_bytes,
+                    virtual_size_bytes=i.virtual_size_bytes, checksum_sha256=i.disk_sha256,
+                    direct_kernel_boot=i.direct_kernel_boot, cmdline=i.cmdline,
+                    created_at=_ts(i.created_at))
 
 
 def instance(i: Instance) -> pb.Instance:

@@ -48,21 +48,10 @@ def bearer_token(metadata: dict[str, str]) -> str:
     return value[len("Bearer "):].strip() if value.startswith("Bearer ") else ""
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    def refuse(_request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming RPCs are not authenticated yet")
-
-    make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-            else grpc.stream_unary_rpc_method_handler if handler.stream_unary
-            else grpc.stream_stream_rpc_method_handler)
-    return make(refuse, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-
-
 class ApiInterceptor(grpc.ServerInterceptor):
-    """For each unary call: request id (from `x-request-id` metadata, or a new
-    one); the caller from the bearer token, checked against the policy; and
-    CloudError turned into the matching status code."""
+    """For each call, streaming or not: request id (from `x-request-id`
+    metadata, or a new one); the caller from the bearer token, checked against
+    the policy; and CloudError turned into the matching status code."""
 
     def __init__(self, authenticate: Callable[[str], Caller], agent_secret: str = ""):
         self.authenticate = authenticate
@@ -77,40 +66,73 @@ class ApiInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary is None:
-            if policy.is_public(method):
-                return handler  # gRPC's health Watch and reflection streams
-            # Streaming RPCs are not authenticated here yet: refuse, never serve unchecked.
-            return _refusing(handler)
+        if handler.unary_unary is None and policy.is_public(method):
+            return handler  # gRPC's health Watch and reflection streams
         metadata = dict(handler_call_details.invocation_metadata or ())
         call_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
-        inner = handler.unary_unary
 
-        def call(request, context):
-            token = None
-            try:
-                if policy.is_agent_call(method):
-                    self.check_agent(bearer_token(metadata))
-                elif not policy.is_public(method):
-                    caller = self.authenticate(bearer_token(metadata))
-                    needed = policy.required_role(method)
-                    if not caller.has_role(needed):
-                        raise errors.PermissionDenied(
-                            f"role {caller.role} may not call {method.rsplit('/', 1)[1]} "
-                            f"(needs {needed})")
-                    token = _caller.set(caller)
-                return inner(request, context)
-            except errors.CloudError as exc:
+        def enter() -> contextvars.Token | None:
+            """Authenticate and authorize the call; the caller's context token."""
+            if policy.is_agent_call(method):
+                self.check_agent(bearer_token(metadata))
+            elif not policy.is_public(method):
+                caller = self.authenticate(bearer_token(metadata))
+                needed = policy.required_role(method)
+                if not caller.has_role(needed):
+                    raise errors.PermissionDenied(
+                        f"role {caller.role} may not call {method.rsplit('/', 1)[1]} "
+                        f"(needs {needed})")
+                return _caller.set(caller)
+            return None
+
+        def fail(exc: Exception, context) -> None:
+            if context.code() is not None:
+                raise exc  # the servicer aborted with its own status: keep it
+            if isinstance(exc, errors.CloudError):
                 code = status_code(exc)
                 log.info("req=%s %s -> %s: %s", call_id, method, code.name, exc)
                 context.abort(code, str(exc))
-            except Exception:
-                log.exception("req=%s %s failed", call_id, method)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {call_id})")
-            finally:
-                if token is not None:
-                    _caller.reset(token)
+            log.exception("req=%s %s failed", call_id, method, exc_info=exc)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {call_id})")
 
-        return grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        def one_response(inner):
+            # Unary and client-streaming calls: one answer.
+            def call(request, context):
+                token = None
+                try:
+                    token = enter()
+                    return inner(request, context)
+                except Exception as exc:
+                    fail(exc, context)
+                finally:
+                    if token is not None:
+                        _caller.reset(token)
+            return call
+
+        def response_stream(inner):
+            # Server-streaming calls: errors can come while the answer streams.
+            def call(request, context):
+                token = None
+                try:
+                    token = enter()
+                    yield from inner(request, context)
+                except Exception as exc:
+                    fail(exc, context)
+                finally:
+                    if token is not None:
+                        _caller.reset(token)
+            return call
+
+        def handler_of(make, call):
+            return make(call, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+
+        if handler.unary_unary:
+            return handler_of(grpc.unary_unary_rpc_method_handler, one_response(handler.unary_unary))
+        if handler.stream_unary:
+            return handler_of(grpc.stream_unary_rpc_method_handler, one_response(handler.stream_unary))
+        if handler.unary_stream:
+            return handler_of(grpc.unary_stream_rpc_method_handler,
+                              response_stream(handler.unary_stream))
+        return handler_of(grpc.stream_stream_rpc_method_handler,
+                          response_stream(handler.stream_stream))

@@ -93,7 +93,7 @@ def seed(plane: ControlPlane) -> None:
     if plane.config.admin_password_file:
         plane.identity.bootstrap_admin(read_secret(plane.config.admin_password_file))
     for directory in plane.config.image_dirs:
-        image = plane.catalog.register_image_dir(directory)
+        image = plane.images.register_image_dir(directory)
         log.info("image %s (%s) registered", image.name, image.id)
 
 

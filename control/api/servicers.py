@@ -1,7 +1,7 @@
 """gRPC servicers: translate messages to calls on the control plane and back.
 
-No business logic here; that lives in control.instances, control.catalog and
-control.hosts. Errors propagate as CloudError and are mapped by the interceptor.
+No business logic here; that lives in control.instances, control.catalog,
+control.images and control.hosts. Errors propagate as CloudError and are mapped by the interceptor.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from control.aggregates import Aggregate
 from control.api import convert
 from control.api.interceptors import current_caller
 from control.errors import InvalidArgument, NotFound
+from control.images import NewImage
 from control.models import Flavor, Host, Resources, validate_name
 from control.plane import ControlPlane
 from control.quota import FIELDS
@@ -70,10 +71,31 @@ class ImageServicer(compute_pb2_grpc.ImageServiceServicer):
 
     def ListImages(self, request, context):
         return compute_pb2.ListImagesResponse(
-            images=[convert.image(i) for i in self.plane.catalog.images()])
+            images=[convert.image(i) for i in self.plane.images.list(current_caller())])
 
     def GetImage(self, request, context):
-        return convert.image(self.plane.catalog.image(request.id_or_name))
+        return convert.image(self.plane.images.get(current_caller(), request.id_or_name))
+
+    def CreateImage(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "info":
+            raise InvalidArgument("an image upload starts with the image's info")
+        info = first.info
+        new = NewImage(name=info.name, disk_format=info.disk_format, os=info.os,
+                       visibility=info.visibility, min_disk_gb=info.min_disk_gb,
+                       min_memory_mb=info.min_memory_mb, cmdline=info.cmdline)
+
+        def data():
+            for message in request_iterator:
+                if message.WhichOneof("item") != "data":
+                    raise InvalidArgument("an image upload has one info message, first")
+                yield message.data.part, message.data.chunk
+
+        return convert.image(self.plane.images.create(current_caller(), new, data()))
+
+    def DeleteImage(self, request, context):
+        self.plane.images.delete(current_caller(), request.id_or_name)
+        return compute_pb2.DeleteImageResponse()
 
 
 class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
@@ -83,20 +105,21 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
             current_caller(), request.name, request.flavor, request.image, request.request_id,
-            request.group, request.key_name)
+            request.group, request.key_name, request.user_data)
         return convert.instance(instance)
 
     def CreateInstances(self, request, context):
         made = self.plane.scale_out.create(current_caller(), request.name, request.flavor,
                                            request.image, request.count, request.min_count,
-                                           request.request_id)
+                                           request.request_id, request.key_name,
+                                           request.user_data, request.group)
         return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in made])
 
     def PreviewPlacement(self, request, context):
         caller = current_caller()
         validate_name(request.name, "instance name")
         flavor = self.plane.catalog.flavor(request.flavor, caller.project, caller.is_admin)
-        self.plane.catalog.image(request.image or self.plane.config.default_image)
+        self.plane.images.bootable(caller, request.image or self.plane.config.default_image)
         decision = self.plane.scheduler.preview(flavor_request(flavor))
         return compute_pb2.PlacementPreview(host=decision.hosts[0] if decision.hosts else "",
                                             summary=decision.summary, candidates=decision.hosts)
@@ -405,3 +428,8 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
         if not known:
             context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.name} is not registered")
         return agent_pb2.HeartbeatResponse()
+
+    def FetchImageFile(self, request, context):
+        self.plane.images.by_id(request.image_id)  # NOT_FOUND for an unknown (or deleted) image
+        for chunk in self.plane.images.files.read(request.image_id, request.part):
+            yield agent_pb2.ImageFileChunk(data=chunk)

@@ -83,6 +83,17 @@ def print_instance(i: pb.Instance, output: str) -> None:
     out.print(table)
 
 
+def print_record(data: dict[str, Any], fields: list[str], output: str) -> None:
+    """One resource: JSON, or a two-column table of its fields."""
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table("field", "value", show_header=False)
+    for key in fields:
+        table.add_row(key, cell(data.get(key)))
+    out.print(table)
+
+
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True)
 

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 from cloudapi.v1 import compute_pb2 as pb
@@ -51,6 +51,9 @@ def instance() -> None:
 @click.option("--timeout", default=300.0, show_default=True)
 @click.option("--group", default="", help="server group to join (see cloudctl server-group)")
 @click.option("--key", "key_name", default="", help="keypair for the guest (see cloudctl keypair)")
+@click.option("--user-data", "user_data_file", type=click.File("rb"), default=None,
+              help="file given to the guest as cloud-init user-data (a script or #cloud-config; "
+                   "at most 64 KiB)")
 @click.option("--count", type=int, default=0,
               help="scale out: NAME-1..NAME-COUNT, quota and hosts claimed for all or none")
 @click.option("--min-count", type=int, default=0, help="with --count: accept as few as this")
@@ -60,15 +63,19 @@ def instance() -> None:
 @click.pass_context
 def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: str,
                     request_id: str, wait: bool, timeout: float, group: str, key_name: str,
-                    count: int, min_count: int, dry_run: bool, output: str) -> None:
+                    user_data_file: BinaryIO | None, count: int, min_count: int, dry_run: bool,
+                    output: str) -> None:
     """Create an instance (or, with --count, several); --wait follows its build."""
+    user_data = user_data_file.read() if user_data_file else b""
     if count:
-        create_many(ctx, name, flavor_name, image_ref, count, min_count, request_id, wait, timeout,
-                    output)
+        create_many(ctx, pb.CreateInstancesRequest(
+            name=name, flavor=flavor_name, image=image_ref, count=count, min_count=min_count,
+            request_id=request_id or str(uuid.uuid4()), key_name=key_name, user_data=user_data,
+            group=group), wait, timeout, output)
         return
     request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
                                        request_id=request_id or str(uuid.uuid4()), group=group,
-                                       key_name=key_name)
+                                       key_name=key_name, user_data=user_data)
     if dry_run:
         preview = api(ctx).instances.PreviewPlacement(request)
         if output == "json":
@@ -85,11 +92,9 @@ def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: 
         sys.exit(1)
 
 
-def create_many(ctx: click.Context, name: str, flavor_name: str, image_ref: str, count: int,
-                min_count: int, request_id: str, wait: bool, timeout: float, output: str) -> None:
-    made = api(ctx).instances.CreateInstances(pb.CreateInstancesRequest(
-        name=name, flavor=flavor_name, image=image_ref, count=count, min_count=min_count,
-        request_id=request_id or str(uuid.uuid4()))).instances
+def create_many(ctx: click.Context, request: pb.CreateInstancesRequest, wait: bool, timeout: float,
+                output: str) -> None:
+    made = api(ctx).instances.CreateInstances(request).instances
     err.print(f"{len(made)} instances requested", highlight=False)
     if wait:
         made = [wait_for(ctx, i.id, until_gone=False, timeout_s=timeout) for i in made]
@@ -245,9 +250,10 @@ def instance_stats(ctx: click.Context, instance_ref: str, interval: float, outpu
         click.echo(json.dumps(data, indent=2))
         return
     table = Table("field", "value", show_header=False)
-    for key in ["power_state", "vcpus", "cpu_percent", "memory_actual_kb", "memory_available_kb",
-                "memory_unused_kb", "memory_usable_kb", "memory_rss_kb", "disk_read_bytes",
-                "disk_write_bytes", "disk_read_requests", "disk_write_requests"]:
+    for key in ["power_state", "vcpus", "cpu_percent", "memory_entitled_kb", "memory_actual_kb",
+                "memory_reclaimed_kb", "memory_available_kb", "memory_unused_kb", "memory_usable_kb",
+                "memory_rss_kb", "disk_read_bytes", "disk_write_bytes", "disk_read_requests",
+                "disk_write_requests"]:
         table.add_row(key, cell(data.get(key)))
     out.print(table)
 

@@ -28,6 +28,7 @@ def test_domain_is_named_by_uuid_and_typed():
     assert root.find("devices/interface/source").get("network") == "cloud-net"
     assert root.find("devices/serial/log").get("file") == "/i/console.log"
     assert root.find("devices/memballoon").get("model") == "virtio"
+    assert root.find("devices/memballoon/stats").get("period") == "2"  # for memory reclaim
 
 
 def test_kvm_uses_host_cpu():
@@ -55,3 +56,30 @@ def test_unknown_virt_type_is_refused():
 
 def test_owner_of_foreign_domain_is_none():
     assert owner_of("<domain type='qemu'><name>x</name></domain>") is None
+
+
+def test_direct_kernel_boot_or_the_disks_own_bootloader():
+    direct = parse(build_domain_xml(spec()))
+    assert direct.findtext("os/kernel") == "/b/vmlinuz" and direct.find("os/boot") is None
+    own = parse(build_domain_xml(spec(kernel="", initrd="", cmdline="")))
+    assert own.find("os/kernel") is None and own.find("os/cmdline") is None
+    assert own.find("os/boot").get("dev") == "hd"
+
+
+def test_config_drive_is_a_read_only_ide_cdrom():
+    root = parse(build_domain_xml(spec(config_drive="/i/config.iso")))
+    disks = root.findall("devices/disk")
+    assert [d.get("device") for d in disks] == ["disk", "cdrom"]
+    cdrom = disks[1]
+    assert cdrom.get("type") == "file"
+    assert cdrom.find("source").get("file") == "/i/config.iso"
+    assert cdrom.find("target").get("dev") == "hdc" and cdrom.find("target").get("bus") == "ide"
+    assert cdrom.find("driver").get("type") == "raw"
+    assert cdrom.find("readonly") is not None
+    # The root disk stays the virtio one the guest mounts.
+    assert disks[0].find("target").get("dev") == "vda"
+
+
+def test_no_config_drive_no_cdrom():
+    root = parse(build_domain_xml(spec()))
+    assert [d.get("device") for d in root.findall("devices/disk")] == ["disk"]

@@ -10,14 +10,14 @@ import pytest
 from compute_agent.driver import DriverError, ImageFiles, InstanceSpec
 from compute_agent.fake_driver import FakeDriver
 
-from tests.conftest import IMAGE_DIR
+from tests.conftest import IMAGE_DIR, cached_image
+
+CACHE = Path(tempfile.mkdtemp(prefix="smallcloud-contract-images-"))
+CACHE.chmod(0o755)
 
 
 def image_files() -> ImageFiles:
-    return ImageFiles(id="contract-image", kernel_path=str(IMAGE_DIR / "vmlinuz"),
-                      initrd_path=str(IMAGE_DIR / "initrd.img"),
-                      disk_path=str(IMAGE_DIR / "disk.qcow2"),
-                      cmdline="console=ttyS0 root=/dev/vda rw quiet")
+    return cached_image(CACHE)
 
 
 @pytest.fixture(scope="module", params=["fake", "libvirt"])
@@ -86,14 +86,63 @@ def test_failed_spawn_leaves_nothing(driver, tmp_path):
         assert failing.list_instances() == []
         return
     tmp_path.chmod(0o755)
-    bad_kernel = tmp_path / "vmlinuz"
-    bad_kernel.write_bytes(b"\x00not a kernel" * 100)
-    broken = ImageFiles(id=f"broken-{uuid.uuid4().hex[:6]}", kernel_path=str(bad_kernel),
-                        initrd_path=str(IMAGE_DIR / "initrd.img"),
-                        disk_path=str(IMAGE_DIR / "disk.qcow2"), cmdline="console=ttyS0")
-    s = spec(broken)
+    (tmp_path / "bad-vmlinuz").write_bytes(b"\x00not a kernel" * 100)
+    for name in ("disk.qcow2", "initrd.img"):
+        shutil.copy(IMAGE_DIR / name, tmp_path / name)
+    s = spec(cached_image(CACHE, tmp_path, kernel="bad-vmlinuz"))
     with pytest.raises(DriverError):
         driver.spawn(s)
     assert driver.power_state(s.instance_id) == "nostate"
     assert not (driver.state_dir / "instances" / s.instance_id).exists()
     assert s.instance_id not in [o.instance_id for o in driver.list_instances()]
+
+
+def _eventually(check, timeout_s: float = 90.0) -> bool:
+    """A real guest moves its balloon once its driver is loaded (after boot)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_balloon_moves_live_only_within_the_entitlement(driver):
+    assert driver.balloon_status(str(uuid.uuid4())) is None
+    s = spec()
+    entitled = s.memory_mb * 1024
+    reclaimed = entitled - 32 * 1024
+    driver.spawn(s)
+
+    def actual_is(kib):
+        return lambda: driver.balloon_status(s.instance_id).actual_kib == kib
+    try:
+        assert s.instance_id in driver.running_instances()
+        status = driver.balloon_status(s.instance_id)
+        assert status.entitled_kib == entitled
+        assert driver.set_balloon(s.instance_id, reclaimed, entitled) is True
+        assert _eventually(actual_is(reclaimed))
+        stats = driver.stats(s.instance_id)
+        assert (stats["memory_entitled_kb"], stats["memory_reclaimed_kb"]) == (entitled, 32 * 1024)
+        # A move decided on another entitlement (a scale came between) is refused.
+        assert driver.set_balloon(s.instance_id, 64 * 1024, entitled + 1024) is False
+        assert driver.set_balloon(s.instance_id, 4 * entitled, entitled) is True  # capped
+        assert _eventually(actual_is(entitled))
+        # A hard reboot gives the whole entitlement back, as a new run.
+        driver.set_balloon(s.instance_id, reclaimed, entitled)
+        assert _eventually(actual_is(reclaimed))
+        driver.reboot(s.instance_id, hard=True)
+        assert _eventually(actual_is(entitled))
+        assert driver.balloon_status(s.instance_id).run_id != status.run_id
+        # Live only: a stopped guest has no balloon and starts with its entitlement.
+        driver.set_balloon(s.instance_id, reclaimed, entitled)
+        assert _eventually(actual_is(reclaimed))
+        driver.stop(s.instance_id, 30)
+        assert driver.balloon_status(s.instance_id) is None
+        assert s.instance_id not in driver.running_instances()
+        driver.start(s.instance_id)
+        assert driver.balloon_status(s.instance_id).actual_kib == entitled
+    finally:
+        driver.destroy(s.instance_id)

@@ -79,13 +79,11 @@ def test_unreachable_endpoint_says_so(cloudctl, tmp_path):
     assert "UNAVAILABLE" in result.stderr and "127.0.0.1:1" in result.stderr
 
 
-def test_wait_exits_non_zero_on_error(cloudctl, store, tmp_path):
-    from control.catalog import Catalog
-    from tests.integration.test_spawn_failure import make_broken_image
-    tmp_path.chmod(0o755)
-    Catalog(store).register_image_dir(make_broken_image(tmp_path))
+def test_wait_exits_non_zero_on_error(cloudctl, api, tmp_path):
+    from tests.integration.test_spawn_failure import upload_broken_image
+    upload_broken_image(api, tmp_path, "cli-broken-kernel")
     result = cloudctl("instance", "create", "--flavor", "tiny", "--name", "cli-broken",
-                      "--image", "broken-kernel", "--wait", check=False)
+                      "--image", "cli-broken-kernel", "--wait", check=False)
     assert result.returncode == 1
     assert "ERROR" in result.stdout + result.stderr
     cloudctl("instance", "delete", "cli-broken", "--wait")
@@ -164,3 +162,44 @@ def test_admin_commands(cloud, tmp_path):
     run("user", "delete", f"{project}-u")
     run("project", "delete", project)
     assert project not in run("project", "list").stdout
+
+
+def test_image_create_show_list_delete(cloudctl, tmp_path):
+    import hashlib
+    import uuid
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
+    name = f"cli-img-{uuid.uuid4().hex[:6]}"
+    created = json.loads(cloudctl("image", "create", name, "--file", str(disk), "--format", "qcow2",
+                                  "-o", "json").stdout)
+    assert created["checksum_sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert (created["visibility"], created["disk_format"], created["status"]) == \
+        ("private", "qcow2", "ACTIVE")
+    assert "checksum_sha256" in cloudctl("image", "show", name).stdout
+    assert name in cloudctl("image", "list").stdout
+    refused = cloudctl("image", "create", name + "-raw", "--file", str(disk), "--format", "raw", check=False)
+    assert refused.returncode == 1 and "declared raw but is a qcow2" in refused.stderr
+    cloudctl("image", "delete", name)
+    assert name not in cloudctl("image", "list").stdout
+
+
+def test_create_with_user_data_file(cloudctl, store, tmp_path):
+    from control import keys
+    script = tmp_path / "init.sh"
+    script.write_bytes(b"#!/bin/sh\necho from the cli\n")
+    made = json.loads(cloudctl("instance", "create", "--flavor", "tiny", "--name", "cli-ud",
+                               "--user-data", str(script), "-o", "json").stdout)
+    scaled = json.loads(cloudctl("instance", "create", "--flavor", "tiny", "--name", "cli-uds",
+                                 "--count", "2", "--user-data", str(script), "-o", "json").stdout)
+    ids = [made["id"]] + [i["id"] for i in scaled]
+    for instance_id in ids:
+        project = store.get(keys.instance_index(instance_id)).value["project"]
+        assert store.get(keys.user_data(project, instance_id)) is not None
+    for instance_id in ids:
+        cloudctl("instance", "delete", instance_id, "--wait")
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 65537)
+    refused = cloudctl("instance", "create", "--flavor", "tiny", "--name", "cli-ud-big",
+                       "--user-data", str(big), check=False)
+    assert refused.returncode != 0 and "64 KiB" in refused.stderr

@@ -1,34 +1,25 @@
 """An agent that fails to spawn: the instance goes to ERROR with the reason, and
 its domain, disk and claim are cleaned up; delete still works."""
 
-import shutil
 import subprocess
 
 from cloudapi.v1 import compute_pb2 as pb
 
 from control import keys
-from control.catalog import Catalog
 from tests.conftest import IMAGE_DIR
 
 
-def make_broken_image(tmp_path):
+def upload_broken_image(api, tmp_path, name: str) -> None:
     """An image whose kernel is garbage: QEMU refuses it after the domain and
     its disk were made, so the cleanup has something to clean."""
-    directory = tmp_path / "broken-image"
-    directory.mkdir()
-    directory.chmod(0o755)
-    (directory / "vmlinuz").write_bytes(b"\x00not a kernel" * 100)
-    shutil.copy(IMAGE_DIR / "initrd.img", directory / "initrd.img")
-    shutil.copy(IMAGE_DIR / "disk.qcow2", directory / "disk.qcow2")
-    (directory / "image.json").write_text(
-        '{"name": "broken-kernel", "kernel": "vmlinuz", "initrd": "initrd.img",'
-        ' "disk": "disk.qcow2", "cmdline": "console=ttyS0"}')
-    return directory
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\x00not a kernel" * 100)
+    api.upload_image(pb.ImageInfo(name=name, disk_format="qcow2", cmdline="console=ttyS0"),
+                     IMAGE_DIR / "disk.qcow2", kernel, IMAGE_DIR / "initrd.img")
 
 
 def test_failed_spawn_leaves_error_and_nothing_behind(api, cloud, store, tmp_path):
-    tmp_path.chmod(0o755)
-    Catalog(store).register_image_dir(make_broken_image(tmp_path))
+    upload_broken_image(api, tmp_path, "broken-kernel")
     created = api.instances.CreateInstance(pb.CreateInstanceRequest(
         name="broken1", flavor="tiny", image="broken-kernel"))
     failed = api.wait_status(created.id, {"ACTIVE", "ERROR"})
