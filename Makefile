@@ -10,8 +10,10 @@ PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
 .PHONY: up down status test unit bench bench-placement lint proto image deps venv lock clean
 
+# The web dashboard's port: make up DASHBOARD_PORT=8081
+DASHBOARD_PORT ?= 8080
 up: deps venv image
-	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR)
+	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR) --dashboard-port $(DASHBOARD_PORT)
 	ln -sf $(VENV)/bin/cloudctl /usr/local/bin/cloudctl
 
 down:
@@ -39,7 +41,7 @@ bench-placement: deps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	MYPYPATH=proto/gen $(VENV)/bin/mypy --ignore-missing-imports --no-strict-optional \
-	  control compute-agent/compute_agent localcloud
+	  control compute-agent/compute_agent localcloud dashboard
 
 deps: .stamps/deps
 .stamps/deps: scripts/install-deps.sh

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 
-from control.errors import CloudError, Unavailable
+from control.errors import CloudError, InvalidTransition, Unavailable
 from control.models import Image, Instance, Resources
 from control.store import RECONNECT_OPTIONS
 
@@ -17,8 +17,9 @@ class SpawnFailed(CloudError):
     """The agent could not start the guest; it cleaned up what it had made."""
 
 
-class AgentRefused(CloudError):
-    """The agent could not do an operation (stop, start, reboot, scale); nothing changed."""
+class AgentRefused(InvalidTransition):
+    """The agent could not do an operation (stop, start, reboot, scale) in the
+    guest's current state; nothing changed (FAILED_PRECONDITION to a caller)."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from control.client import read_config, write_config
@@ -16,8 +17,11 @@ def main() -> None:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", default=str(REPO / ".cloud"))
     parser.add_argument("--image-dir", default=str(REPO / "images/build"))
+    parser.add_argument("--dashboard-port", type=int, default=int(os.environ.get("DASHBOARD_PORT", 8080)),
+                        help="port of the web dashboard (default 8080, or $DASHBOARD_PORT)")
     args = parser.parse_args()
-    cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir])
+    cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir], dashboard=True)
+    cloud.ports.dashboard = args.dashboard_port
 
     if args.command == "up":
         cloud.up()
@@ -26,6 +30,7 @@ def main() -> None:
         path = write_config({**read_config(), "endpoint": cloud.endpoint, "token": token})
         print(f"cloud is up: API at {cloud.endpoint}; state and logs in {cloud.root}")
         print("  running:", ", ".join(cloud.procs.running()))
+        print(f"  dashboard: {cloud.dashboard_url} (log in as admin or demo)")
         print(f"  admin: user admin, password {cloud.password('admin')} (project admin)")
         print(f"  demo:  user demo, password {cloud.password('demo')} (project demo, member)")
         print(f"  cloudctl is logged in as demo ({path}); "

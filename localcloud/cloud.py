@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from localcloud.processes import ProcessSet, free_port, port_open, wait_until
@@ -26,10 +26,11 @@ class Ports:
     redis: int = 63790
     api: int = 50051
     agent: int = 50061
+    dashboard: int = 8080
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(5)))
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 def _toml(value: object) -> str:
@@ -51,6 +52,8 @@ class LocalCloud:
     control_settings: dict[str, object] = field(default_factory=dict)
     agent_settings: dict[str, object] = field(default_factory=dict)
     python: str = sys.executable
+    # `make up` serves the web dashboard too; test clouds start it when a test wants it.
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -60,6 +63,10 @@ class LocalCloud:
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.ports.api}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.dashboard}/"
 
     # ---------------------------------------------------------------- credentials
 
@@ -184,6 +191,21 @@ class LocalCloud:
                                    "--config", str(self.config_path)])
         wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent")
 
+    def start_dashboard(self) -> None:
+        """The web dashboard under gunicorn: a client of the API like cloudctl. Its
+        sessions and cookie-signing key are its own, under root."""
+        path = self.root / "dashboard.toml"
+        settings = {
+            "listen": f"127.0.0.1:{self.ports.dashboard}",
+            "api_endpoint": self.endpoint,
+            "secret_key_file": str(self.secret_path("dashboard-key")),
+            "session_dir": str(self.root / "dashboard" / "sessions"),
+        }
+        path.write_text("# Written by localcloud; regenerated on every `make up`.\n[dashboard]\n"
+                        + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+        self.procs.start("dashboard", [self.python, "-m", "dashboard", "--config", str(path)])
+        wait_until(lambda: port_open(self.ports.dashboard), 60, "the dashboard")
+
     def add_agent(self, host_name: str, **settings: object) -> None:
         """Another compute agent (another host) for this cloud, e.g. with the fake
         driver to test scheduling across hosts."""
@@ -209,11 +231,14 @@ class LocalCloud:
         self.create_demo_tenant()
         self.start_worker()
         self.start_agent()
+        if self.dashboard:
+            self.start_dashboard()
 
     def down(self, remove_guests: bool = False) -> list[str]:
         """Stop what `up` started, newest first. Guests of our agents are powered
         off (their records stay), or with remove_guests, deleted with their disks."""
-        stopped = [n for n in [*self._extra_agents(), "agent", "worker", "api"] if self.procs.stop(n)]
+        stopped = [n for n in ["dashboard", *self._extra_agents(), "agent", "worker", "api"]
+                   if self.procs.stop(n)]
         self._stop_guests(remove_guests)
         stopped += [n for n in ("redis", "etcd", "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped

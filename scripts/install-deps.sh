@@ -15,6 +15,7 @@ declare -A NEED=(
   [pkg-config]=pkg-config
   [mkfs.ext4]=e2fsprogs
   [cpio]=cpio
+  [chromium]=chromium   # the dashboard's browser tests (Playwright drives it)
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

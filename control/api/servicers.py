@@ -28,6 +28,7 @@ from control.models import Flavor, Host, Resources, validate_name
 from control.plane import ControlPlane
 from control.quota import FIELDS
 from control.scheduler import flavor_request
+from control.states import VmState
 
 CONSOLE_DEFAULT_BYTES = 64 * 1024
 
@@ -170,7 +171,8 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
 
     def GetInstanceStats(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
-        if not instance.host:
+        if not instance.host or instance.vm_state is VmState.BUILDING:
+            # No guest to ask yet (the agent may not have defined it).
             return agent_pb2.InstanceStats(power_state=instance.power_state.value)
         try:
             address = self.plane.hosts.get(instance.host).address

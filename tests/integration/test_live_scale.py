@@ -106,3 +106,21 @@ def test_cold_resize_restarts_with_the_new_flavor(api):
     finally:
         api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
         assert api.wait_gone(created.id)
+
+
+def test_stats_of_a_building_instance_are_empty_not_an_error(api):
+    """The agent has no guest to ask while it spawns: the answer is the power
+    state alone, never INTERNAL (the dashboard asks from the first second)."""
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(name="stats-early", flavor="tiny"))
+    try:
+        statuses = set()
+        while True:
+            current = api.instances.GetInstance(pb.GetInstanceRequest(id_or_name=created.id))
+            statuses.add(current.status)
+            api.instances.GetInstanceStats(pb.GetInstanceRequest(id_or_name=created.id))  # no error
+            if current.status != "BUILD":
+                break
+        assert "BUILD" in statuses and current.status == "ACTIVE"
+    finally:
+        api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
+        assert api.wait_gone(created.id)

@@ -1,0 +1,3 @@
+from dashboard.server import main
+
+main()

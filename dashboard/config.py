@@ -1,0 +1,63 @@
+"""The dashboard's settings: a [dashboard] table in a TOML file (localcloud writes
+one), turned into the Flask config `create_app` takes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "listen": "127.0.0.1:8080",
+    "api_endpoint": "127.0.0.1:50051",
+    "secret_key_file": "",
+    "session_dir": "",
+    "workers": 2,
+    "threads": 8,
+    "api_timeout_s": 15.0,
+    "cookie_secure": False,  # true behind HTTPS
+}
+
+
+def read_secret_key(path: str | Path) -> str:
+    """The key that signs session cookies and CSRF tokens: 32 random bytes in an
+    owner-only file, made on first use (O_EXCL, so racing processes agree)."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path}: the dashboard's secret key is too short")
+    return key
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        data = tomllib.load(f).get("dashboard", {})
+    unknown = set(data) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"{path}: unknown dashboard settings {sorted(unknown)}")
+    return {**DEFAULTS, **data}
+
+
+def flask_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """Flask config from the settings (the keys create_app reads)."""
+    settings = {**DEFAULTS, **settings}
+    if not settings["secret_key_file"] or not settings["session_dir"]:
+        raise ValueError("the dashboard needs secret_key_file and session_dir")
+    return {
+        "API_ENDPOINT": settings["api_endpoint"],
+        "API_TIMEOUT_S": float(settings["api_timeout_s"]),
+        "SECRET_KEY": read_secret_key(settings["secret_key_file"]),
+        "SESSION_DIR": settings["session_dir"],
+        "SESSION_COOKIE_SECURE": bool(settings["cookie_secure"]),
+    }
