@@ -8,7 +8,7 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := proto/gen/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test unit bench bench-placement lint proto image deps venv lock clean
+.PHONY: up down status test unit bench bench-placement lint proto image deps venv lock clean docs
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
 DASHBOARD_PORT ?= 8080
@@ -67,6 +67,11 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen \
 	  --pyi_out=proto/gen $(PROTOS)
 	touch proto/gen/cloudapi/__init__.py $(GEN)/__init__.py $@
+
+# The API reference (docs/api.md) from the protos' comments; lists (and fails on)
+# any service, RPC or field without one.
+docs: venv
+	$(PY) docs/gen_api_docs.py
 
 image: $(IMAGE_DIR)/image.json
 $(IMAGE_DIR)/image.json: images/build-image.sh $(shell find images/rootfs -type f 2>/dev/null) .stamps/deps

@@ -15,7 +15,14 @@ import tomllib
 from pathlib import Path
 
 import grpc
-from cloudapi.v1 import compute_pb2, compute_pb2_grpc, identity_pb2, identity_pb2_grpc
+from cloudapi.v1 import (
+    compute_pb2,
+    compute_pb2_grpc,
+    events_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    scaling_pb2_grpc,
+)
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -98,6 +105,9 @@ class CloudClient:
         self.keypairs = compute_pb2_grpc.KeypairServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
         self.quotas = identity_pb2_grpc.QuotaServiceStub(channel)
+        self.metrics = scaling_pb2_grpc.MetricsServiceStub(channel)
+        self.scaling_groups = scaling_pb2_grpc.ScalingGroupServiceStub(channel)
+        self.events = events_pb2_grpc.EventServiceStub(channel)
 
     def login(self, username: str, password: str, project: str = "") -> identity_pb2.Token:
         result = self.identity.Login(identity_pb2.LoginRequest(

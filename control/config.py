@@ -22,6 +22,9 @@ class ControlConfig(BaseModel):
     # A host whose last heartbeat is older than this is not given new instances.
     host_down_after_s: float = 30.0
     heartbeat_interval_s: int = 2
+    # Event streams (EventService.Watch) one API server keeps open at once; each
+    # holds one of the server's 32 worker threads while it is open.
+    event_max_streams: int = 16
     # Overcommit: capacity = (total - reserved) * ratio.
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
@@ -54,6 +57,16 @@ class ControlConfig(BaseModel):
     admin_password_file: str = ""
     # A file holding the secret compute agents present to register and heartbeat.
     agent_secret_file: str = ""
+    # Metrics (control/metrics.py, kept in Redis): agents report their instances'
+    # counters every metrics_interval_s (0: not at all); series are kept
+    # metrics_retention_s; averages default to the last metrics_window_s.
+    metrics_interval_s: int = 10
+    metrics_window_s: int = 60
+    metrics_retention_s: int = 600
+    # Scaling groups (control/scaling.py): the API server converges them every
+    # scaling_interval_s, in one replica at a time (control/leader.py).
+    scaling_enabled: bool = True
+    scaling_interval_s: float = 5.0
     # Quota of a project that has no overrides; -1 is unlimited.
     default_quota: dict[str, int] = Field(default_factory=lambda: {
         "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})

@@ -43,3 +43,8 @@ class Unauthenticated(CloudError):
 
 class PermissionDenied(CloudError):
     """The caller's role may not do this."""
+
+
+class OutOfRange(CloudError):
+    """A position past what is kept or exists: e.g. a watch revision that has been
+    compacted away (the message says the oldest one available)."""

@@ -19,6 +19,7 @@ from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, U
 from control.identity import Caller
 from control.images import Images
 from control.keypairs import Keypairs
+from control.metering import meter_into
 from control.models import Flavor, Image, Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.quota import Quotas, QuotaValues
@@ -96,7 +97,7 @@ class Instances:
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
                request_id: str = "", group: str = "", key_name: str = "",
-               user_data: bytes = b"") -> Instance:
+               user_data: bytes = b"", scaling_group: str = "") -> Instance:
         """Record a new instance (and its user data) and claim its quota in one
         transaction, then queue its build."""
         project = caller.project
@@ -112,6 +113,7 @@ class Instances:
             self.keypairs.get(project, key_name)
         instance = self.new_instance(project, name, flavor, image, request_id, group)
         instance.key_name = key_name
+        instance.scaling_group = scaling_group
         data = instance.model_dump(mode="json")
         stored_user_data = guest_data.encode_user_data(user_data)
         for attempt in range(QUOTA_ATTEMPTS):
@@ -159,15 +161,19 @@ class Instances:
     def new_instance(self, project: str, name: str, flavor: Flavor, image: Image,
                      request_id: str = "", group: str = "") -> Instance:
         c = self.config
-        return Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
-                        resources=flavor.resources, image=image.id, request_id=request_id,
-                        group=group,
-                        max_vcpus=max(flavor.vcpus, flavor.max_vcpus or c.default_max_vcpus),
-                        max_memory_mb=max(flavor.memory_mb,
-                                          flavor.max_memory_mb or c.default_max_memory_mb))
+        instance = Instance(id=str(uuid.uuid4()), project=project, name=name, flavor=flavor.name,
+                            resources=flavor.resources, image=image.id, request_id=request_id,
+                            group=group,
+                            max_vcpus=max(flavor.vcpus, flavor.max_vcpus or c.default_max_vcpus),
+                            max_memory_mb=max(flavor.memory_mb,
+                                              flavor.max_memory_mb or c.default_max_memory_mb))
+        # Metered as building from its creation (a new instance has nothing to close).
+        return meter_into(Txn(), None, instance.model_copy(update={"updated_at": instance.created_at}),
+                          instance.created_at)
 
     def _forget(self, instance: Instance, request_id: str = "") -> None:
-        """Undo a create whose build could not be queued, quota claim included."""
+        """Undo a create whose build could not be queued, quota claim included.
+        Nothing is metered: the create failed, so its moment of BUILD is not billed."""
         project = instance.project
         for _ in range(QUOTA_ATTEMPTS):
             txn = (Txn().delete(keys.instance(project, instance.id))
@@ -194,7 +200,9 @@ class Instances:
                 return before
             deleting = before.after(Event.DELETE)
             key = keys.instance(project, before.id)
-            txn = Txn().expect(record).put(key, deleting.model_dump(mode="json"))
+            txn = Txn().expect(record)
+            deleting = meter_into(txn, before, deleting, deleting.updated_at)
+            txn.put(key, deleting.model_dump(mode="json"))
             action_key = actions.begin_into(txn, project, before.id, "delete", request_id, user)
             if self.store.commit(txn):
                 break

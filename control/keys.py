@@ -16,7 +16,11 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/actions/{instance_id}/{seq}  what was done to an instance
     /cloud/projects/{project}/keypairs/{name}      SSH public keys for guests
     /cloud/projects/{project}/user-data/{instance_id}  an instance's user data (apart: it is large)
+    /cloud/projects/{project}/usage/{instance_id}/{start_ms}  a closed usage interval (billing)
+    /cloud/projects/{project}/scaling-groups/{name}  scaling group: spec, desired size, status
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
+    /cloud/scaling-group-index/{project}/{name}    every project's scaling groups, for the controller
+    /cloud/leaders/{name}                          holder of a singleton loop's lock (on a lease)
     /cloud/identity/projects/{name}                project record
     /cloud/identity/users/{name}                   user record (password hash)
     /cloud/identity/roles/{user}/{project}         the user's role in that project
@@ -190,3 +194,42 @@ def quota_usage(project_name: str) -> str:
 
 def all_instances() -> str:
     return f"{PREFIX}/projects/"
+
+
+# ---------------------------------------------------------------- usage metering (control/metering.py)
+
+USAGE_START_DIGITS = 15  # zero-padded milliseconds: keys sort by time until the year 33658
+
+
+def usage_record(project: str, instance_id: str, start_ms: int) -> str:
+    """A closed usage interval; keys sort by (instance, start)."""
+    return (f"{PREFIX}/projects/{_part(project)}/usage/{_part(instance_id)}/"
+            f"{start_ms:0{USAGE_START_DIGITS}d}")
+
+
+def usage_records(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/usage/"
+
+
+# ---------------------------------------------------------------- scaling groups (control/scaling.py)
+
+def scaling_group(project: str, name: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/scaling-groups/{_part(name)}"
+
+
+def scaling_groups(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/scaling-groups/"
+
+
+def scaling_group_index(project: str, name: str) -> str:
+    """Lets the controller find every project's groups with one read."""
+    return f"{PREFIX}/scaling-group-index/{_part(project)}/{_part(name)}"
+
+
+def scaling_group_indexes() -> str:
+    return f"{PREFIX}/scaling-group-index/"
+
+
+def leader(name: str) -> str:
+    """The lock of a loop that runs in one API replica at a time (control/leader.py)."""
+    return f"{PREFIX}/leaders/{_part(name)}"

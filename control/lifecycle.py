@@ -13,6 +13,7 @@ from control import actions, keys
 from control.errors import AlreadyExists, Conflict, InvalidArgument, Unavailable
 from control.identity import Caller
 from control.instances import Instances
+from control.metering import meter_into
 from control.models import Fault, Instance, Resources, validate_name
 from control.placement import Placement
 from control.queue import INSTANCE_OPERATION, TaskQueue
@@ -46,6 +47,7 @@ class Lifecycle:
             txn = Txn().expect(record)
             if prepare is not None:
                 changed = prepare(instance, changed, txn)
+            changed = meter_into(txn, instance, changed, changed.updated_at)
             txn.put(record.key, changed.model_dump(mode="json"))
             action_key = actions.begin_into(txn, caller.project, instance.id, OPERATIONS[event],
                                             request_id, caller.username)
@@ -165,7 +167,9 @@ def undo_operation(store: Store, quotas: Quotas, placement: Placement, instance_
             phase = instance.task_state.value
             undone = instance.after(Event.ABORTED, scaling_to=None, resize=None,
                                     fault=Fault(message=error, phase=phase, host=instance.host))
-            txn = Txn().expect(record).put(key, undone.model_dump(mode="json"))
+            txn = Txn().expect(record)
+            undone = meter_into(txn, instance, undone, undone.updated_at)
+            txn.put(key, undone.model_dump(mode="json"))
             if instance.scaling_to is not None:
                 quotas.claim_into(txn, instance.project,
                                   QuotaValues.of(instance.resources - instance.scaling_to, instances=0))

@@ -123,6 +123,19 @@ class Fault(BaseModel):
     host: str = ""
 
 
+class Metered(BaseModel):
+    """The usage interval an instance is in now (control/metering.py): what it
+    is billed as since `since_ms`. Closed into an immutable usage record by the
+    same transaction that changes any of these."""
+
+    state: str  # building, running, stopped or error
+    flavor: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    since_ms: int  # the control plane's clock, milliseconds since the epoch
+
+
 class Instance(BaseModel):
     id: str
     project: str
@@ -146,6 +159,7 @@ class Instance(BaseModel):
     # Hosts where a spawn of this instance failed (each one is tried once).
     attempts: list[Fault] = Field(default_factory=list)
     group: str = ""  # server group name, in the instance's project
+    scaling_group: str = ""  # the scaling group it is a member of (control/scaling.py)
     key_name: str = ""  # keypair for the guest, in the instance's project
     # Live scale-up headroom (the domain's maximums) and a scale in flight.
     max_vcpus: int = 0
@@ -153,6 +167,8 @@ class Instance(BaseModel):
     scaling_to: Resources | None = None
     # A cold resize in flight: the target flavor and its maximums.
     resize: dict[str, Any] | None = None
+    # The open usage interval (None only for records written before metering).
+    metered: Metered | None = None
 
     @property
     def state(self) -> State:

@@ -22,10 +22,12 @@ from control.images import Images
 from control.instances import Instances
 from control.keypairs import Keypairs
 from control.lifecycle import Lifecycle
+from control.metrics import Metrics
 from control.placement import Placement
 from control.queue import TaskQueue
 from control.quota import Quotas, QuotaValues
 from control.scale_out import ScaleOut
+from control.scaling import ScalingGroups
 from control.scheduler import Scheduler
 from control.server_groups import ServerGroups
 from control.store import Store
@@ -51,6 +53,8 @@ class ControlPlane:
     lifecycle: Lifecycle
     scale_out: ScaleOut
     keypairs: Keypairs
+    metrics: Metrics
+    scaling: ScalingGroups
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -65,6 +69,8 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     keypairs = Keypairs(store)
     instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs)
     scheduler = Scheduler(store, config, placement)
+    metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
+                      stale_after_s=max(5.0, 3.0 * config.metrics_interval_s))
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog, images=images,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
@@ -72,5 +78,6 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
         hosts=Hosts(store), placement=placement, agents=AgentClient(),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=scheduler, groups=groups,
-        aggregates=Aggregates(store),
+        aggregates=Aggregates(store), metrics=metrics,
+        scaling=ScalingGroups(store, instances, catalog, scheduler, metrics, config),
     )

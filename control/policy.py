@@ -56,6 +56,16 @@ _SERVICES: dict[str, dict[str, str]] = {
         "AddRole": ADMIN, "RemoveRole": ADMIN,
     },
     "QuotaService": {"GetQuota": READER, "SetQuota": ADMIN},
+    # Scaling groups and metrics of the caller's own project (control/scaling.py).
+    "MetricsService": {"GetInstanceMetrics": READER, "GetGroupMetrics": READER},
+    "ScalingGroupService": {
+        "CreateScalingGroup": MEMBER, "SetDesired": MEMBER, "DeleteScalingGroup": MEMBER,
+        "GetScalingGroup": READER, "ListScalingGroups": READER,
+    },
+    # Tenants see their own project's events; host events need admin (checked by the servicer).
+    "EventService": {"Watch": READER},
+    # Own project for tenants; another project for admins only (checked by the servicer).
+    "UsageService": {"GetProjectUsage": READER, "ListUsageRecords": READER},
 }
 
 RULES: dict[str, str] = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import pyetcd
 from pyetcd import etcdrpc
 from pyetcd.exceptions import Etcd3Exception
 
-from control.errors import Conflict, Unavailable
+from control.errors import Conflict, OutOfRange, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,110 @@ class Change:
     key: str
     value: dict[str, Any] | None
     mod_revision: int
+    # The value before the change (None: the key was created), when the watch
+    # asked for it (Store.watch_changes with prev=True).
+    prev: dict[str, Any] | None = None
+
+
+class RevisionCompacted(OutOfRange):
+    """A watch asked for history that etcd has compacted away."""
+
+    def __init__(self, after_revision: int, oldest: int):
+        self.oldest = oldest  # the oldest revision etcd still has
+        super().__init__(
+            f"changes after revision {after_revision} are no longer kept (compacted): the oldest "
+            f"revision available is {oldest}; list again and watch from there")
+
+
+class ChangeFeed:
+    """One open etcd watch as a queue of batches: each batch is every change of
+    one etcd response (a transaction's changes are never split), in revision
+    order. Built by Store.watch_changes; `close` cancels the etcd watch.
+
+    etcd's callbacks come on the client's one watch thread, which must never
+    block: batches wait here, at most `max_pending` of them. A consumer that
+    falls further behind gets ResourceExhausted (it resumes from its last
+    revision) instead of this process buffering without bound.
+    """
+
+    def __init__(self, prefixes: builtins.list[str], after_revision: int, max_pending: int,
+                 cancel: Callable[[int], None]):
+        self._cancel = cancel
+        self.prefixes = tuple(prefixes)
+        self.after_revision = after_revision
+        self.max_pending = max_pending
+        self.watch_id: int | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._closed = threading.Event()
+        self._failed = False
+
+    def _on_response(self, response: Any) -> None:
+        """pyetcd's callback (its watch thread): queue, never block."""
+        from pyetcd.events import DeleteEvent
+        from pyetcd.exceptions import RevisionCompactedError
+
+        if self._closed.is_set() or self._failed:
+            return
+        if isinstance(response, RevisionCompactedError):
+            self._fail(RevisionCompacted(self.after_revision, response.compacted_revision))
+            return
+        if isinstance(response, Exception):
+            self._fail(Unavailable(f"state store (etcd) watch broke: {type(response).__name__}"))
+            return
+        batch = []
+        for e in response.events:
+            key = e.key.decode()
+            if not key.startswith(self.prefixes):
+                continue
+            prev_kv = e._event.prev_kv if e._event.HasField("prev_kv") else None
+            batch.append(Change(
+                key, None if isinstance(e, DeleteEvent) else json.loads(e.value), e.mod_revision,
+                json.loads(prev_kv.value) if prev_kv is not None and prev_kv.value else None))
+        if not batch:
+            return
+        if self._queue.qsize() >= self.max_pending:
+            self._fail(ResourceExhausted(
+                f"the watcher fell more than {self.max_pending} updates behind; "
+                "watch again from the last revision it got"))
+            return
+        self._queue.put(batch)
+
+    def _fail(self, error: Exception) -> None:
+        self._failed = True
+        self._queue.put(error)
+
+    def get(self, timeout: float | None = None) -> builtins.list[Change] | None:
+        """The next batch; None after `timeout` seconds without one, or once
+        closed. Raises the error that ended the watch (compaction, etcd gone)."""
+        if self._closed.is_set():
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def wake(self) -> None:
+        """Let a waiting `get` return at once (from another thread)."""
+        self._queue.put(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Cancel the etcd watch; safe to call twice, or after etcd went away."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.wake()
+        if self.watch_id is not None:
+            try:
+                self._cancel(self.watch_id)
+            except Exception:  # the watch stream is gone already: nothing to cancel
+                log.debug("cancelling watch %s", self.watch_id, exc_info=True)
 
 
 @dataclass
@@ -123,14 +229,17 @@ class Store:
         return [Record(meta.key.decode(), json.loads(value), meta.mod_revision)
                 for value, meta in items]
 
-    def list_at_revision(self, prefix: str) -> tuple[builtins.list[Record], int]:
+    def list_at_revision(self, prefix: str, revision: int | None = None,
+                         ) -> tuple[builtins.list[Record], int]:
         """Everything under `prefix`, and the store revision it was read at
-        (to watch from, so no change in between is missed)."""
+        (to watch from, so no change in between is missed). With `revision`,
+        as it was at that revision: several prefixes read as one snapshot."""
         with _etcd_errors():
-            response = self._client.get_prefix_response(prefix)
+            response = self._client.get_prefix_response(
+                prefix, **({"revision": revision} if revision is not None else {}))
         records = [Record(kv.key.decode(), json.loads(kv.value), kv.mod_revision)
                    for kv in response.kvs]
-        return records, response.header.revision
+        return records, response.header.revision if revision is None else revision
 
     def watch(self, prefix: str, after_revision: int,
               on_changes: Callable[[builtins.list[Change]], None],
@@ -213,6 +322,65 @@ class Store:
             lease = self._client.lease(max(1, int(ttl_s + 0.999)))
             self._client.put(key, json.dumps(value, sort_keys=True), lease=lease)
 
+    def create_leased(self, key: str, value: dict[str, Any], ttl_s: float) -> int | None:
+        """Write `key` if it is absent, bound to a new lease of ttl_s: etcd deletes it
+        when the lease is not kept alive. The lease id, or None if the key exists."""
+        t = self._client.transactions
+        with _etcd_errors():
+            lease = self._client.lease(max(1, int(ttl_s + 0.999)))
+            created, _ = self._client.transaction(
+                compare=[t.version(key) == 0],
+                success=[t.put(key, json.dumps(value, sort_keys=True), lease=lease.id)],
+                failure=[])
+            if not created:
+                self._client.revoke_lease(lease.id)
+        return lease.id if created else None
+
+    def keep_alive(self, lease_id: int) -> bool:
+        """Renew a lease for its whole TTL; False if it has expired (its keys are gone)."""
+        with _etcd_errors():
+            return any(r.TTL > 0 for r in self._client.refresh_lease(lease_id))
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """End a lease now: its keys are deleted. Succeeds if it has expired already."""
+        with _etcd_errors():
+            try:
+                self._client.revoke_lease(lease_id)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
     def ping(self) -> None:
         with _etcd_errors():
             self._client.status()
+
+    # ---------------------------------------------------------------- change feeds (events)
+
+    def revision(self) -> int:
+        """The store's current revision (that of its latest change)."""
+        with _etcd_errors():
+            return self._client.get_response("/", keys_only=True, limit=1).header.revision
+
+    def watch_changes(self, prefixes: builtins.list[str], after_revision: int, prev: bool = True,
+                      max_pending: int = 10_000) -> ChangeFeed:
+        """Every change to keys under any of `prefixes` after `after_revision`, as
+        a ChangeFeed (close it when done). With `prev`, each change carries the
+        key's value before it. One etcd watch on the range covering all the
+        prefixes, so changes come in one revision order. A compacted
+        `after_revision` surfaces as RevisionCompacted from the feed's `get`."""
+        from pyetcd import utils
+
+        feed = ChangeFeed(prefixes, after_revision, max_pending, self._client.cancel_watch)
+        start = min(prefixes)
+        end = max(utils.prefix_range_end(p.encode()) for p in prefixes)
+        with _etcd_errors():
+            feed.watch_id = self._client.add_watch_callback(
+                start, feed._on_response, range_end=end, start_revision=after_revision + 1,
+                prev_kv=prev)
+        return feed
+
+    def compact(self, revision: int) -> None:
+        """Drop etcd's history before `revision` (operators and tests: a watch
+        from before it then gets RevisionCompacted)."""
+        with _etcd_errors():
+            self._client.compact(revision, physical=True)

@@ -18,6 +18,7 @@ from control import actions, guest_data, keys
 from control.agent_client import AgentRefused, GuestConfig, SpawnFailed
 from control.errors import CloudError, Conflict, NotFound, ResourceExhausted, Unavailable
 from control.lifecycle import undo_operation
+from control.metering import meter_into
 from control.models import Allocation, Fault, Flavor, Instance
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, INSTANCE_OPERATION
@@ -74,6 +75,7 @@ class InstanceWork:
                 new = new.model_copy(update={"quota_held": False})
                 self.plane.quotas.release_into(txn, instance.project,
                                                QuotaValues.of(instance.resources))
+            new = meter_into(txn, instance, new, new.updated_at)
             result[:] = [new]
             return txn.put(record.key, new.model_dump(mode="json"))
 
@@ -286,6 +288,7 @@ class InstanceWork:
             txn = (Txn().expect(current).delete(current.key)
                    .delete(keys.instance_name(instance.project, instance.name))
                    .delete(keys.instance_index(instance_id)))
+            meter_into(txn, latest, None, time.time())  # its last usage interval ends here
             guest_data.delete_user_data_into(txn, instance.project, instance_id)
             if latest.quota_held:
                 # A scale in flight has claimed its new sizes already.

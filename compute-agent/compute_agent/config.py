@@ -21,6 +21,10 @@ class AgentConfig(BaseModel):
     driver: Literal["libvirt", "fake"] = "libvirt"
     # Fake driver only: fail every spawn (to test rescheduling).
     fake_fail_spawn: bool = False
+    # Fake driver only: a JSON file {"name pattern": CPU percent} (fnmatch on the
+    # instance's display name, first match wins; re-read when it changes) that
+    # sets how busy its guests are, so metrics and autoscaling can be tested.
+    fake_cpu_file: str = ""
     libvirt_uri: str = "qemu:///system"
     # kvm, qemu (software emulation), or auto: kvm only when /dev/kvm opens and
     # the CPU has vmx/svm (nested virtualization off means KVM guests hang).

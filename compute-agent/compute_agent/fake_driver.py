@@ -4,9 +4,12 @@ integration test."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from compute_agent.driver import (
     BalloonStatus,
@@ -19,9 +22,16 @@ from compute_agent.driver import (
 
 
 class FakeDriver(ComputeDriver):
-    def __init__(self, inventory: HostInventory | None = None, fail_spawn: bool = False):
+    def __init__(self, inventory: HostInventory | None = None, fail_spawn: bool = False,
+                 cpu_file: str = ""):
         self.inventory = inventory or HostInventory(vcpus=8, memory_mb=16384, disk_gb=200)
         self.fail_spawn = fail_spawn
+        # How busy guests are: {"name pattern": percent} in a JSON file (see
+        # AgentConfig.fake_cpu_file); their CPU time grows at that rate.
+        self.cpu_file = Path(cpu_file) if cpu_file else None
+        self._cpu_rules: list[tuple[str, float]] = []
+        self._cpu_file_stamp: tuple[int, int] | None = None
+        self._cpu_time: dict[str, tuple[float, float]] = {}  # id -> (when, cpu ns then)
         self.instances: dict[str, InstanceSpec] = {}
         self.stopped: set[str] = set()
         # The live balloon of guests whose memory was reclaimed (KiB); absent: the
@@ -53,6 +63,7 @@ class FakeDriver(ComputeDriver):
         with self._lock:
             self.stopped.discard(instance_id)
             self.balloon.pop(instance_id, None)
+            self._cpu_time.pop(instance_id, None)
             return self.instances.pop(instance_id, None) is not None
 
     def power_state(self, instance_id: str) -> str:
@@ -88,15 +99,48 @@ class FakeDriver(ComputeDriver):
     def stats(self, instance_id: str) -> dict[str, float]:
         spec = self._require(instance_id)
         actual = self.balloon.get(instance_id, spec.memory_mb * 1024)
-        return {"sampled_at": time.time(), "cpu_time_ns": 0, "vcpus": spec.vcpus,
-                "memory_actual_kb": actual, "memory_available_kb": actual,
+        now = time.time()
+        return {"sampled_at": now, "cpu_time_ns": self._cpu_time_ns(spec, now),
+                "vcpus": spec.vcpus, "memory_actual_kb": actual, "memory_available_kb": actual,
+                "memory_unused_kb": max(0, actual - self.guest_used_kib),
+                "memory_usable_kb": max(0, actual - self.guest_used_kib),
                 "memory_entitled_kb": spec.memory_mb * 1024,
                 "memory_reclaimed_kb": spec.memory_mb * 1024 - actual}
+
+    def cpu_percent(self, name: str) -> float:
+        """How busy a guest of this display name is told to be (0 to 100)."""
+        if self.cpu_file is not None:
+            try:
+                stat = self.cpu_file.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+                if stamp != self._cpu_file_stamp:
+                    rules = json.loads(self.cpu_file.read_text() or "{}")
+                    self._cpu_rules = [(str(k), float(v)) for k, v in rules.items()]
+                    self._cpu_file_stamp = stamp
+            except FileNotFoundError:
+                self._cpu_rules, self._cpu_file_stamp = [], None
+            except (OSError, ValueError, AttributeError):
+                pass  # half-written: keep the rules read before
+        for pattern, percent in self._cpu_rules:
+            if fnmatch.fnmatchcase(name, pattern):
+                return min(100.0, max(0.0, percent))
+        return 0.0
+
+    def _cpu_time_ns(self, spec: InstanceSpec, now: float) -> int:
+        """Cumulative CPU time, grown since the last look at the rate set now."""
+        with self._lock:
+            if spec.instance_id in self.stopped:
+                return int(self._cpu_time.get(spec.instance_id, (now, 0.0))[1])
+            since, used = self._cpu_time.get(spec.instance_id, (now, 0.0))
+            used += max(0.0, now - since) * spec.vcpus * 1e9 * self.cpu_percent(spec.name) / 100
+            self._cpu_time[spec.instance_id] = (now, used)
+            return int(used)
 
     def _restart(self, instance_id: str) -> None:
         """A new run of the guest: it gets its whole entitlement."""
         self._runs[instance_id] = self._runs.get(instance_id, 0) + 1
         self.balloon.pop(instance_id, None)
+        self._cpu_time.pop(instance_id, None)  # a new QEMU process counts from 0
 
     def running_instances(self) -> list[str]:
         with self._lock:

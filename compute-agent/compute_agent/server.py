@@ -115,6 +115,9 @@ class Reporter:
         self.registered = threading.Event()
         self._reported: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._beats = 0
+        # Set by the control plane at registration; 0: no metrics reports.
+        self.metrics_interval = 0.0
+        self._metrics_sent = 0.0  # monotonic time of the last report
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
 
@@ -135,6 +138,7 @@ class Reporter:
             virt_type=virt_type, hypervisor=hypervisor), timeout=10, metadata=self.metadata)
         # The control plane decides how often hosts report (it judges them down).
         self.interval = response.heartbeat_interval_s or self.interval
+        self.metrics_interval = float(response.metrics_interval_s)
         self.registered.set()
         self._beats = 0  # the next heartbeat reports everything
         log.info("registered host %s at %s", self.config.host_name, self.address)
@@ -156,12 +160,52 @@ class Reporter:
         self._reported = seen
         self._beats += 1
 
+    def report_metrics(self) -> int:
+        """Send the counters of every running instance (one driver look each);
+        the control plane derives rates from consecutive reports. Returns how
+        many were sent."""
+        samples = []
+        for instance_id in self.driver.running_instances():
+            try:
+                c = self.driver.stats(instance_id)
+            except DriverError:
+                continue  # stopped or gone since it was listed
+            if "cpu_time_ns" not in c:
+                continue  # not running after all
+            samples.append(agent_pb2.InstanceSample(
+                instance_id=instance_id, sampled_at=c["sampled_at"],
+                cpu_time_ns=int(c["cpu_time_ns"]), vcpus=int(c.get("vcpus", 0)),
+                memory_available_kb=int(c.get("memory_available_kb", 0)),
+                memory_unused_kb=int(c.get("memory_unused_kb", 0)),
+                memory_usable_kb=int(c.get("memory_usable_kb", 0)),
+                disk_read_bytes=int(c.get("disk_read_bytes", 0)),
+                disk_write_bytes=int(c.get("disk_write_bytes", 0))))
+        self.stub.ReportMetrics(agent_pb2.ReportMetricsRequest(
+            name=self.config.host_name, samples=samples), timeout=10, metadata=self.metadata)
+        return len(samples)
+
+    def _metrics_due(self) -> None:
+        if not self.metrics_interval or \
+                time.monotonic() - self._metrics_sent < self.metrics_interval - 0.05:
+            return
+        self._metrics_sent = time.monotonic()
+        try:
+            self.report_metrics()
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.metrics_interval = 0.0  # a control plane without metrics
+            log.warning("metrics report to %s: %s", self.config.control_endpoint,
+                        exc.details() or exc.code())
+        except Exception:
+            log.exception("metrics report failed")
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 if not self.registered.is_set():
                     self.register()
                 self.heartbeat()
+                self._metrics_due()
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     self.registered.clear()  # the control plane forgot us: register again
@@ -199,7 +243,7 @@ def image_fetcher(config: AgentConfig):
 def make_driver(config: AgentConfig) -> ComputeDriver:
     if config.driver == "fake":
         from compute_agent.fake_driver import FakeDriver
-        return FakeDriver(fail_spawn=config.fake_fail_spawn)
+        return FakeDriver(fail_spawn=config.fake_fail_spawn, cpu_file=config.fake_cpu_file)
     from compute_agent.libvirt_driver import LibvirtDriver
     return LibvirtDriver(config.libvirt_uri, config.state_dir, config.host_name,
                          config.virt_type, config.network_name, config.network_bridge,

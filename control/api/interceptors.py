@@ -26,6 +26,7 @@ CODES: list[tuple[type[errors.CloudError], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
 ]
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")

@@ -15,14 +15,22 @@ from cloudapi.v1 import (
     agent_pb2_grpc,
     compute_pb2,
     compute_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    scaling_pb2,
+    scaling_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from control.api.event_servicer import EventServicer
 from control.api.interceptors import ApiInterceptor
+from control.api.scaling_servicer import MetricsServicer, ScalingGroupServicer
 from control.api.servicers import (
     FlavorServicer,
     HostAdminServicer,
@@ -34,9 +42,11 @@ from control.api.servicers import (
     QuotaServicer,
     ServerGroupServicer,
 )
+from control.api.usage_servicer import UsageServicer
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
+from control.scaling import start_controller
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,11 @@ def _service_names() -> list[str]:
                                               "HostAdminService", "ServerGroupService",
                                               "KeypairService")]
             + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
-            + [agent["HostService"].full_name])
+            + [agent["HostService"].full_name]
+            + [scaling_pb2.DESCRIPTOR.services_by_name[n].full_name
+               for n in ("MetricsService", "ScalingGroupService")]
+            + [events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name]
+            + [usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name])
 
 
 def create_server(config: ControlConfig, plane: ControlPlane | None = None,
@@ -69,6 +83,10 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
     identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)
+    scaling_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(plane), server)
+    scaling_pb2_grpc.add_ScalingGroupServiceServicer_to_server(ScalingGroupServicer(plane), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(plane), server)
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(plane), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -108,12 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     seed(plane)
     server.start()
     log.info("API listening on port %d", port)
+    # Scaling groups are converged here, in one replica at a time (not in
+    # create_server: servers built in-process by tests run no controller).
+    scaling = start_controller(plane.scaling, plane.store, config.scaling_interval_s) \
+        if config.scaling_enabled else None
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: finishing calls in flight")
+    if scaling is not None:
+        scaling.stop()
     server.stop(grace=10).wait()
 
 

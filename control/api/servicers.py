@@ -22,6 +22,8 @@ from control import actions
 from control.aggregates import Aggregate
 from control.api import convert
 from control.api.interceptors import current_caller
+from control.api.paging import paged
+from control.api.scaling_servicer import record_report
 from control.errors import InvalidArgument, NotFound
 from control.images import NewImage
 from control.models import Flavor, Host, Resources, validate_name
@@ -44,8 +46,10 @@ class FlavorServicer(compute_pb2_grpc.FlavorServiceServicer):
 
     def ListFlavors(self, request, context):
         caller = current_caller()
-        flavors = self.plane.catalog.flavors(caller.project, caller.is_admin)
-        return compute_pb2.ListFlavorsResponse(flavors=[convert.flavor(f) for f in flavors])
+        flavors, token = paged("ListFlavors", self.plane.catalog.flavors(caller.project, caller.is_admin),
+                               lambda f: (f.memory_mb, f.vcpus, f.disk_gb, f.name), request)
+        return compute_pb2.ListFlavorsResponse(flavors=[convert.flavor(f) for f in flavors],
+                                               next_page_token=token)
 
     def GetFlavor(self, request, context):
         caller = current_caller()
@@ -71,8 +75,10 @@ class ImageServicer(compute_pb2_grpc.ImageServiceServicer):
         self.plane = plane
 
     def ListImages(self, request, context):
-        return compute_pb2.ListImagesResponse(
-            images=[convert.image(i) for i in self.plane.images.list(current_caller())])
+        images, token = paged("ListImages", self.plane.images.list(current_caller()),
+                              lambda i: (i.name, i.project, i.id), request)
+        return compute_pb2.ListImagesResponse(images=[convert.image(i) for i in images],
+                                              next_page_token=token)
 
     def GetImage(self, request, context):
         return convert.image(self.plane.images.get(current_caller(), request.id_or_name))
@@ -130,8 +136,10 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
                                                          request.id_or_name))
 
     def ListInstances(self, request, context):
-        instances = self.plane.instances.list(caller_project(context))
-        return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in instances])
+        instances, token = paged("ListInstances", self.plane.instances.list(caller_project(context)),
+                                 lambda i: (i.created_at, i.name, i.id), request)
+        return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in instances],
+                                                 next_page_token=token)
 
     def DeleteInstance(self, request, context):
         caller = current_caller()
@@ -166,8 +174,12 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
     def ListInstanceActions(self, request, context):
         project = caller_project(context)
         instance = self.plane.instances.get(project, request.id_or_name)
-        return compute_pb2.ListInstanceActionsResponse(actions=[
-            convert.action(a) for a in actions.history(self.plane.store, project, instance.id)])
+        # Actions are only ever appended: their position is a stable key.
+        page, token = paged("ListInstanceActions",
+                            list(enumerate(actions.history(self.plane.store, project, instance.id))),
+                            lambda p: (p[0],), request)
+        return compute_pb2.ListInstanceActionsResponse(
+            actions=[convert.action(a) for _, a in page], next_page_token=token)
 
     def GetInstanceStats(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
@@ -215,8 +227,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return convert.project(self.identity.create_project(request.name, request.description))
 
     def ListProjects(self, request, context):
-        return identity_pb2.ListProjectsResponse(
-            projects=[convert.project(p) for p in self.identity.projects()])
+        projects, token = paged("ListProjects", self.identity.projects(), lambda p: (p.name,),
+                                request)
+        return identity_pb2.ListProjectsResponse(projects=[convert.project(p) for p in projects],
+                                                 next_page_token=token)
 
     def DeleteProject(self, request, context):
         self.identity.delete_project(request.name)
@@ -232,8 +246,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                                                generated_password=generated)
 
     def ListUsers(self, request, context):
+        users, token = paged("ListUsers", self.identity.users(), lambda u: (u.name,), request)
         return identity_pb2.ListUsersResponse(
-            users=[convert.user(u, self.identity.roles_of(u.name)) for u in self.identity.users()])
+            users=[convert.user(u, self.identity.roles_of(u.name)) for u in users],
+            next_page_token=token)
 
     def DeleteUser(self, request, context):
         self.identity.delete_user(request.name)
@@ -288,8 +304,10 @@ class KeypairServicer(compute_pb2_grpc.KeypairServiceServicer):
                                                      request.public_key))
 
     def ListKeypairs(self, request, context):
-        return compute_pb2.ListKeypairsResponse(
-            keypairs=[convert.keypair(k) for k in self.keypairs.list(caller_project(context))])
+        keypairs, token = paged("ListKeypairs", self.keypairs.list(caller_project(context)),
+                                lambda k: (k.name,), request)
+        return compute_pb2.ListKeypairsResponse(keypairs=[convert.keypair(k) for k in keypairs],
+                                                next_page_token=token)
 
     def DeleteKeypair(self, request, context):
         self.keypairs.delete(caller_project(context), request.name)
@@ -308,8 +326,10 @@ class ServerGroupServicer(compute_pb2_grpc.ServerGroupServiceServicer):
         return convert.server_group(self.groups.get(caller_project(context), request.name))
 
     def ListServerGroups(self, request, context):
+        groups, token = paged("ListServerGroups", self.groups.list(caller_project(context)),
+                              lambda g: (g.name,), request)
         return compute_pb2.ListServerGroupsResponse(
-            groups=[convert.server_group(g) for g in self.groups.list(caller_project(context))])
+            groups=[convert.server_group(g) for g in groups], next_page_token=token)
 
     def DeleteServerGroup(self, request, context):
         self.groups.delete(caller_project(context), request.name)
@@ -344,8 +364,9 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
             raise NotFound(f"host {name!r} not found") from None
 
     def ListHosts(self, request, context):
-        hosts = sorted(self.plane.hosts.all(), key=lambda h: h.name)
-        return compute_pb2.ListHostsResponse(hosts=self._infos(hosts))
+        hosts, token = paged("ListHosts", self.plane.hosts.all(), lambda h: (h.name,), request)
+        return compute_pb2.ListHostsResponse(hosts=self._infos(hosts) if hosts else [],
+                                             next_page_token=token)
 
     def GetHost(self, request, context):
         return self._info(self._host(request.name))
@@ -387,8 +408,10 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
         return convert.aggregate(created)
 
     def ListAggregates(self, request, context):
+        aggregates, token = paged("ListAggregates", self.plane.aggregates.all(),
+                                  lambda a: (a.name,), request)
         return compute_pb2.ListAggregatesResponse(
-            aggregates=[convert.aggregate(a) for a in self.plane.aggregates.all()])
+            aggregates=[convert.aggregate(a) for a in aggregates], next_page_token=token)
 
     def DeleteAggregate(self, request, context):
         self.plane.aggregates.delete(request.name)
@@ -420,7 +443,8 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
                                   request.hypervisor)
         self.plane.placement.report_inventory(request.name, totals)
         return agent_pb2.RegisterHostResponse(
-            heartbeat_interval_s=self.plane.config.heartbeat_interval_s)
+            heartbeat_interval_s=self.plane.config.heartbeat_interval_s,
+            metrics_interval_s=self.plane.config.metrics_interval_s)
 
     def Heartbeat(self, request, context):
         known = self.plane.hosts.heartbeat(
@@ -430,6 +454,10 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
         if not known:
             context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.name} is not registered")
         return agent_pb2.HeartbeatResponse()
+
+    def ReportMetrics(self, request, context):
+        record_report(self.plane, request)  # into Redis, not etcd: control/metrics.py
+        return agent_pb2.ReportMetricsResponse()
 
     def FetchImageFile(self, request, context):
         self.plane.images.by_id(request.image_id)  # NOT_FOUND for an unknown (or deleted) image

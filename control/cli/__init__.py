@@ -4,7 +4,16 @@ Where the API is and who the caller is come from the environment or the config
 file: see control/client.py. One module per area of commands.
 """
 
-from control.cli import catalog, identity, instances, keypairs, placement  # noqa: F401 (register commands)
+from control.cli import (  # noqa: F401 (register commands)
+    catalog,
+    events,
+    groups,
+    identity,
+    instances,
+    keypairs,
+    placement,
+    usage,
+)
 from control.cli.base import cli
 
 
