@@ -8,7 +8,7 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := proto/gen/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test unit bench bench-placement lint proto image deps venv lock clean docs
+.PHONY: up down status test test-faults unit bench bench-placement lint proto image deps venv lock clean docs
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
 DASHBOARD_PORT ?= 8080
@@ -25,6 +25,11 @@ status:
 test: deps venv image lint
 	$(PY) -m pytest -q -ra tests
 
+# The fault tests alone (they run in `make test` too): kill -9 / restart real
+# agents, workers, Redis and etcd mid-boot; the reconciler's own tests with them.
+test-faults: deps venv image
+	$(PY) -m pytest -q -ra tests/faults tests/control/test_reconciler.py
+
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
@@ -32,6 +37,7 @@ bench: deps venv image
 	$(PY) bench/boot.py
 	$(PY) bench/quota.py
 	$(PY) bench/placement.py 1000 5000
+	$(PY) bench/mtls.py
 
 # One host count alone: make bench-placement HOSTS=5000
 HOSTS ?= 1000

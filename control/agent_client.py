@@ -1,9 +1,19 @@
-"""Calls from the control plane to the compute agents (the ComputeAgent gRPC service)."""
+"""Calls from the control plane to the compute agents (the ComputeAgent gRPC service).
+
+Over mutual TLS only: the control plane presents its certificate (CN
+smallcloud-control, control/pki.py), and accepts an agent only if the agent's
+certificate is of the cloud's CA and names the host registered at the address
+called (the target name is set to that host's name), so host A's agent cannot
+stand in for host B's.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
@@ -11,6 +21,10 @@ from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 from control.errors import CloudError, InvalidTransition, Unavailable
 from control.models import Image, Instance, Resources
 from control.store import RECONNECT_OPTIONS
+
+if TYPE_CHECKING:
+    from control.config import ControlConfig
+    from control.hosts import Hosts
 
 
 class SpawnFailed(CloudError):
@@ -31,26 +45,70 @@ class GuestConfig:
     user_data: bytes = b""
 
 
-class AgentClient:
-    """One channel per agent address, shared by all threads of the process."""
+def channel_credentials(config: ControlConfig) -> grpc.ChannelCredentials | None:
+    """The control plane's client credentials for agents; None when it has no certificate."""
+    if not (config.tls_ca_file and config.tls_cert_file and config.tls_key_file):
+        return None
+    return grpc.ssl_channel_credentials(Path(config.tls_ca_file).read_bytes(),
+                                        Path(config.tls_key_file).read_bytes(),
+                                        Path(config.tls_cert_file).read_bytes())
 
-    def __init__(self, timeout_s: float = 30.0):
+
+def host_at(hosts: Hosts) -> Callable[[str], str]:
+    """name_of for AgentClient: the name of the host registered at an address ("" if none)."""
+    def name_of(address: str) -> str:
+        return next((h.name for h in hosts.all() if h.address == address), "")
+    return name_of
+
+
+class AgentClient:
+    """One channel per agent address, shared by all threads of the process.
+
+    credentials: the control plane's (channel_credentials); without them every
+    call is UNAVAILABLE, as agents take nothing but mutual TLS. name_of(address)
+    names the host expected at an address; its agent's certificate must carry
+    that name. It is asked once per channel, and again after the channel fails."""
+
+    def __init__(self, timeout_s: float = 30.0,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 name_of: Callable[[str], str] | None = None):
         self.timeout_s = timeout_s
+        self.credentials = credentials
+        self.name_of = name_of
         self._stubs: dict[str, agent_pb2_grpc.ComputeAgentStub] = {}
         self._lock = threading.Lock()
 
     def _stub(self, address: str) -> agent_pb2_grpc.ComputeAgentStub:
         with self._lock:
-            if address not in self._stubs:
-                self._stubs[address] = agent_pb2_grpc.ComputeAgentStub(
-                    grpc.insecure_channel(address, options=RECONNECT_OPTIONS))
-            return self._stubs[address]
+            stub = self._stubs.get(address)
+        if stub is not None:
+            return stub
+        if self.credentials is None:
+            raise Unavailable("the control plane has no TLS certificate (tls_cert_file, "
+                              "tls_key_file, tls_ca_file): it cannot call compute agents")
+        options: list[tuple[str, object]] = list(RECONNECT_OPTIONS)
+        if self.name_of is not None:
+            name = self.name_of(address)  # an etcd read: outside the lock
+            if not name:
+                raise Unavailable(f"no host is registered at {address}")
+            options.append(("grpc.ssl_target_name_override", name))
+        stub = agent_pb2_grpc.ComputeAgentStub(
+            grpc.secure_channel(address, self.credentials, options=options))
+        with self._lock:
+            return self._stubs.setdefault(address, stub)
+
+    def _forget(self, address: str) -> None:
+        """Drop a failed channel: the next call asks which host is there again."""
+        with self._lock:
+            self._stubs.pop(address, None)
 
     def _call(self, address: str, method: str, request: object, timeout_s: float | None = None):
         try:
             return getattr(self._stub(address), method)(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._forget(address)
                 raise Unavailable(f"compute agent at {address} unreachable: {exc.details()}") from exc
             detail = exc.details() or str(exc.code())
             if method == "Spawn":

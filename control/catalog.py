@@ -41,6 +41,10 @@ class Catalog:
             raise InvalidArgument("a flavor needs at least 1 vCPU, 64 MiB of memory and 1 GiB of disk")
         if flavor.public and flavor.projects:
             raise InvalidArgument("a public flavor has no project list; use --private")
+        if flavor.zone:
+            validate_name(flavor.zone, "zone")
+        for trait in flavor.required_traits + flavor.forbidden_traits:
+            validate_name(trait, "trait")
         if not self.store.put_if_absent(keys.flavor(flavor.name), flavor.model_dump()):
             raise AlreadyExists(f"flavor {flavor.name!r} already exists")
         return flavor

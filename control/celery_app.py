@@ -7,6 +7,10 @@ from celery import Celery
 from control.config import ControlConfig
 
 
+def visibility_timeout_s(config: ControlConfig) -> int:
+    return int(config.longest_task_s() + 120)
+
+
 def create_celery_app(config: ControlConfig) -> Celery:
     app = Celery("cloud", broker=config.redis_url)
     app.conf.update(
@@ -15,8 +19,11 @@ def create_celery_app(config: ControlConfig) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Redis redelivers unacknowledged tasks after this; above the longest task.
-        broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": 2,
+        # Redis redelivers unacknowledged tasks after this: above the longest task
+        # (else a slow task would run twice at once). A task lost with a killed
+        # worker comes back after it; the reconciler fails its instance sooner.
+        broker_transport_options={"visibility_timeout": visibility_timeout_s(config),
+                                  "socket_connect_timeout": 2,
                                   "socket_timeout": 5},
         broker_connection_timeout=2,
         broker_connection_retry_on_startup=True,

@@ -55,8 +55,15 @@ class ControlConfig(BaseModel):
     # user gets when the cloud is first started.
     token_ttl_s: float = 3600
     admin_password_file: str = ""
-    # A file holding the secret compute agents present to register and heartbeat.
-    agent_secret_file: str = ""
+    # Mutual TLS with the compute agents (control/pki.py makes the files). The
+    # agents' HostService is served on agent_listen only, never on the public
+    # `listen`: a client must present a certificate of the cloud's CA, and a
+    # host's certificate may report for that host only. The same certificate
+    # (CN smallcloud-control) is what workers present when they call agents.
+    agent_listen: str = "127.0.0.1:50052"
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # Metrics (control/metrics.py, kept in Redis): agents report their instances'
     # counters every metrics_interval_s (0: not at all); series are kept
     # metrics_retention_s; averages default to the last metrics_window_s.
@@ -67,6 +74,33 @@ class ControlConfig(BaseModel):
     # scaling_interval_s, in one replica at a time (control/leader.py).
     scaling_enabled: bool = True
     scaling_interval_s: float = 5.0
+    # The reconciler (control/reconciler.py): compares desired and observed state
+    # every reconcile_interval_s (and at start), in one API replica at a time.
+    reconciler_enabled: bool = True
+    reconcile_interval_s: float = 10.0
+    # Phase deadlines, from an instance's last change: a build (0: spawn_timeout_s
+    # plus the agent retries' backoff plus a margin), a delete, and an operation
+    # (stop, start, reboot, scale, resize; 0: 2 x stop_timeout_s plus a margin).
+    build_deadline_s: float = 0.0
+    delete_deadline_s: float = 120.0
+    operation_deadline_s: float = 0.0
+    # A domain on a host that no instance owns is destroyed this long after it
+    # was first reported.
+    orphan_grace_s: float = 60.0
+
+    def build_deadline(self) -> float:
+        return self.build_deadline_s or self.spawn_timeout_s + 60.0
+
+    def operation_deadline(self) -> float:
+        return self.operation_deadline_s or 2 * self.stop_timeout_s + 120.0
+
+    def longest_task_s(self) -> float:
+        """The longest one task message can take: waiting for its retry's
+        countdown (up to 30 s), then every build attempt's spawn, or a resize's
+        stop, redefine and start. Redis's visibility timeout must be above it."""
+        return 30.0 + max(self.spawn_timeout_s * self.max_build_attempts,
+                          self.stop_timeout_s + 3 * 30.0)
+
     # Quota of a project that has no overrides; -1 is unlimited.
     default_quota: dict[str, int] = Field(default_factory=lambda: {
         "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})

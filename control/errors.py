@@ -48,3 +48,7 @@ class PermissionDenied(CloudError):
 class OutOfRange(CloudError):
     """A position past what is kept or exists: e.g. a watch revision that has been
     compacted away (the message says the oldest one available)."""
+
+
+class DeadlineExceeded(CloudError):
+    """The caller's deadline passed before the work was done (control/deadlines.py)."""

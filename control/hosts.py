@@ -9,7 +9,7 @@ import time
 from control import keys
 from control.errors import NotFound
 from control.models import Host, Instance, Resources, validate_name
-from control.states import PowerState, TaskState
+from control.states import PowerState, TaskState, VmState
 from control.store import Store, Txn
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class Hosts:
         def change(record):
             host = Host(**record.value).model_copy(update={
                 "address": address, "inventory": inventory, "virt_type": virt_type,
-                "hypervisor": hypervisor, "last_heartbeat": time.time()})
+                "hypervisor": hypervisor, "last_heartbeat": time.time(), "up": True})
             return Txn().expect(record).put(key, host.model_dump())
 
         if self.store.update(key, change) is None:
@@ -77,10 +77,17 @@ class Hosts:
         the host is not registered (the agent should register again).
         """
         key = keys.host(name)
-        updated = self.store.update(key, lambda r: Txn().expect(r).put(
-            key, {**r.value, "last_heartbeat": time.time()}))
-        if updated is None:
+        was_down: list[bool] = []
+
+        def beat(record):
+            was_down[:] = [record.value.get("up") is False]
+            return Txn().expect(record).put(key, {**record.value, "last_heartbeat": time.time(),
+                                                  "up": True})
+
+        if self.store.update(key, beat) is None:
             return False
+        if was_down and was_down[0]:
+            log.warning("host %s is up again (heartbeats resumed)", name)
         for instance_id, power_state, addresses in observations:
             self._observe(name, instance_id, PowerState(power_state), addresses,
                           observed_at or time.time())
@@ -90,12 +97,16 @@ class Hosts:
                  addresses: list[str], observed_at: float) -> None:
         index = self.store.get(keys.instance_index(instance_id))
         if index is None:
-            return  # not ours (or being deleted); the reconciler deals with strays
+            self._stray(host, instance_id, observed_at)  # no instance owns it
+            return
         key = keys.instance(index.value["project"], instance_id)
+        elsewhere: list[bool] = []
 
         def change(record):
             instance = Instance(**record.value)
-            if instance.host != host:
+            if instance.host != host or instance.vm_state is VmState.ERROR:
+                # Its instance is on another host, or failed (and holds nothing).
+                elsewhere[:] = [observed_at >= instance.updated_at]
                 return None
             # While an operation is in flight its task owns the power state; and
             # a look taken before the instance last changed tells nothing new.
@@ -106,4 +117,35 @@ class Hosts:
             observed = instance.model_copy(update={"power_state": power, "addresses": addresses})
             return Txn().expect(record).put(key, observed.model_dump(mode="json"))
 
+        if self.store.update(key, change) is None:
+            self._stray(host, instance_id, observed_at)  # deleted since the index was read
+        elif elsewhere and elsewhere[0]:
+            self._stray(host, instance_id, observed_at)
+
+    def _stray(self, host: str, instance_id: str, observed_at: float) -> None:
+        """Note a domain that `host` runs and no instance owns. The reconciler
+        destroys it once it has been there longer than orphan_grace_s (a delete
+        finishing just after the look was taken is not a stray for long)."""
+        try:
+            key = keys.stray(host, instance_id)
+        except ValueError:
+            return
+        if self.store.put_if_absent(key, {"host": host, "instance_id": instance_id,
+                                          "first_seen": observed_at}):
+            log.warning("host %s runs %s, which no instance owns", host, instance_id)
+
+    def mark_down(self, name: str, down_after_s: float) -> bool:
+        """Mark a host down if its last heartbeat is older than down_after_s
+        (re-checked under compare-and-swap). Returns whether it was marked."""
+        key = keys.host(name)
+        marked: list[bool] = []
+
+        def change(record):
+            host = Host(**record.value)
+            if not host.up or time.time() - host.last_heartbeat < down_after_s:
+                return None
+            marked[:] = [True]
+            return Txn().expect(record).put(key, {**record.value, "up": False})
+
         self.store.update(key, change)
+        return bool(marked)

@@ -82,6 +82,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# Free text kept in etcd is bounded (a record must stay well under etcd's request limit).
+MAX_DESCRIPTION = 1024
+MAX_PASSWORD = 1024
+
+
 def generate_password() -> str:
     return secrets.token_urlsafe(15)
 
@@ -97,6 +102,8 @@ class Identity:
 
     def create_project(self, name: str, description: str = "") -> Project:
         validate_name(name, "project name")
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidArgument(f"a project description is at most {MAX_DESCRIPTION} characters")
         project = Project(name=name, description=description)
         if not self.store.put_if_absent(keys.project(name), project.model_dump()):
             raise AlreadyExists(f"project {name!r} already exists")
@@ -145,6 +152,8 @@ class Identity:
         """Create a user with a role in a project. Returns the user and the
         password generated for it (empty when one was given)."""
         validate_name(name, "user name")
+        if len(password) > MAX_PASSWORD:
+            raise InvalidArgument(f"a password is at most {MAX_PASSWORD} characters")
         validate_role(role, project)
         self.project(project)
         generated = "" if password else generate_password()

@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 
-from control import actions, guest_data, keys
+from control import actions, deadlines, guest_data, keys
 from control.catalog import Catalog
 from control.config import ControlConfig
 from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
@@ -117,6 +117,8 @@ class Instances:
         data = instance.model_dump(mode="json")
         stored_user_data = guest_data.encode_user_data(user_data)
         for attempt in range(QUOTA_ATTEMPTS):
+            if attempt:
+                deadlines.check(f"the create of {name!r}")
             txn = (Txn().expect_absent(keys.instance_name(project, name))
                    .put(keys.instance(project, instance.id), data)
                    .put(keys.instance_name(project, name), {"id": instance.id})
@@ -191,7 +193,9 @@ class Instances:
     # ---------------------------------------------------------------- delete
 
     def delete(self, project: str, id_or_name: str, user: str = "", request_id: str = "") -> Instance:
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                deadlines.check(f"the delete of {id_or_name!r}")
             record = self.record(project, id_or_name)
             before = Instance(**record.value)
             if before.task_state is TaskState.DELETING:

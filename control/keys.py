@@ -27,6 +27,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/identity/tokens/{sha256 of token}       token record (the token itself is never stored)
     /cloud/quota/limits/{project}                  a project's quota overrides
     /cloud/quota/usage/{project}                   what a project's instances hold (CAS target)
+    /cloud/strays/{host}/{instance_id}             a domain no instance owns, first seen at (reconciler)
 """
 
 from __future__ import annotations
@@ -233,3 +234,24 @@ def scaling_group_indexes() -> str:
 def leader(name: str) -> str:
     """The lock of a loop that runs in one API replica at a time (control/leader.py)."""
     return f"{PREFIX}/leaders/{_part(name)}"
+
+
+# ---------------------------------------------------------------- reliability (control/reconciler.py)
+
+def instance_indexes() -> str:
+    """Every instance's id -> project record."""
+    return f"{PREFIX}/instance-index/"
+
+
+def quota_usages() -> str:
+    """Every project's quota usage record."""
+    return f"{PREFIX}/quota/usage/"
+
+
+def stray(host_name: str, instance_id: str) -> str:
+    """A domain that host reported and no instance owns: when it was first seen."""
+    return f"{PREFIX}/strays/{_part(host_name)}/{_part(instance_id)}"
+
+
+def strays() -> str:
+    return f"{PREFIX}/strays/"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-from control import actions, keys
+from control import actions, deadlines, keys
 from control.errors import AlreadyExists, Conflict, InvalidArgument, Unavailable
 from control.identity import Caller
 from control.instances import Instances
@@ -40,7 +40,9 @@ class Lifecycle:
                  options: dict[str, object], prepare=None) -> Instance:
         """Move the instance into `event`'s operation, record the action, queue the task.
         `prepare(instance, txn)` adds claims to the transaction (scale)."""
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                deadlines.check(f"the {event.value} of {id_or_name!r}")
             record = self.instances.record(caller.project, id_or_name)
             instance = Instance(**record.value)
             changed = instance.after(event, fault=None)
@@ -131,7 +133,9 @@ class Lifecycle:
     def rename(self, caller: Caller, id_or_name: str, new_name: str, request_id: str = "") -> Instance:
         validate_name(new_name, "instance name")
         project = caller.project
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                deadlines.check(f"the rename of {id_or_name!r}")
             record = self.instances.record(project, id_or_name)
             instance = Instance(**record.value)
             if instance.name == new_name:

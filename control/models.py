@@ -102,9 +102,12 @@ class Host(BaseModel):
     traits: list[str] = Field(default_factory=list)
     registered_at: float = Field(default_factory=time.time)
     last_heartbeat: float = Field(default_factory=time.time)
+    # False once the reconciler found its heartbeats stopped (control/reconciler.py);
+    # true again with its next heartbeat. Down hosts get no new instances.
+    up: bool = True
 
     def is_up(self, down_after_s: float, now: float | None = None) -> bool:
-        return ((now or time.time()) - self.last_heartbeat) < down_after_s
+        return self.up and ((now or time.time()) - self.last_heartbeat) < down_after_s
 
 
 class Allocation(BaseModel):

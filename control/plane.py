@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from control.agent_client import AgentClient
+from control.agent_client import AgentClient, channel_credentials, host_at
 from control.aggregates import Aggregates
 from control.catalog import Catalog
 from control.celery_app import create_celery_app
@@ -69,13 +69,15 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     keypairs = Keypairs(store)
     instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs)
     scheduler = Scheduler(store, config, placement)
+    hosts = Hosts(store)
     metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
                       stale_after_s=max(5.0, 3.0 * config.metrics_interval_s))
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog, images=images,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
         scale_out=ScaleOut(store, queue, instances, quotas, scheduler), keypairs=keypairs,
-        hosts=Hosts(store), placement=placement, agents=AgentClient(),
+        hosts=hosts, placement=placement,
+        agents=AgentClient(credentials=channel_credentials(config), name_of=host_at(hosts)),
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=scheduler, groups=groups,
         aggregates=Aggregates(store), metrics=metrics,

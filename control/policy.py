@@ -15,8 +15,9 @@ PUBLIC_PREFIXES = (
     "/grpc.reflection.",
 )
 
-# Called by compute agents, not tenants: they present the agents' shared secret
-# instead of a user token (mutual TLS will replace it: reliability issue).
+# Called by compute agents, not tenants, and served only on the control plane's
+# agent listener: mutual TLS, each host's certificate speaking for that host
+# only (control/api/host_auth.py). Refused on the public API port.
 AGENT_PREFIXES = ("/cloudapi.v1.HostService/",)
 
 READER, MEMBER, ADMIN = "reader", "member", "admin"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from control import actions, guest_data, keys
+from control import actions, deadlines, guest_data, keys
 from control.errors import AlreadyExists, Conflict, InvalidArgument, ResourceExhausted, Unavailable
 from control.identity import Caller
 from control.instances import Instances
@@ -76,7 +76,9 @@ class ScaleOut:
         one = QuotaValues.of(flavor.resources)
         request = flavor_request(flavor)
 
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                deadlines.check(f"the scale-out {name!r}")
             limits, usage = self.quotas.limits(project), self.quotas.usage(project)
             wanted = fitting(limits, usage, one, count)
             if wanted < min_count:

@@ -158,7 +158,8 @@ class HostTable:
         self.has_host[i] = host is not None
         self._set_effective(i)
         self.enabled[i] = bool(host and host.enabled)
-        self.heartbeat[i] = host.last_heartbeat if host else 0.0
+        # A host the reconciler marked down counts as never heard from.
+        self.heartbeat[i] = host.last_heartbeat if host and host.up else 0.0
 
     def _set_effective(self, i: int) -> None:
         host = self.hosts[i]

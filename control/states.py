@@ -65,6 +65,8 @@ class Event(StrEnum):
     RESIZE = "resize"              # to another flavor, with a restart (cold)
     RESIZED = "resized"
     ABORTED = "aborted"            # a stop/start/reboot/scale failed: as it was before
+    POWERED_OFF = "powered-off"    # observed: the guest shut itself down (reconciler)
+    POWERED_ON = "powered-on"      # observed: the guest runs although stopped (reconciler)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ _TRANSITIONS: dict[tuple[VmState, TaskState], dict[Event, State]] = {
         Event.REBOOT: State(VmState.ACTIVE, TaskState.REBOOTING),
         Event.SCALE: State(VmState.ACTIVE, TaskState.SCALING),
         Event.RESIZE: State(VmState.ACTIVE, TaskState.RESIZING),
+        Event.POWERED_OFF: State(VmState.STOPPED),
     },
     (VmState.STOPPED, TaskState.NONE): {
+        Event.POWERED_ON: State(VmState.ACTIVE),
         Event.START: State(VmState.STOPPED, TaskState.POWERING_ON),
         Event.SCALE: State(VmState.STOPPED, TaskState.SCALING),
         Event.RESIZE: State(VmState.STOPPED, TaskState.RESIZING),

@@ -23,7 +23,7 @@ import pyetcd
 from pyetcd import etcdrpc
 from pyetcd.exceptions import Etcd3Exception
 
-from control.errors import Conflict, OutOfRange, ResourceExhausted, Unavailable
+from control.errors import Conflict, InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,10 @@ class Store:
                                              credentials=client.call_credentials,
                                              metadata=client.metadata)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    # e.g. "etcdserver: request is too large" (over --max-request-bytes):
+                    # the request's fault, not the store's; nothing was written.
+                    raise InvalidArgument(f"the state store refused the write: {exc.details()}") from None
                 client._manage_grpc_errors(exc)  # marks the endpoint failed, raises its error
                 raise
         return response.header.revision if response.succeeded else None

@@ -16,7 +16,14 @@ from celery import Celery, Task
 
 from control import actions, guest_data, keys
 from control.agent_client import AgentRefused, GuestConfig, SpawnFailed
-from control.errors import CloudError, Conflict, NotFound, ResourceExhausted, Unavailable
+from control.errors import (
+    CloudError,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from control.lifecycle import undo_operation
 from control.metering import meter_into
 from control.models import Allocation, Fault, Flavor, Instance
@@ -61,15 +68,24 @@ class InstanceWork:
     def _advance(self, instance_id: str, event: Event, release_quota: bool = False,
                  **changes: object) -> Instance | None:
         """Apply `event` under compare-and-swap (releasing the instance's quota in
-        the same transaction if asked). None if the instance is gone or being
-        deleted meanwhile: the delete wins over whatever was in flight."""
+        the same transaction if asked). None if the instance is gone, being
+        deleted, or moved on meanwhile (the reconciler failed it): the delete or
+        the reconciler wins over whatever was in flight."""
         result: list[Instance] = []
 
         def change(record: Record) -> Txn | None:
             instance = Instance(**record.value)
             if instance.task_state is TaskState.DELETING:
                 return None
-            new = instance.after(event, **changes)
+            try:
+                new = instance.after(event, **changes)
+            except InvalidTransition:
+                # Overtaken: the reconciler failed it past its deadline, or a
+                # redelivered task finished it first. Whoever moved it owns it now.
+                log.warning("instance %s: %s is no longer legal (it is %s/%s); leaving it",
+                            instance_id, event.value, instance.vm_state.value,
+                            instance.task_state.value)
+                return None
             txn = Txn().expect(record)
             if release_quota and instance.quota_held:
                 new = new.model_copy(update={"quota_held": False})
@@ -180,15 +196,17 @@ class InstanceWork:
             except Unavailable as exc:
                 if not give_up_on_unreachable:
                     raise  # retried by Celery
-                self.fail(instance_id, "spawning", str(exc))
+                self.fail(instance_id, "spawning", f"host {instance.host} unreachable: {exc}")
                 return
 
         active = self._advance(instance_id, Event.SPAWNED, power_state=PowerState(power),
                                launched_at=time.time())
         if active is None:
-            # Deleted while spawning: make sure the guest we just started goes too.
+            # Deleted (or failed by the reconciler) while spawning: make sure the
+            # guest we just started goes too, and the claim with it.
             self.plane.agents.destroy(address, instance_id)
-            if self._record(instance_id) is None:
+            latest = self._record(instance_id)
+            if latest is None or latest.value.get("vm_state") == VmState.ERROR.value:
                 self.plane.placement.release(instance_id)
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
@@ -265,7 +283,10 @@ class InstanceWork:
 
     # ---------------------------------------------------------------- delete
 
-    def delete(self, instance_id: str) -> None:
+    def delete(self, instance_id: str, skip_agent: bool = False) -> None:
+        """Destroy the guest, give back its claims and remove the record. With
+        skip_agent (the reconciler, for a host that is down or gone), the guest is
+        left to the host: if it comes back, its domain is a stray and reaped."""
         record = self._record(instance_id)
         if record is None:
             self.plane.placement.release(instance_id)
@@ -273,7 +294,7 @@ class InstanceWork:
         instance = Instance(**record.value)
         if instance.task_state is not TaskState.DELETING:
             return
-        if instance.host:
+        if instance.host and not skip_agent:
             try:
                 address = self.plane.hosts.get(instance.host).address
             except KeyError:

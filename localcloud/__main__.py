@@ -29,6 +29,8 @@ def main() -> None:
         token = cloud.client("demo").token
         path = write_config({**read_config(), "endpoint": cloud.endpoint, "token": token})
         print(f"cloud is up: API at {cloud.endpoint}; state and logs in {cloud.root}")
+        print(f"  agents reach the control plane at {cloud.agent_endpoint} (mutual TLS; "
+              f"CA and certificates in {cloud.pki_dir})")
         print("  running:", ", ".join(cloud.procs.running()))
         print(f"  dashboard: {cloud.dashboard_url} (log in as admin or demo)")
         print(f"  admin: user admin, password {cloud.password('admin')} (project admin)")

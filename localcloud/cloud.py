@@ -27,6 +27,8 @@ class Ports:
     api: int = 50051
     agent: int = 50061
     dashboard: int = 8080
+    # The control plane's agent listener (HostService, mutual TLS only).
+    agent_api: int = 50052
 
     @classmethod
     def free(cls) -> Ports:
@@ -63,6 +65,34 @@ class LocalCloud:
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.ports.api}"
+
+    @property
+    def agent_endpoint(self) -> str:
+        """Where agents reach the control plane (mutual TLS), apart from the public API."""
+        return f"127.0.0.1:{self.ports.agent_api}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    def ensure_pki(self, host_names: tuple[str, ...] = ()) -> None:
+        """The cloud's CA and the control plane's certificate, and one certificate
+        per host (the same as `python -m control.pki init` / `issue-host`); all
+        kept when they exist."""
+        from control import pki
+
+        pki.init(self.pki_dir)
+        for name in host_names or (self.host_name,):
+            pki.issue_host(self.pki_dir, name)
+
+    def tls_settings(self, host_name: str = "") -> dict[str, str]:
+        """The tls_* settings of the control plane, or (with host_name) of that host's agent."""
+        from control import pki
+
+        paths = pki.host_paths(self.pki_dir, host_name) if host_name \
+            else pki.control_paths(self.pki_dir)
+        return {"tls_ca_file": str(pki.ca_paths(self.pki_dir).cert),
+                "tls_cert_file": str(paths.cert), "tls_key_file": str(paths.key)}
 
     @property
     def dashboard_url(self) -> str:
@@ -111,11 +141,12 @@ class LocalCloud:
                     raise
 
     def agent_config(self, **overrides: object) -> dict[str, object]:
+        host_name = str(overrides.get("host_name", self.host_name))
         return {
-            "host_name": self.host_name,
+            "host_name": host_name,
             "listen": f"127.0.0.1:{self.ports.agent}",
-            "control_endpoint": self.endpoint,
-            "control_secret_file": str(self.secret_path("agent")),
+            "control_endpoint": self.agent_endpoint,
+            **self.tls_settings(host_name),
             "state_dir": str(self.root / "agent"),
             **self.agent_settings,
             **overrides,
@@ -124,10 +155,11 @@ class LocalCloud:
     def write_config(self) -> None:
         control = {
             "admin_password_file": str(self.secret_path("admin")),
-            "agent_secret_file": str(self.secret_path("agent")),
             "etcd_endpoints": [f"127.0.0.1:{self.ports.etcd}"],
             "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
             "listen": self.endpoint,
+            "agent_listen": self.agent_endpoint,
+            **self.tls_settings(),
             "image_dirs": self.image_dirs,
             "image_store_dir": str(self.root / "images"),
             **self.control_settings,
@@ -179,7 +211,8 @@ class LocalCloud:
     def start_api(self) -> None:
         self.procs.start("api", [self.python, "-m", "control.api.server",
                                  "--config", str(self.config_path)])
-        wait_until(lambda: port_open(self.ports.api), 60, "the API server")
+        wait_until(lambda: port_open(self.ports.api) and port_open(self.ports.agent_api), 60,
+                   "the API server")
 
     def start_worker(self) -> None:
         self.procs.start("worker", [self.python, "-m", "control.worker",
@@ -210,6 +243,7 @@ class LocalCloud:
         """Another compute agent (another host) for this cloud, e.g. with the fake
         driver to test scheduling across hosts."""
         port = free_port()
+        self.ensure_pki((host_name,))
         path = self.root / f"agent-{host_name}.toml"
         _write_toml(path, {}, self.agent_config(
             host_name=host_name, listen=f"127.0.0.1:{port}",
@@ -222,7 +256,7 @@ class LocalCloud:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # qemu, running unprivileged, reads guest disks below
         self.password("admin")
-        self.password("agent")
+        self.ensure_pki()
         self.write_config()
         self.start_etcd()
         self.start_redis()

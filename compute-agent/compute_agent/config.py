@@ -15,12 +15,22 @@ class AgentConfig(BaseModel):
     listen: str = "127.0.0.1:50061"
     # The address the control plane calls; defaults to listen's host and bound port.
     advertise_address: str = ""
-    control_endpoint: str = "127.0.0.1:50051"
-    # A file holding the secret the control plane expects from agents.
-    control_secret_file: str = ""
+    # The control plane's agent endpoint (its agent_listen, not the public API).
+    control_endpoint: str = "127.0.0.1:50052"
+    # Mutual TLS (python -m control.pki issue-host NAME): this host's certificate
+    # and key, and the cloud's CA. Both ways only peers with a certificate of
+    # that CA get through; the agent serves only the certificate named
+    # control_name, and calls the control plane only if its certificate has
+    # that name. Required: an agent without them does not start.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    control_name: str = "smallcloud-control"
     driver: Literal["libvirt", "fake"] = "libvirt"
     # Fake driver only: fail every spawn (to test rescheduling).
     fake_fail_spawn: bool = False
+    # Fake driver only: seconds each spawn takes (fault tests kill processes mid-build).
+    fake_spawn_delay_s: float = 0.0
     # Fake driver only: a JSON file {"name pattern": CPU percent} (fnmatch on the
     # instance's display name, first match wins; re-read when it changes) that
     # sets how busy its guests are, so metrics and autoscaling can be tested.

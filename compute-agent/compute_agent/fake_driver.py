@@ -23,9 +23,10 @@ from compute_agent.driver import (
 
 class FakeDriver(ComputeDriver):
     def __init__(self, inventory: HostInventory | None = None, fail_spawn: bool = False,
-                 cpu_file: str = ""):
+                 cpu_file: str = "", spawn_delay_s: float = 0.0):
         self.inventory = inventory or HostInventory(vcpus=8, memory_mb=16384, disk_gb=200)
         self.fail_spawn = fail_spawn
+        self.spawn_delay_s = spawn_delay_s  # how long a spawn takes (fault tests)
         # How busy guests are: {"name pattern": percent} in a JSON file (see
         # AgentConfig.fake_cpu_file); their CPU time grows at that rate.
         self.cpu_file = Path(cpu_file) if cpu_file else None
@@ -54,6 +55,8 @@ class FakeDriver(ComputeDriver):
     def spawn(self, spec: InstanceSpec) -> str:
         if self.fail_spawn:
             raise DriverError("spawn failed: the fake driver was told to fail")
+        if self.spawn_delay_s:
+            time.sleep(self.spawn_delay_s)
         with self._lock:
             self.instances[spec.instance_id] = spec
         self._restart(spec.instance_id)

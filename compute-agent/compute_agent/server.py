@@ -19,6 +19,8 @@ from compute_agent.config import AgentConfig, load_config
 from compute_agent.driver import ComputeDriver, DriverError, InstanceSpec
 from compute_agent.image_cache import ImageCache
 from compute_agent.reclaim import ReclaimLoop, ReclaimSettings
+from compute_agent.tls import ControlOnly, control_channel, server_credentials
+from compute_agent.tls import load as load_tls
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,13 @@ class Reporter:
     """Registers the host with the control plane, then heartbeats with what the
     driver sees of its instances. Keeps trying while the control plane is away."""
 
-    def __init__(self, config: AgentConfig, driver: ComputeDriver, address: str):
+    def __init__(self, config: AgentConfig, driver: ComputeDriver, address: str,
+                 channel: grpc.Channel):
         self.config = config
         self.driver = driver
         self.address = address
-        self.stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
-        self.metadata = control_metadata(config)
+        # Mutual TLS: the host's certificate is its credential (compute_agent/tls.py).
+        self.stub = agent_pb2_grpc.HostServiceStub(channel)
         self.interval = config.heartbeat_interval_s
         self.registered = threading.Event()
         self._reported: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -135,7 +138,7 @@ class Reporter:
             name=self.config.host_name, address=self.address,
             inventory=agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
                                               disk_gb=inv.disk_gb),
-            virt_type=virt_type, hypervisor=hypervisor), timeout=10, metadata=self.metadata)
+            virt_type=virt_type, hypervisor=hypervisor), timeout=10)
         # The control plane decides how often hosts report (it judges them down).
         self.interval = response.heartbeat_interval_s or self.interval
         self.metrics_interval = float(response.metrics_interval_s)
@@ -156,7 +159,7 @@ class Reporter:
             name=self.config.host_name, observed_at=observed_at, instances=[
                 agent_pb2.InstanceObservation(instance_id=i, power_state=power, addresses=addresses)
                 for i, (power, addresses) in changed.items()]),
-            timeout=10, metadata=self.metadata)
+            timeout=10)
         self._reported = seen
         self._beats += 1
 
@@ -181,7 +184,7 @@ class Reporter:
                 disk_read_bytes=int(c.get("disk_read_bytes", 0)),
                 disk_write_bytes=int(c.get("disk_write_bytes", 0))))
         self.stub.ReportMetrics(agent_pb2.ReportMetricsRequest(
-            name=self.config.host_name, samples=samples), timeout=10, metadata=self.metadata)
+            name=self.config.host_name, samples=samples), timeout=10)
         return len(samples)
 
     def _metrics_due(self) -> None:
@@ -216,23 +219,15 @@ class Reporter:
             self._stop.wait(self.interval)
 
 
-def control_metadata(config: AgentConfig) -> list[tuple[str, str]]:
-    """What the agent presents to the control plane's HostService."""
-    secret = Path(config.control_secret_file).read_text().strip() \
-        if config.control_secret_file else ""
-    return [("authorization", f"Bearer {secret}")]
-
-
-def image_fetcher(config: AgentConfig):
+def image_fetcher(channel: grpc.Channel):
     """fetch(image_id, part): an image file's chunks, streamed by the control plane."""
-    stub = agent_pb2_grpc.HostServiceStub(grpc.insecure_channel(config.control_endpoint))
-    metadata = control_metadata(config)
+    stub = agent_pb2_grpc.HostServiceStub(channel)
 
     def fetch(image_id: str, part: str):
         try:
             for message in stub.FetchImageFile(
                     agent_pb2.FetchImageFileRequest(image_id=image_id, part=part),
-                    timeout=IMAGE_FETCH_TIMEOUT_S, metadata=metadata):
+                    timeout=IMAGE_FETCH_TIMEOUT_S):
                 yield message.data
         except grpc.RpcError as exc:
             raise DriverError(f"cannot fetch image {image_id} ({part}) from the control plane: "
@@ -243,7 +238,8 @@ def image_fetcher(config: AgentConfig):
 def make_driver(config: AgentConfig) -> ComputeDriver:
     if config.driver == "fake":
         from compute_agent.fake_driver import FakeDriver
-        return FakeDriver(fail_spawn=config.fake_fail_spawn, cpu_file=config.fake_cpu_file)
+        return FakeDriver(fail_spawn=config.fake_fail_spawn, cpu_file=config.fake_cpu_file,
+                          spawn_delay_s=config.fake_spawn_delay_s)
     from compute_agent.libvirt_driver import LibvirtDriver
     return LibvirtDriver(config.libvirt_uri, config.state_dir, config.host_name,
                          config.virt_type, config.network_name, config.network_bridge,
@@ -253,11 +249,16 @@ def make_driver(config: AgentConfig) -> ComputeDriver:
 def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
                  ) -> tuple[grpc.Server, int, Reporter, ReclaimLoop]:
     """Build the agent's server on config.listen (port 0 picks a free one), its
-    reporter and its memory reclaim loop. None is started."""
+    reporter and its memory reclaim loop. None is started. Both ways over
+    mutual TLS (compute_agent/tls.py): without its certificate the agent does
+    not start (TlsNotConfigured)."""
+    tls = load_tls(config)
     driver = driver or make_driver(config)
     driver.init_host()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    images = ImageCache(Path(config.state_dir) / "_base", image_fetcher(config))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                         interceptors=[ControlOnly(config.control_name)])
+    channel = control_channel(config, tls)
+    images = ImageCache(Path(config.state_dir) / "_base", image_fetcher(channel))
     agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver, images), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -266,14 +267,14 @@ def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME],
                                         server)
-    port = server.add_insecure_port(config.listen)
+    port = server.add_secure_port(config.listen, server_credentials(tls))
     address = config.advertise_address or f"{config.listen.rsplit(':', 1)[0]}:{port}"
     reclaim = ReclaimLoop(driver, ReclaimSettings(
         enabled=config.reclaim_enabled, floor_mb=config.reclaim_floor_mb,
         floor_ratio=config.reclaim_floor_ratio, idle_s=config.reclaim_idle_s,
         interval_s=config.reclaim_interval_s, headroom_mb=config.reclaim_headroom_mb,
         step_mb=config.reclaim_step_mb))
-    return server, port, Reporter(config, driver, address), reclaim
+    return server, port, Reporter(config, driver, address, channel), reclaim
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,11 +192,10 @@ def host_event(change: Change, now: float, down_after_s: float) -> Event | None:
     changed = [f for f in HOST_FIELDS if getattr(old, f) != getattr(new, f)]
     was_up, is_up = explicit_up(change.prev), explicit_up(change.value)
     kind = Event.HOST_UPDATED
-    if is_up is not None or was_up is not None:
-        if is_up is not None and is_up != (was_up if was_up is not None else True):
-            kind = Event.HOST_UP if is_up else Event.HOST_DOWN
-    elif new_beat - old_beat > down_after_s:
-        kind = Event.HOST_UP
+    if is_up is not None and is_up != (was_up if was_up is not None else True):
+        kind = Event.HOST_UP if is_up else Event.HOST_DOWN
+    elif is_up is not False and was_up is not False and new_beat - old_beat > down_after_s:
+        kind = Event.HOST_UP  # back after a silence nobody marked (reconciler off)
     if kind != Event.HOST_UPDATED:
         changed = sorted([*changed, "up"])
     elif not changed:

@@ -4,14 +4,13 @@ authentication and the role check, and domain errors mapped to gRPC codes."""
 from __future__ import annotations
 
 import contextvars
-import hmac
 import logging
 import uuid
 from collections.abc import Callable
 
 import grpc
 
-from control import errors, policy
+from control import deadlines, errors, policy
 from control.identity import Caller
 
 log = logging.getLogger("control.api")
@@ -27,6 +26,7 @@ CODES: list[tuple[type[errors.CloudError], grpc.StatusCode]] = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
@@ -44,6 +44,19 @@ def status_code(exc: errors.CloudError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# An error message echoes the request's input (a name, an id): it is cut to this
+# many characters, so that the grpc-message header (percent-encoded: up to 12
+# bytes a character) stays under gRPC's 8 KiB metadata limit. Past it, clients
+# get RESOURCE_EXHAUSTED "metadata size exceeds" instead of the real status.
+MAX_ERROR_CHARS = 500
+
+
+def bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return f"{message[:MAX_ERROR_CHARS]}... ({len(message)} characters)"
+
+
 def bearer_token(metadata: dict[str, str]) -> str:
     value = metadata.get("authorization", "")
     return value[len("Bearer "):].strip() if value.startswith("Bearer ") else ""
@@ -52,15 +65,17 @@ def bearer_token(metadata: dict[str, str]) -> str:
 class ApiInterceptor(grpc.ServerInterceptor):
     """For each call, streaming or not: request id (from `x-request-id`
     metadata, or a new one); the caller from the bearer token, checked against
-    the policy; and CloudError turned into the matching status code."""
+    the policy; and CloudError turned into the matching status code.
 
-    def __init__(self, authenticate: Callable[[str], Caller], agent_secret: str = ""):
+    The public API server has no `check_host`: the agents' calls
+    (policy.AGENT_PREFIXES) are refused there. The agent listener
+    (control/api/host_auth.py) has one, called with (method, request, context)
+    to check the peer's certificate, and serves nothing else."""
+
+    def __init__(self, authenticate: Callable[[str], Caller],
+                 check_host: Callable[[str, object, grpc.ServicerContext], None] | None = None):
         self.authenticate = authenticate
-        self.agent_secret = agent_secret
-
-    def check_agent(self, presented: str) -> None:
-        if not self.agent_secret or not hmac.compare_digest(presented, self.agent_secret):
-            raise errors.Unauthenticated("host calls need the agents' secret")
+        self.check_host = check_host
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -72,10 +87,16 @@ class ApiInterceptor(grpc.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         call_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
 
-        def enter() -> contextvars.Token | None:
+        def enter(request, context) -> contextvars.Token | None:
             """Authenticate and authorize the call; the caller's context token."""
             if policy.is_agent_call(method):
-                self.check_agent(bearer_token(metadata))
+                if self.check_host is None:
+                    raise errors.PermissionDenied(
+                        f"{method.rsplit('/', 1)[1]} is not served here (host calls go to the "
+                        "control plane's agent listener, over mutual TLS)")
+                self.check_host(method, request, context)
+            elif self.check_host is not None and not policy.is_public(method):
+                raise errors.PermissionDenied("the agent listener serves host calls only")
             elif not policy.is_public(method):
                 caller = self.authenticate(bearer_token(metadata))
                 needed = policy.required_role(method)
@@ -91,8 +112,9 @@ class ApiInterceptor(grpc.ServerInterceptor):
                 raise exc  # the servicer aborted with its own status: keep it
             if isinstance(exc, errors.CloudError):
                 code = status_code(exc)
-                log.info("req=%s %s -> %s: %s", call_id, method, code.name, exc)
-                context.abort(code, str(exc))
+                message = bounded(str(exc))
+                log.info("req=%s %s -> %s: %s", call_id, method, code.name, message)
+                context.abort(code, message)
             log.exception("req=%s %s failed", call_id, method, exc_info=exc)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {call_id})")
 
@@ -100,12 +122,15 @@ class ApiInterceptor(grpc.ServerInterceptor):
             # Unary and client-streaming calls: one answer.
             def call(request, context):
                 token = None
+                deadline = deadlines.start(context.time_remaining())
                 try:
-                    token = enter()
+                    token = enter(request, context)
+                    deadlines.check("nothing: it waited for a worker past its deadline")
                     return inner(request, context)
                 except Exception as exc:
                     fail(exc, context)
                 finally:
+                    deadlines.end(deadline)
                     if token is not None:
                         _caller.reset(token)
             return call
@@ -114,12 +139,15 @@ class ApiInterceptor(grpc.ServerInterceptor):
             # Server-streaming calls: errors can come while the answer streams.
             def call(request, context):
                 token = None
+                deadline = deadlines.start(context.time_remaining())
                 try:
-                    token = enter()
+                    token = enter(request, context)
+                    deadlines.check("nothing: it waited for a worker past its deadline")
                     yield from inner(request, context)
                 except Exception as exc:
                     fail(exc, context)
                 finally:
+                    deadlines.end(deadline)
                     if token is not None:
                         _caller.reset(token)
             return call

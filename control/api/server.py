@@ -11,8 +11,6 @@ from pathlib import Path
 
 import grpc
 from cloudapi.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
     compute_pb2,
     compute_pb2_grpc,
     events_pb2,
@@ -29,12 +27,12 @@ from grpc_reflection.v1alpha import reflection
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from control.api.event_servicer import EventServicer
+from control.api.host_auth import create_agent_server
 from control.api.interceptors import ApiInterceptor
 from control.api.scaling_servicer import MetricsServicer, ScalingGroupServicer
 from control.api.servicers import (
     FlavorServicer,
     HostAdminServicer,
-    HostServicer,
     IdentityServicer,
     ImageServicer,
     InstanceServicer,
@@ -46,6 +44,7 @@ from control.api.usage_servicer import UsageServicer
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
+from control.reconciler import start_reconciler
 from control.scaling import start_controller
 
 log = logging.getLogger(__name__)
@@ -54,12 +53,10 @@ log = logging.getLogger(__name__)
 def _service_names() -> list[str]:
     compute = compute_pb2.DESCRIPTOR.services_by_name
     identity = identity_pb2.DESCRIPTOR.services_by_name
-    agent = agent_pb2.DESCRIPTOR.services_by_name
     return ([compute[n].full_name for n in ("InstanceService", "FlavorService", "ImageService",
                                               "HostAdminService", "ServerGroupService",
                                               "KeypairService")]
             + [identity[n].full_name for n in ("IdentityService", "QuotaService")]
-            + [agent["HostService"].full_name]
             + [scaling_pb2.DESCRIPTOR.services_by_name[n].full_name
                for n in ("MetricsService", "ScalingGroupService")]
             + [events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name]
@@ -69,11 +66,11 @@ def _service_names() -> list[str]:
 def create_server(config: ControlConfig, plane: ControlPlane | None = None,
                   ) -> tuple[grpc.Server, int, ControlPlane]:
     """Build the API server on config.listen (port 0 picks a free port).
-    Returns the unstarted server, its port, and the control plane it serves."""
+    Returns the unstarted server, its port, and the control plane it serves.
+    The agents' HostService is not on it: create_agent_server (mutual TLS)."""
     plane = plane or build_control_plane(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                         interceptors=[ApiInterceptor(plane.identity.authenticate,
-                                                      read_secret(config.agent_secret_file))])
+                         interceptors=[ApiInterceptor(plane.identity.authenticate)])
     compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
@@ -82,7 +79,6 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     compute_pb2_grpc.add_KeypairServiceServicer_to_server(KeypairServicer(plane), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(plane), server)
     identity_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(plane), server)
-    agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)
     scaling_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(plane), server)
     scaling_pb2_grpc.add_ScalingGroupServiceServicer_to_server(ScalingGroupServicer(plane), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(plane), server)
@@ -123,22 +119,30 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(args.config)
     server, port, plane = create_server(config)
+    agent_server, agent_port = create_agent_server(config, plane)
     seed(plane)
     server.start()
-    log.info("API listening on port %d", port)
+    agent_server.start()
+    log.info("API listening on port %d; agents (mutual TLS) on port %d", port, agent_port)
     # Scaling groups are converged here, in one replica at a time (not in
     # create_server: servers built in-process by tests run no controller).
     scaling = start_controller(plane.scaling, plane.store, config.scaling_interval_s) \
         if config.scaling_enabled else None
+    # The reconciler likewise (control/reconciler.py): its first pass runs now.
+    reconciler = start_reconciler(plane) if config.reconciler_enabled else None
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: finishing calls in flight")
-    if scaling is not None:
-        scaling.stop()
+    # The loops give their locks up, so another replica takes over at once.
+    for loop in (scaling, reconciler):
+        if loop is not None:
+            loop.stop()
+    agent_stopped = agent_server.stop(grace=10)
     server.stop(grace=10).wait()
+    agent_stopped.wait()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from control.api import paging
 from control.api.interceptors import current_caller
-from control.errors import NotFound
+from control.errors import InvalidArgument, NotFound
 from control.metering import Amounts, FlavorUsage, Metering, UsageRecord, record_order
 from control.metering import Usage as UsageModel
 from control.plane import ControlPlane
@@ -24,7 +24,14 @@ def _ts(ms: int) -> Timestamp:
 
 
 def _ms(message, name: str) -> int | None:
-    return getattr(message, name).ToMilliseconds() if message.HasField(name) else None
+    """A request's timestamp in milliseconds; INVALID_ARGUMENT for one outside
+    what a Timestamp may hold (years 1 to 9999, nanos 0 to 999,999,999)."""
+    if not message.HasField(name):
+        return None
+    try:
+        return getattr(message, name).ToMilliseconds()
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid {name}: {exc}") from None
 
 
 def amounts(a: Amounts) -> pb.UsageAmounts:

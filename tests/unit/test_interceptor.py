@@ -38,7 +38,7 @@ def server_stream(request, context):
 @pytest.fixture(scope="module")
 def channel():
     server = grpc.server(futures.ThreadPoolExecutor(4),
-                         interceptors=[ApiInterceptor(authenticate, agent_secret="s")])
+                         interceptors=[ApiInterceptor(authenticate)])
     handlers = {
         "GetImage": grpc.unary_unary_rpc_method_handler(unary),
         "CreateImage": grpc.stream_unary_rpc_method_handler(client_stream),

@@ -1,0 +1,183 @@
+"""The reconciler (control/reconciler.py), running in a real API server every
+second against fake-driver hosts: hosts down and up, a build whose task was
+lost, drifted quota usage and host usage, a stray allocation, a domain no
+instance owns, and a guest that shut itself down."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from cloudapi.v1 import compute_pb2 as pb
+
+from control import keys
+from control.config import load_config
+from control.models import Allocation, Host, Instance, Resources
+from control.placement import Provider
+from control.plane import build_control_plane
+from control.quota import QuotaValues
+from control.states import TaskState, VmState
+from control.store import Txn
+from tests.conftest import login, start_cloud, stop_cloud
+from tests.faults.checks import FAULT_SETTINGS, claims_problems, unlimited
+
+
+@pytest.fixture(scope="module")
+def rc_cloud():
+    cloud, store = start_cloud("reconcile", control_settings={**FAULT_SETTINGS,
+                                                              "orphan_grace_s": 2},
+                               agent_settings={"driver": "fake"})
+    unlimited(cloud)
+    plane = build_control_plane(load_config(cloud.config_path))  # its agent client, as the API's
+    yield cloud, store, login(cloud), plane
+    stop_cloud(cloud, "reconcile")
+
+
+def until(check, timeout_s: float = 20, what: str = ""):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.2)
+
+
+def boot(api, name: str) -> pb.Instance:
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(name=name, flavor="tiny"))
+    shown = api.wait_status(created.id, {"ACTIVE", "ERROR"})
+    assert shown.status == "ACTIVE", shown.fault.message
+    return shown
+
+
+def instance_record(store, instance_id: str):
+    return store.get(keys.instance("demo", instance_id))
+
+
+def test_host_marked_down_when_heartbeats_stop_and_up_when_they_resume(rc_cloud):
+    cloud, store, api, _ = rc_cloud
+    name = f"{cloud.host_name}-hb"
+    cloud.add_agent(name, driver="fake")
+    until(lambda: store.get(keys.host(name)), what="registration")
+    cloud.procs.kill(f"agent-{name}")
+    killed = time.monotonic()
+    until(lambda: not Host(**store.get(keys.host(name)).value).up, 15, "host down")
+    took = time.monotonic() - killed
+    print(f"\nhost marked down {took:.1f}s after its agent died "
+          f"(host_down_after_s {FAULT_SETTINGS['host_down_after_s']})")
+    assert took < FAULT_SETTINGS["host_down_after_s"] + 3
+    admin = login(cloud, "admin")
+    assert not admin.hosts.GetHost(pb.GetHostRequest(name=name)).up
+    # Nothing is placed on it.
+    preview = api.instances.PreviewPlacement(pb.CreateInstanceRequest(name="p", flavor="tiny"))
+    assert preview.host == cloud.host_name
+    cloud.add_agent(name, driver="fake")  # heartbeats resume
+    until(lambda: Host(**store.get(keys.host(name)).value).up, 15, "host up")
+    assert admin.hosts.GetHost(pb.GetHostRequest(name=name)).up
+    # Done with it: nothing more goes there.
+    admin.hosts.UpdateHost(pb.UpdateHostRequest(name=name, enabled=False, disabled_reason="gone"))
+    cloud.procs.stop(f"agent-{name}")
+
+
+def test_build_whose_task_was_lost_goes_to_error_and_releases_its_claims(rc_cloud):
+    cloud, store, api, plane = rc_cloud
+    shown = boot(api, f"lost-{uuid.uuid4().hex[:6]}")
+    usage_before = QuotaValues(**store.get(keys.quota_usage("demo")).value)
+    # As if its build task died with its worker, 100 s ago, mid-spawn.
+    record = instance_record(store, shown.id)
+    stuck = Instance(**record.value).model_copy(update={
+        "vm_state": VmState.BUILDING, "task_state": TaskState.SPAWNING, "updated_at": time.time() - 100})
+    assert store.commit(Txn().expect(record).put(record.key, stuck.model_dump(mode="json")))
+    failed = api.wait_status(shown.id, {"ERROR"}, timeout_s=20)
+    assert failed.status == "ERROR"
+    assert failed.fault.phase == "spawning" and "build timed out" in failed.fault.message
+    assert store.get(keys.allocation(shown.id)) is None
+    usage = QuotaValues(**store.get(keys.quota_usage("demo")).value)
+    assert usage_before - usage == QuotaValues(instances=1, vcpus=1, memory_mb=256, disk_gb=1)
+    # Its guest was taken away too.
+    address = plane.hosts.get(cloud.host_name).address
+    assert plane.agents._call(address, "GetPowerState", _ref(shown.id)).power_state == "nostate"
+    until(lambda: not claims_problems(store), 10, "balanced books")
+
+
+def _ref(instance_id: str):
+    from cloudapi.v1 import agent_pb2
+    return agent_pb2.InstanceRef(instance_id=instance_id)
+
+
+def test_drifted_quota_and_host_usage_and_stray_allocation_are_repaired(rc_cloud):
+    cloud, store, api, _ = rc_cloud
+    boot(api, f"drift-{uuid.uuid4().hex[:6]}")
+    until(lambda: not claims_problems(store), 10, "balanced books before")
+    key = keys.quota_usage("demo")
+    right = store.get(key).value
+    store.update(key, lambda r: Txn().expect(r).put(key, {**r.value, "instances": 99,
+                                                          "vcpus": 1}))
+    pkey = keys.provider(cloud.host_name)
+    store.update(pkey, lambda r: Txn().expect(r).put(pkey, {
+        **r.value, "usage": {"VCPU": 77, "MEMORY_MB": 1, "DISK_GB": 0}}))
+    ghost = str(uuid.uuid4())
+    store.put(keys.allocation(ghost), Allocation(
+        instance_id=ghost, project="demo", host=cloud.host_name,
+        resources=Resources(vcpus=1, memory_mb=256, disk_gb=1)).model_dump())
+    started = time.monotonic()
+    until(lambda: not claims_problems(store), 15, "repair")
+    print(f"\ndrift repaired in {time.monotonic() - started:.1f}s")
+    assert store.get(key).value == right
+    assert store.get(keys.allocation(ghost)) is None
+    provider = Provider(**store.get(pkey).value)
+    assert provider.usage["VCPU"] < 77
+
+
+def test_domain_no_instance_owns_is_destroyed_after_grace(rc_cloud):
+    cloud, store, api, plane = rc_cloud
+    shown = boot(api, f"tmpl-{uuid.uuid4().hex[:6]}")
+    instance = Instance(**instance_record(store, shown.id).value)
+    stray = instance.model_copy(update={"id": str(uuid.uuid4()), "name": "stray"})
+    address = plane.hosts.get(cloud.host_name).address
+    plane.agents.spawn(address, stray, plane.images.by_id(instance.image), 30)
+    started = time.monotonic()
+    until(lambda: store.get(keys.stray(cloud.host_name, stray.id)), 15, "stray noticed")
+    until(lambda: plane.agents._call(address, "GetPowerState", _ref(stray.id)).power_state
+          == "nostate", 30, "stray destroyed")
+    took = time.monotonic() - started
+    print(f"\nstray destroyed {took:.1f}s after it was spawned (grace 2s)")
+    assert took >= 2
+    until(lambda: store.get(keys.stray(cloud.host_name, stray.id)) is None, 5, "stray forgotten")
+    # The instance the control plane knows is untouched.
+    assert plane.agents._call(address, "GetPowerState", _ref(shown.id)).power_state == "running"
+
+
+def test_guest_that_shut_itself_down_shows_shutoff(rc_cloud):
+    cloud, store, api, plane = rc_cloud
+    shown = boot(api, f"pw-{uuid.uuid4().hex[:6]}")
+    address = plane.hosts.get(cloud.host_name).address
+    plane.agents.stop(address, shown.id, 1)  # behind the control plane's back
+    off = api.wait_status(shown.id, {"SHUTOFF"}, timeout_s=20)
+    assert off.status == "SHUTOFF"
+    history = api.instances.ListInstanceActions(
+        pb.ListInstanceActionsRequest(id_or_name=shown.id)).actions
+    assert any(a.action == "stop" and a.user == "reconciler" for a in history)
+    plane.agents.start(address, shown.id)
+    assert api.wait_status(shown.id, {"ACTIVE"}, timeout_s=20).status == "ACTIVE"
+    until(lambda: not claims_problems(store), 10, "balanced books")
+
+
+def test_redelivered_tasks_do_nothing(rc_cloud):
+    """A task run twice (redelivered after a worker died) finds its work done
+    and changes nothing."""
+    from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, INSTANCE_OPERATION
+
+    cloud, store, api, plane = rc_cloud
+    shown = boot(api, f"again-{uuid.uuid4().hex[:6]}")
+    time.sleep(1.5)  # past the heartbeat that reports it
+    before = instance_record(store, shown.id)
+    allocation = store.get(keys.allocation(shown.id))
+    plane.queue.send(BUILD_INSTANCE, shown.id, "")
+    plane.queue.send(INSTANCE_OPERATION, shown.id, "stop", "", "{}")
+    plane.queue.send(DELETE_INSTANCE, shown.id, "")
+    time.sleep(3)
+    after = instance_record(store, shown.id)
+    assert after.mod_revision == before.mod_revision
+    assert store.get(keys.allocation(shown.id)).mod_revision == allocation.mod_revision

@@ -1,0 +1,89 @@
+"""The cloud's CA (control/pki.py): chains verify, keys are owner-only, names
+and roles are where the TLS checks look, and re-running never replaces the CA."""
+
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from control import pki
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def san(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return ({str(n) for n in ext.get_values_for_type(x509.DNSName)},
+            {str(a) for a in ext.get_values_for_type(x509.IPAddress)})
+
+
+def test_init_makes_a_ca_and_the_control_planes_certificate(tmp_path):
+    ca, control = pki.init(tmp_path / "pki", dns=["api.example"], ips=["10.0.0.5"])
+    ca_cert, cert = pki.load_cert(ca.cert), pki.load_cert(control.cert)
+    cert.verify_directly_issued_by(ca_cert)
+    assert ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert pki.identity_of(control.cert.read_bytes()) == pki.Identity(pki.CONTROL_NAME, "control")
+    assert san(cert) == ({pki.CONTROL_NAME, "localhost", "api.example"}, {"127.0.0.1", "10.0.0.5"})
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH} <= set(usages)
+    for key in (ca.key, control.key):
+        assert mode(key) == 0o600
+    assert mode(tmp_path / "pki") == 0o700
+
+
+def test_a_hosts_certificate_names_the_host(tmp_path):
+    pki.init(tmp_path)
+    paths = pki.issue_host(tmp_path, "node-7.example", ips=["10.0.0.7"])
+    cert = pki.load_cert(paths.cert)
+    cert.verify_directly_issued_by(pki.load_cert(pki.ca_paths(tmp_path).cert))
+    assert pki.identity_of(paths.cert.read_bytes()) == pki.Identity("node-7.example", "host")
+    assert san(cert) == ({"node-7.example"}, {"10.0.0.7"})
+    assert mode(paths.key) == 0o600
+    assert paths == pki.host_paths(tmp_path, "node-7.example")
+
+
+def test_running_again_keeps_the_ca_and_good_certificates(tmp_path):
+    ca, control = pki.init(tmp_path)
+    host = pki.issue_host(tmp_path, "h1")
+    before = {p: p.read_bytes() for p in (ca.cert, ca.key, control.cert, control.key, host.cert)}
+    assert pki.main(["init", "--dir", str(tmp_path)]) == 0
+    assert pki.main(["issue-host", "h1", "--dir", str(tmp_path)]) == 0
+    assert pki.main(["init", "--dir", str(tmp_path), "--force"]) == 0  # never the CA
+    after = {p: p.read_bytes() for p in before}
+    assert after[ca.cert] == before[ca.cert] and after[ca.key] == before[ca.key]
+    assert after[host.cert] == before[host.cert]
+    assert after[control.cert] != before[control.cert]  # --force: issued again, same CA
+    pki.load_cert(control.cert).verify_directly_issued_by(pki.load_cert(ca.cert))
+    # a name asked for that the certificate lacks: issued again, with it
+    pki.issue_host(tmp_path, "h1", ips=["10.1.1.1"])
+    assert san(pki.load_cert(host.cert)) == ({"h1"}, {"10.1.1.1"})
+
+
+def test_a_certificate_of_another_ca_is_replaced(tmp_path):
+    pki.init(tmp_path / "a")
+    pki.init(tmp_path / "b")
+    foreign = pki.issue_host(tmp_path / "b", "h1")
+    mine = pki.host_paths(tmp_path / "a", "h1")
+    mine.cert.parent.mkdir(parents=True)
+    mine.cert.write_bytes(foreign.cert.read_bytes())
+    mine.key.write_bytes(foreign.key.read_bytes())
+    pki.issue_host(tmp_path / "a", "h1")
+    pki.load_cert(mine.cert).verify_directly_issued_by(pki.load_cert(pki.ca_paths(tmp_path / "a").cert))
+
+
+def test_refusals(tmp_path, capsys):
+    with pytest.raises(pki.PkiError, match="no CA"):
+        pki.issue_host(tmp_path, "h1")
+    pki.init(tmp_path)
+    for bad in ("", "-x", "a/b", "a b", pki.CONTROL_NAME, "x" * 300):
+        with pytest.raises(pki.PkiError):
+            pki.issue_host(tmp_path, bad)
+    assert pki.main(["issue-host", "bad/name", "--dir", str(tmp_path)]) == 1
+    assert "not a host name" in capsys.readouterr().err
+    pki.ca_paths(tmp_path).key.unlink()
+    with pytest.raises(pki.PkiError, match="half a CA"):
+        pki.init_ca(tmp_path)
