@@ -8,7 +8,8 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := proto/gen/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test test-faults unit bench bench-placement lint proto image deps venv lock clean docs
+.PHONY: up down status test test-faults unit bench bench-placement lint proto image deps venv lock clean docs \
+	ansible-venv ansible-check
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
 DASHBOARD_PORT ?= 8080
@@ -22,7 +23,7 @@ down:
 status:
 	$(PY) -m localcloud status --dir $(ROOT)/.cloud
 
-test: deps venv image lint
+test: deps venv image lint ansible-check
 	$(PY) -m pytest -q -ra tests
 
 # The fault tests alone (they run in `make test` too): kill -9 / restart real
@@ -38,6 +39,7 @@ bench: deps venv image
 	$(PY) bench/quota.py
 	$(PY) bench/placement.py 1000 5000
 	$(PY) bench/mtls.py
+	$(PY) bench/agents.py 200
 
 # One host count alone: make bench-placement HOSTS=5000
 HOSTS ?= 1000
@@ -89,3 +91,19 @@ lock: venv
 
 clean: down
 	rm -rf .cloud .stamps proto/gen $(IMAGE_DIR)
+
+# Ansible deployment (ansible/README.md): ansible-core and ansible-lint in their
+# own venv (pinned in ansible/requirements.lock; kept apart from the project's).
+ANSIBLE_VENV := $(ROOT)/.venv-ansible
+ansible-venv: $(ANSIBLE_VENV)/.installed
+$(ANSIBLE_VENV)/.installed: ansible/requirements.lock
+	test -x $(ANSIBLE_VENV)/bin/python || python3 -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/python -m pip install -q -r ansible/requirements.lock
+	touch $@
+
+# Syntax check of every playbook and ansible-lint (default profile).
+ansible-check: ansible-venv
+	cd ansible && for p in site.yml add-compute.yml teardown.yml; do \
+	  $(ANSIBLE_VENV)/bin/ansible-playbook -i inventories/local --syntax-check $$p || exit 1; \
+	  $(ANSIBLE_VENV)/bin/ansible-playbook -i inventories/example --syntax-check $$p || exit 1; done
+	cd ansible && PATH=$(ANSIBLE_VENV)/bin:$$PATH $(ANSIBLE_VENV)/bin/ansible-lint

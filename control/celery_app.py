@@ -13,6 +13,9 @@ def visibility_timeout_s(config: ControlConfig) -> int:
 
 def create_celery_app(config: ControlConfig) -> Celery:
     app = Celery("cloud", broker=config.redis_url)
+    # sentinel:// URLs: Celery asks the sentinels for the master of this name.
+    sentinel = {"master_name": config.redis_sentinel_master} \
+        if config.redis_url.startswith("sentinel://") else {}
     app.conf.update(
         # A task is acknowledged only when it finished, and a worker that dies
         # mid-task hands it back: tasks are written to be safe to run twice.
@@ -24,7 +27,7 @@ def create_celery_app(config: ControlConfig) -> Celery:
         # worker comes back after it; the reconciler fails its instance sooner.
         broker_transport_options={"visibility_timeout": visibility_timeout_s(config),
                                   "socket_connect_timeout": 2,
-                                  "socket_timeout": 5},
+                                  "socket_timeout": 5, **sentinel},
         broker_connection_timeout=2,
         broker_connection_retry_on_startup=True,
         # Publishing to a Redis that is down fails fast, so the API can say so.

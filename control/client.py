@@ -2,7 +2,8 @@
 which token to send, and the stubs on one authenticated channel.
 
 Settings come, first match wins, from:
-  1. the environment: CLOUD_ENDPOINT; CLOUD_TOKEN, or CLOUD_USERNAME +
+  1. the environment: CLOUD_ENDPOINT (one "host:port", or several API replicas
+     comma-separated, to fail over between); CLOUD_TOKEN, or CLOUD_USERNAME +
      CLOUD_PASSWORD (+ CLOUD_PROJECT), which log in afresh on every command;
   2. the config file ($CLOUD_CONFIG, default ~/.config/cloudctl/config.toml),
      which `cloudctl login` and `make up` write.
@@ -23,6 +24,8 @@ from cloudapi.v1 import (
     identity_pb2_grpc,
     scaling_pb2_grpc,
 )
+
+from control.endpoints import channel_target
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -94,7 +97,10 @@ class CloudClient:
     def __init__(self, target: str, token: str = ""):
         self.target = target
         self.token = token
-        channel = grpc.intercept_channel(grpc.insecure_channel(target),
+        # `target` may list several API replicas, comma-separated: the channel
+        # fails over between them (control/endpoints.py).
+        address, options = channel_target(target)
+        channel = grpc.intercept_channel(grpc.insecure_channel(address, options=options),
                                          _BearerToken(lambda: self.token))
         self.channel = channel
         self.instances = compute_pb2_grpc.InstanceServiceStub(channel)

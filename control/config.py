@@ -14,10 +14,15 @@ from pydantic import BaseModel, Field
 
 
 class ControlConfig(BaseModel):
-    # etcd client endpoints, "host:port"; the first that answers is used.
+    # etcd client endpoints, "host:port": one, or every member of a cluster (one
+    # is used; when it fails, the next: control/store.py).
     etcd_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_timeout_s: float = 3.0
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis under Sentinel (high availability): redis_url lists the sentinels,
+    # "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0", and this names
+    # the master they watch. Celery and the metrics follow the master they report.
+    redis_sentinel_master: str = "mymaster"
     listen: str = "127.0.0.1:50051"
     # A host whose last heartbeat is older than this is not given new instances.
     host_down_after_s: float = 30.0
@@ -82,6 +87,11 @@ class ControlConfig(BaseModel):
     # plus the agent retries' backoff plus a margin), a delete, and an operation
     # (stop, start, reboot, scale, resize; 0: 2 x stop_timeout_s plus a margin).
     build_deadline_s: float = 0.0
+    # A build with no progress for this long (below the build deadline) has its
+    # task sent again, once: a task held by a worker killed (-9) comes back from
+    # Redis only after the visibility timeout. 0: never (the build fails at its
+    # deadline). Worth setting with several workers (high availability).
+    build_redrive_after_s: float = 0.0
     delete_deadline_s: float = 120.0
     operation_deadline_s: float = 0.0
     # A domain on a host that no instance owns is destroyed this long after it

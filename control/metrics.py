@@ -151,10 +151,27 @@ def _redis_errors() -> Iterator[None]:
         raise Unavailable(f"metrics store (Redis) unavailable: {type(exc).__name__}") from exc
 
 
+def redis_client(url: str, sentinel_master: str = "mymaster") -> redis.Redis:
+    """A client of redis://... , or of the master a set of sentinels reports
+    ("sentinel://h1:26379/0;sentinel://h2:26379/0", as Celery takes them)."""
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    from urllib.parse import urlsplit
+
+    from redis.sentinel import Sentinel
+
+    parts = [urlsplit(u) for u in url.split(";") if u.strip()]
+    db = int((parts[0].path or "/0").strip("/") or 0)
+    sentinels = Sentinel([(p.hostname or "127.0.0.1", p.port or 26379) for p in parts],
+                         socket_timeout=3, socket_connect_timeout=3)
+    return sentinels.master_for(sentinel_master, db=db, password=parts[0].password,
+                                socket_timeout=3, socket_connect_timeout=3)
+
+
 class Metrics:
     def __init__(self, redis_url: str, retention_s: int = 600, window_s: int = 60,
-                 stale_after_s: float = 30.0):
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)
+                 stale_after_s: float = 30.0, sentinel_master: str = "mymaster"):
+        self.redis = redis_client(redis_url, sentinel_master)
         self.retention_s = max(1, retention_s)
         self.window_s = window_s
         self.stale_after_s = stale_after_s

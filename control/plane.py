@@ -71,7 +71,8 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     scheduler = Scheduler(store, config, placement)
     hosts = Hosts(store)
     metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
-                      stale_after_s=max(5.0, 3.0 * config.metrics_interval_s))
+                      stale_after_s=max(5.0, 3.0 * config.metrics_interval_s),
+                      sentinel_master=config.redis_sentinel_master)
     return ControlPlane(
         config=config, store=store, celery=celery, queue=queue, catalog=catalog, images=images,
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),

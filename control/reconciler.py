@@ -13,7 +13,9 @@ racing a task, or a second replica, changes nothing twice):
 2. deadlines: an instance in BUILD past its build deadline (from its last
    change), or building on a host that is down, goes to ERROR with a fault
    naming the phase (and host), and its quota and placement claims are given
-   back in the same pass. A delete past its deadline is finished here if its
+   back in the same pass. With build_redrive_after_s, a build stalled that
+   long (its task may have died with a killed worker) has its task sent again,
+   once, before the deadline. A delete past its deadline is finished here if its
    host is down or gone (claims released, record removed; the guest, if the
    host returns, is a stray), otherwise its task is sent again. An operation
    (stop, start, reboot, scale, resize) past its deadline is undone with a
@@ -53,7 +55,7 @@ from control.metering import meter_into
 from control.models import Allocation, Fault, Host, Instance
 from control.placement import RESOURCE_CLASSES, Provider, amounts
 from control.plane import ControlPlane
-from control.queue import DELETE_INSTANCE
+from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
 from control.quota import QuotaValues
 from control.states import Event, PowerState, TaskState, VmState
 from control.store import Record, Txn
@@ -76,6 +78,7 @@ class Report:
     failed: list[str] = field(default_factory=list)           # builds past deadline -> ERROR
     deletes_forced: list[str] = field(default_factory=list)
     deletes_resent: list[str] = field(default_factory=list)
+    builds_redriven: list[str] = field(default_factory=list)  # stalled builds' tasks re-sent
     operations_undone: list[str] = field(default_factory=list)
     power_synced: list[str] = field(default_factory=list)
     allocations_released: list[str] = field(default_factory=list)
@@ -133,6 +136,7 @@ class Reconciler:
         # Allocation drifts seen by the previous pass: key -> (what, revisions).
         self._suspects: dict[str, tuple[str, int, int]] = {}
         self._resent: dict[str, float] = {}  # instance id -> when its delete was last re-sent
+        self._redriven: set[str] = set()  # builds whose task was sent again (build_redrive_after_s)
         # Since when (monotonic) this reconciler has watched without a gap: hosts
         # are judged down only after host_down_after_s of it. Heartbeats cannot be
         # recorded while etcd (or the API) is down, so right after an outage, a
@@ -205,6 +209,7 @@ class Reconciler:
 
     def check_deadlines(self, snap: Snapshot, report: Report) -> None:
         now = time.time()
+        self._redriven &= snap.instances.keys()
         for instance, record in snap.instances.values():
             age = now - instance.updated_at
             if instance.vm_state is VmState.BUILDING and instance.task_state in BUILD_TASKS:
@@ -221,6 +226,9 @@ class Reconciler:
                                f"build timed out while {instance.task_state.value}{where}: no "
                                f"progress for {age:.0f}s (deadline "
                                f"{self.config.build_deadline():.0f}s)", report)
+                elif 0 < self.config.build_redrive_after_s < age and \
+                        instance.id not in self._redriven:
+                    self._redrive_build(instance, report)
             elif instance.task_state is TaskState.DELETING and \
                     age > self.config.delete_deadline_s:
                 self._finish_delete(snap, instance, report)
@@ -233,6 +241,23 @@ class Reconciler:
                 self._finish_actions(instance, message)
                 log.warning("instance %s: %s", instance.id, message)
                 report.operations_undone.append(instance.id)
+
+    def _redrive_build(self, instance: Instance, report: Report) -> None:
+        """Send a stalled build's task again, once (a build task is safe to run
+        twice: each step is a compare-and-swap, and an agent's spawn of a guest it
+        runs already does nothing). Its task may have died with a killed worker:
+        Redis gives an unacknowledged task back only after the visibility timeout."""
+        open_actions = [r.key for r in self.store.list(keys.actions(instance.project, instance.id))
+                        if r.value.get("end") is None]
+        try:
+            self.plane.queue.send(BUILD_INSTANCE, instance.id, open_actions[0] if open_actions else "")
+        except Unavailable as exc:
+            log.warning("instance %s: cannot re-send its build: %s", instance.id, exc)
+            return
+        self._redriven.add(instance.id)
+        log.warning("instance %s: build stalled while %s; task sent again", instance.id,
+                    instance.task_state.value)
+        report.builds_redriven.append(instance.id)
 
     def _fail(self, instance: Instance, record: Record, message: str, report: Report) -> None:
         """ERROR with a fault, quota released in the same transaction, then the

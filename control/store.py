@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pyetcd
 from pyetcd import etcdrpc
-from pyetcd.exceptions import Etcd3Exception
+from pyetcd.exceptions import ConnectionFailedError, Etcd3Exception
 
 from control.errors import Conflict, InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
 
@@ -208,24 +208,44 @@ def _endpoint(address: str) -> pyetcd.Endpoint:
 
 
 class Store:
+    """The control plane's view of etcd, over one endpoint or the members of a
+    cluster. With several, calls go to one member; one that fails UNAVAILABLE
+    (the member died, or lost its leader) marks that member failed for 0.5 s and
+    the next call goes to another. Calls safe to send twice (reads, lease
+    renewals, unconditional puts) are sent again at once to the next member; a
+    transaction is not (it may have been applied before the member died): its
+    caller gets Unavailable, as when etcd is down, and retries as it would then."""
+
     def __init__(self, endpoints: list[str], timeout_s: float = 3.0):
         self._client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=[_endpoint(e) for e in endpoints], timeout=timeout_s, failover=True
         )
+        self._attempts = len(self._client.endpoints)
+
+    def _safe(self, call: Callable[[], Any]) -> Any:
+        """Run an idempotent etcd call; if its member fails under it, on the next."""
+        for attempt in range(self._attempts):
+            try:
+                with _etcd_errors():
+                    return call()
+            except Unavailable as exc:
+                if attempt + 1 >= self._attempts or \
+                        not isinstance(exc.__cause__, ConnectionFailedError):
+                    raise
+                log.info("etcd member failed (%s); trying the next", exc)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._client.close()
 
     def get(self, key: str) -> Record | None:
-        with _etcd_errors():
-            value, meta = self._client.get(key)
+        value, meta = self._safe(lambda: self._client.get(key))
         if value is None:
             return None
         return Record(key, json.loads(value), meta.mod_revision)
 
     def list(self, prefix: str) -> list[Record]:
-        with _etcd_errors():
-            items = list(self._client.get_prefix(prefix, sort_order="ascend"))
+        items = self._safe(lambda: list(self._client.get_prefix(prefix, sort_order="ascend")))
         return [Record(meta.key.decode(), json.loads(value), meta.mod_revision)
                 for value, meta in items]
 
@@ -234,9 +254,8 @@ class Store:
         """Everything under `prefix`, and the store revision it was read at
         (to watch from, so no change in between is missed). With `revision`,
         as it was at that revision: several prefixes read as one snapshot."""
-        with _etcd_errors():
-            response = self._client.get_prefix_response(
-                prefix, **({"revision": revision} if revision is not None else {}))
+        response = self._safe(lambda: self._client.get_prefix_response(
+            prefix, **({"revision": revision} if revision is not None else {})))
         records = [Record(kv.key.decode(), json.loads(kv.value), kv.mod_revision)
                    for kv in response.kvs]
         return records, response.header.revision if revision is None else revision
@@ -317,14 +336,14 @@ class Store:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Unconditional write: only for records a single writer owns (seed data)."""
-        with _etcd_errors():
-            self._client.put(key, json.dumps(value, sort_keys=True))
+        self._safe(lambda: self._client.put(key, json.dumps(value, sort_keys=True)))
 
     def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         """Write a record that etcd deletes by itself after ttl_s (a lease)."""
-        with _etcd_errors():
+        def put() -> None:  # sent again, a new lease: the first expires unused
             lease = self._client.lease(max(1, int(ttl_s + 0.999)))
             self._client.put(key, json.dumps(value, sort_keys=True), lease=lease)
+        self._safe(put)
 
     def create_leased(self, key: str, value: dict[str, Any], ttl_s: float) -> int | None:
         """Write `key` if it is absent, bound to a new lease of ttl_s: etcd deletes it
@@ -342,8 +361,7 @@ class Store:
 
     def keep_alive(self, lease_id: int) -> bool:
         """Renew a lease for its whole TTL; False if it has expired (its keys are gone)."""
-        with _etcd_errors():
-            return any(r.TTL > 0 for r in self._client.refresh_lease(lease_id))
+        return self._safe(lambda: any(r.TTL > 0 for r in self._client.refresh_lease(lease_id)))
 
     def revoke_lease(self, lease_id: int) -> None:
         """End a lease now: its keys are deleted. Succeeds if it has expired already."""
@@ -355,15 +373,14 @@ class Store:
                     raise
 
     def ping(self) -> None:
-        with _etcd_errors():
-            self._client.status()
+        self._safe(self._client.status)
 
     # ---------------------------------------------------------------- change feeds (events)
 
     def revision(self) -> int:
         """The store's current revision (that of its latest change)."""
-        with _etcd_errors():
-            return self._client.get_response("/", keys_only=True, limit=1).header.revision
+        return self._safe(
+            lambda: self._client.get_response("/", keys_only=True, limit=1).header.revision)
 
     def watch_changes(self, prefixes: builtins.list[str], after_revision: int, prev: bool = True,
                       max_pending: int = 10_000) -> ChangeFeed:

@@ -11,6 +11,7 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {
     "listen": "127.0.0.1:8080",
+    # One API "host:port", or several replicas (a list, or comma-separated) to fail over between.
     "api_endpoint": "127.0.0.1:50051",
     "secret_key_file": "",
     "session_dir": "",
@@ -55,7 +56,8 @@ def flask_config(settings: dict[str, Any]) -> dict[str, Any]:
     if not settings["secret_key_file"] or not settings["session_dir"]:
         raise ValueError("the dashboard needs secret_key_file and session_dir")
     return {
-        "API_ENDPOINT": settings["api_endpoint"],
+        "API_ENDPOINT": ",".join(settings["api_endpoint"])
+        if isinstance(settings["api_endpoint"], list) else settings["api_endpoint"],
         "API_TIMEOUT_S": float(settings["api_timeout_s"]),
         "SECRET_KEY": read_secret_key(settings["secret_key_file"]),
         "SESSION_DIR": settings["session_dir"],

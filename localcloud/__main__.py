@@ -19,8 +19,15 @@ def main() -> None:
     parser.add_argument("--image-dir", default=str(REPO / "images/build"))
     parser.add_argument("--dashboard-port", type=int, default=int(os.environ.get("DASHBOARD_PORT", 8080)),
                         help="port of the web dashboard (default 8080, or $DASHBOARD_PORT)")
+    parser.add_argument("--etcd-members", type=int, choices=[1, 3], default=1,
+                        help="an etcd cluster of 3 members (high availability; default 1)")
+    parser.add_argument("--api-replicas", type=int, choices=[1, 2], default=1,
+                        help="API server replicas (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="Celery workers (default 1)")
     args = parser.parse_args()
-    cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir], dashboard=True)
+    cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir], dashboard=True,
+                       etcd_members=args.etcd_members, api_replicas=args.api_replicas,
+                       workers=args.workers)
     cloud.ports.dashboard = args.dashboard_port
 
     if args.command == "up":

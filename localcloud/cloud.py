@@ -3,7 +3,9 @@ compute agent, all on this machine."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -29,6 +31,14 @@ class Ports:
     dashboard: int = 8080
     # The control plane's agent listener (HostService, mutual TLS only).
     agent_api: int = 50052
+    # High availability (LocalCloud etcd_members=3, api_replicas=2): the second
+    # and third etcd members, and the second API replica's two listeners.
+    etcd_2: int = 23791
+    etcd_peer_2: int = 23801
+    etcd_3: int = 23792
+    etcd_peer_3: int = 23802
+    api_2: int = 50053
+    agent_api_2: int = 50054
 
     @classmethod
     def free(cls) -> Ports:
@@ -56,20 +66,51 @@ class LocalCloud:
     python: str = sys.executable
     # `make up` serves the web dashboard too; test clouds start it when a test wants it.
     dashboard: bool = False
+    # The address the control plane's agent listener binds and agents dial: loopback,
+    # or (tests/multihost) a bridge address that agents in network namespaces reach.
+    agent_api_host: str = "127.0.0.1"
+    # High availability: an etcd cluster of 3 members (all on loopback), 2 API
+    # replicas (each with its own listeners; clients and agents get both), and
+    # several Celery workers. The defaults are the small all-in-one cloud.
+    etcd_members: int = 1
+    api_replicas: int = 1
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.etcd_members not in (1, 3) or self.api_replicas not in (1, 2) or self.workers < 1:
+            raise ValueError("etcd_members is 1 or 3, api_replicas 1 or 2, workers at least 1")
         self.root = Path(self.root).resolve()
         self.procs = ProcessSet(self.root)
         self.config_path = self.root / "cloud.toml"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.ports.api}"
+        """The public API: its replicas, comma-separated (what clients fail over between)."""
+        return ",".join(f"127.0.0.1:{api}" for _, api, _ in self.api_replica_ports())
 
     @property
     def agent_endpoint(self) -> str:
-        """Where agents reach the control plane (mutual TLS), apart from the public API."""
-        return f"127.0.0.1:{self.ports.agent_api}"
+        """Where agents reach the control plane (mutual TLS), apart from the public
+        API: every replica's agent listener, comma-separated."""
+        return ",".join(f"{self.agent_api_host}:{agent}" for _, _, agent in self.api_replica_ports())
+
+    def etcd_member_ports(self) -> list[tuple[str, int, int]]:
+        """(process name, client port, peer port) of each etcd member."""
+        p = self.ports
+        return [("etcd", p.etcd, p.etcd_peer), ("etcd-2", p.etcd_2, p.etcd_peer_2),
+                ("etcd-3", p.etcd_3, p.etcd_peer_3)][:self.etcd_members]
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{client}" for _, client, _ in self.etcd_member_ports()]
+
+    def api_replica_ports(self) -> list[tuple[str, int, int]]:
+        """(process name, API port, agent listener port) of each API replica."""
+        p = self.ports
+        return [("api", p.api, p.agent_api), ("api-2", p.api_2, p.agent_api_2)][:self.api_replicas]
+
+    def worker_names(self) -> list[str]:
+        return ["worker", *(f"worker-{n}" for n in range(2, self.workers + 1))]
 
     @property
     def pki_dir(self) -> Path:
@@ -155,37 +196,50 @@ class LocalCloud:
     def write_config(self) -> None:
         control = {
             "admin_password_file": str(self.secret_path("admin")),
-            "etcd_endpoints": [f"127.0.0.1:{self.ports.etcd}"],
+            "etcd_endpoints": self.etcd_endpoints,
             "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
-            "listen": self.endpoint,
-            "agent_listen": self.agent_endpoint,
+            "listen": f"127.0.0.1:{self.ports.api}",
+            "agent_listen": f"{self.agent_api_host}:{self.ports.agent_api}",
             **self.tls_settings(),
             "image_dirs": self.image_dirs,
             "image_store_dir": str(self.root / "images"),
             **self.control_settings,
         }
         _write_toml(self.config_path, control, self.agent_config())
+        # Further API replicas: the same settings but their own listeners.
+        for name, api, agent_api in self.api_replica_ports()[1:]:
+            _write_toml(self.root / f"cloud-{name}.toml",
+                        {**control, "listen": f"127.0.0.1:{api}",
+                         "agent_listen": f"{self.agent_api_host}:{agent_api}"}, self.agent_config())
 
     # ---------------------------------------------------------------- services
 
     def start_etcd(self) -> None:
-        p = self.ports
-        self.procs.start("etcd", [
-            "etcd", "--name", "local", "--data-dir", str(self.root / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{p.etcd}",
-            "--advertise-client-urls", f"http://127.0.0.1:{p.etcd}",
-            "--listen-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
-            "--initial-cluster", f"local=http://127.0.0.1:{p.etcd_peer}",
-            "--logger", "zap", "--log-level", "warn"])
-        wait_until(self._etcd_answers, 30, "etcd")
+        """etcd: one member, or the members of a cluster, all started together (a
+        new cluster needs a quorum of its members to answer). A member that is not
+        running is started again: with its data directory kept, it rejoins."""
+        members = self.etcd_member_ports()
+        cluster = ",".join(f"{_etcd_name(name)}=http://127.0.0.1:{peer}"
+                           for name, _, peer in members)
+        for name, client, peer in members:
+            self.procs.start(name, [
+                "etcd", "--name", _etcd_name(name), "--data-dir", str(self.root / name),
+                "--listen-client-urls", f"http://127.0.0.1:{client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--logger", "zap", "--log-level", "warn"])
+        for _, client, _ in members:
+            wait_until(functools.partial(self._etcd_answers, client), 30, "etcd")
 
-    def _etcd_answers(self) -> bool:
+    def _etcd_answers(self, port: int = 0) -> bool:
+        """Whether the member at `port` answers a linearizable read (it has a leader)."""
         from control.store import Store  # the venv's client, only once etcd is wanted
 
-        store = Store([f"127.0.0.1:{self.ports.etcd}"], timeout_s=1)
+        store = Store([f"127.0.0.1:{port or self.ports.etcd}"], timeout_s=1)
         try:
-            store.ping()
+            store.revision()
             return True
         finally:
             store.close()
@@ -209,15 +263,24 @@ class LocalCloud:
         wait_until(_libvirt_answers, 60, "libvirtd")
 
     def start_api(self) -> None:
-        self.procs.start("api", [self.python, "-m", "control.api.server",
-                                 "--config", str(self.config_path)])
-        wait_until(lambda: port_open(self.ports.api) and port_open(self.ports.agent_api), 60,
-                   "the API server")
+        """The API replicas that are not running, one after the other (the first
+        seeds a new cloud)."""
+        for name, api, agent_api in self.api_replica_ports():
+            config = self.config_path if name == "api" else self.root / f"cloud-{name}.toml"
+            self.procs.start(name, [self.python, "-m", "control.api.server",
+                                    "--config", str(config)])
+            wait_until(functools.partial(self._api_answers, api, agent_api), 60,
+                       f"the API server ({name})")
+
+    def _api_answers(self, api: int, agent_api: int) -> bool:
+        return port_open(api) and port_open(agent_api, self.agent_api_host)
 
     def start_worker(self) -> None:
-        self.procs.start("worker", [self.python, "-m", "control.worker",
+        """The Celery workers that are not running."""
+        for name in self.worker_names():
+            self.procs.start(name, [self.python, "-m", "control.worker",
                                     "--config", str(self.config_path),
-                                    "--name", f"worker@{self.host_name}"])
+                                    "--name", f"{name}@{self.host_name}"])
 
     def start_agent(self) -> None:
         self.procs.start("agent", [self.python, "-m", "compute_agent.server",
@@ -239,18 +302,21 @@ class LocalCloud:
         self.procs.start("dashboard", [self.python, "-m", "dashboard", "--config", str(path)])
         wait_until(lambda: port_open(self.ports.dashboard), 60, "the dashboard")
 
-    def add_agent(self, host_name: str, **settings: object) -> None:
+    def add_agent(self, host_name: str, netns: str = "", address: str = "127.0.0.1",
+                  **settings: object) -> None:
         """Another compute agent (another host) for this cloud, e.g. with the fake
-        driver to test scheduling across hosts."""
+        driver to test scheduling across hosts. With netns, it runs in that network
+        namespace (`ip netns exec`), listening on `address` there."""
         port = free_port()
         self.ensure_pki((host_name,))
         path = self.root / f"agent-{host_name}.toml"
         _write_toml(path, {}, self.agent_config(
-            host_name=host_name, listen=f"127.0.0.1:{port}",
+            host_name=host_name, listen=f"{address}:{port}",
             state_dir=str(self.root / f"agent-{host_name}"), **settings))
-        self.procs.start(f"agent-{host_name}", [self.python, "-m", "compute_agent.server",
-                                                "--config", str(path)])
-        wait_until(lambda: port_open(port), 60, f"the compute agent of {host_name}")
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.procs.start(f"agent-{host_name}", [*prefix, self.python, "-m",
+                                                "compute_agent.server", "--config", str(path)])
+        wait_until(lambda: port_open(port, address), 60, f"the compute agent of {host_name}")
 
     def up(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -271,10 +337,14 @@ class LocalCloud:
     def down(self, remove_guests: bool = False) -> list[str]:
         """Stop what `up` started, newest first. Guests of our agents are powered
         off (their records stay), or with remove_guests, deleted with their disks."""
-        stopped = [n for n in ["dashboard", *self._extra_agents(), "agent", "worker", "api"]
+        running = self.procs.running()
+        workers = [n for n in running if re.fullmatch(r"worker(-\d+)?", n)]
+        apis = [n for n in running if re.fullmatch(r"api(-\d+)?", n)]
+        etcds = [n for n in running if re.fullmatch(r"etcd(-\d+)?", n)]
+        stopped = [n for n in ["dashboard", *self._extra_agents(), "agent", *workers, *apis]
                    if self.procs.stop(n)]
         self._stop_guests(remove_guests)
-        stopped += [n for n in ("redis", "etcd", "libvirtd", "virtlogd") if self.procs.stop(n)]
+        stopped += [n for n in ("redis", *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped
 
     def _extra_agents(self) -> list[str]:
@@ -313,6 +383,11 @@ def prepare_kvm_device() -> None:
         kvm.chmod(0o660)
     except (LookupError, PermissionError, OSError):
         pass  # no kvm group or not root: leave the host as it is
+
+
+def _etcd_name(process: str) -> str:
+    """An etcd member's name: "local" (as a one-member cloud always had), "local-2", ..."""
+    return "local" + process.removeprefix("etcd")
 
 
 def _write_toml(path: Path, control: dict[str, object], agent: dict[str, object]) -> None:

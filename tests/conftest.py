@@ -88,7 +88,7 @@ def start_cloud(name: str, **settings):
 def make_store(cloud):
     from control.store import Store
 
-    return Store([f"127.0.0.1:{cloud.ports.etcd}"], timeout_s=3)
+    return Store(cloud.etcd_endpoints, timeout_s=3)
 
 
 def stop_cloud(cloud, name: str) -> None:

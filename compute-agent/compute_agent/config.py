@@ -15,7 +15,8 @@ class AgentConfig(BaseModel):
     listen: str = "127.0.0.1:50061"
     # The address the control plane calls; defaults to listen's host and bound port.
     advertise_address: str = ""
-    # The control plane's agent endpoint (its agent_listen, not the public API).
+    # The control plane's agent endpoint (its agent_listen, not the public API);
+    # with several API replicas, all their agent_listen, comma-separated (failover).
     control_endpoint: str = "127.0.0.1:50052"
     # Mutual TLS (python -m control.pki issue-host NAME): this host's certificate
     # and key, and the cloud's CA. Both ways only peers with a certificate of

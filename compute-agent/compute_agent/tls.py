@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
+import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +61,44 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
 
 
 def control_channel(config: AgentConfig, tls: TlsFiles) -> grpc.Channel:
-    """A channel to the control plane's agent endpoint, as this host."""
+    """A channel to the control plane's agent endpoint, as this host. Several
+    endpoints (comma-separated: the agent listeners of the API replicas) make
+    one channel that fails over between them."""
     credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
-    return grpc.secure_channel(config.control_endpoint, credentials, options=[
-        *CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", config.control_name)])
+    target, options = _channel_target(config.control_endpoint)
+    return grpc.secure_channel(target, credentials, options=[
+        *CHANNEL_OPTIONS, *options, ("grpc.ssl_target_name_override", config.control_name)])
+
+
+# Several endpoints: pick_first over all of them, and UNAVAILABLE calls (the
+# replica died under them) retried for about 3 s. What the agent sends (heartbeats,
+# reports, metrics) is safe to send twice. A copy of control/endpoints.py.
+_SERVICE_CONFIG = {"loadBalancingConfig": [{"pick_first": {}}],
+                   "methodConfig": [{"name": [{}], "retryPolicy": {
+                       "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",
+                       "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+
+
+def _channel_target(endpoints: str) -> tuple[str, list[tuple[str, object]]]:
+    items = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if len(items) <= 1:
+        return endpoints.strip(), []
+    v4: list[str] = []
+    v6: list[str] = []
+    for endpoint in items:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            addresses = list(dict.fromkeys(str(i[4][0]) for i in socket.getaddrinfo(
+                host, int(port), type=socket.SOCK_STREAM)))
+        for address in addresses:
+            (v6 if ":" in address else v4).append(
+                f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+    target = "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
+    return target, [("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+                    ("grpc.enable_retries", 1), ("grpc.min_reconnect_backoff_ms", 100)]
 
 
 @functools.lru_cache(maxsize=64)
