@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import grpc
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 
+from control.endpoints import RECONNECT_OPTIONS
 from control.errors import CloudError, InvalidTransition, Unavailable
 from control.models import Image, Instance, Resources
-from control.store import RECONNECT_OPTIONS
 
 if TYPE_CHECKING:
     from control.config import ControlConfig

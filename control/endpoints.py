@@ -25,7 +25,9 @@ RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",
                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
 SERVICE_CONFIG = {"loadBalancingConfig": [{"pick_first": {}}],
                   "methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]}
-# A dead replica is skipped, and a restarted one is usable again, within a second.
+# gRPC backs off up to 2 minutes between reconnects by default: a dead replica
+# (an API replica, an etcd member, an agent) is skipped, and a restarted one is
+# usable again, within a second. Every channel of the control plane uses these.
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
                      ("grpc.min_reconnect_backoff_ms", 100),
                      ("grpc.max_reconnect_backoff_ms", 1000)]

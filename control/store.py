@@ -23,17 +23,12 @@ import pyetcd
 from pyetcd import etcdrpc
 from pyetcd.exceptions import ConnectionFailedError, Etcd3Exception
 
+from control.endpoints import RECONNECT_OPTIONS
 from control.errors import Conflict, InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 8
-
-# gRPC backs off up to 2 minutes between reconnects by default; a restarted etcd
-# should be used again within a second.
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
-                     ("grpc.min_reconnect_backoff_ms", 100),
-                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 @dataclass
