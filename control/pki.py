@@ -1,7 +1,7 @@
 """The cloud's own small certificate authority, for mutual TLS between the
 control plane and the compute agents.
 
-    python -m control.pki init --dir D [--name api.example --ip 10.0.0.5]
+    python -m control.pki init --dir D [--dns api.example --ip 10.0.0.5]
     python -m control.pki issue-host NAME --dir D [--ip 10.0.0.7 --dns node7.example]
     python -m control.pki show --dir D
 
@@ -273,6 +273,14 @@ def describe(path: Path) -> str:
 
 # ------------------------------------------------------------------ command line
 
+def _read_or_empty(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
+def _verdict(before: bytes, cert: Path) -> str:
+    return "kept" if before and cert.read_bytes() == before else "issued"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m control.pki",
@@ -293,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", required=True, help="the PKI directory (e.g. .cloud/pki)")
     args = parser.parse_args(argv)
     try:
+        # The first word says whether a certificate was (re)issued: "issued" or
+        # "kept" (Ansible's changed_when reads it; a new one needs a restart).
         if args.command == "init":
             init_ca(args.dir)
+            before = _read_or_empty(control_paths(args.dir).cert)
             paths = issue_control(args.dir, args.dns, args.ip, args.force)
-            print(f"CA: {ca_paths(args.dir).cert}\ncontrol plane: {paths.cert} {paths.key}")
+            print(f"{_verdict(before, paths.cert)} control plane: {paths.cert} {paths.key} "
+                  f"(CA {ca_paths(args.dir).cert})")
         elif args.command == "issue-host":
+            before = _read_or_empty(host_paths(args.dir, args.name).cert)
             paths = issue_host(args.dir, args.name, args.dns, args.ip, args.force)
-            print(f"host {args.name}: {paths.cert} {paths.key} (with CA {ca_paths(args.dir).cert})")
+            print(f"{_verdict(before, paths.cert)} host {args.name}: {paths.cert} {paths.key} "
+                  f"(CA {ca_paths(args.dir).cert})")
         else:
             d = Path(args.dir)
             for path in [ca_paths(d).cert, control_paths(d).cert,

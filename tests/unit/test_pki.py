@@ -87,3 +87,19 @@ def test_refusals(tmp_path, capsys):
     pki.ca_paths(tmp_path).key.unlink()
     with pytest.raises(pki.PkiError, match="half a CA"):
         pki.init_ca(tmp_path)
+
+
+def test_the_command_line_says_whether_it_issued(tmp_path, capsys):
+    """Ansible runs init/issue-host every time and reads the first word: a
+    control host added later gets its address into the certificate."""
+    def run(*args: str) -> str:
+        assert pki.main([*args, "--dir", str(tmp_path)]) == 0
+        return capsys.readouterr().out.split()[0]
+
+    assert run("init", "--ip", "10.0.0.5") == "issued"
+    assert run("init", "--ip", "10.0.0.5") == "kept"
+    assert run("init", "--ip", "10.0.0.5", "--ip", "10.0.0.6") == "issued"  # a second control host
+    assert san(pki.load_cert(pki.control_paths(tmp_path).cert))[1] == {"127.0.0.1", "10.0.0.5",
+                                                                       "10.0.0.6"}
+    assert run("issue-host", "h1") == "issued"
+    assert run("issue-host", "h1") == "kept"
