@@ -39,6 +39,7 @@ bench: deps venv image
 	$(PY) bench/quota.py
 	$(PY) bench/placement.py 1000 5000
 	$(PY) bench/mtls.py
+	$(PY) bench/etcd_tls.py
 	$(PY) bench/agents.py 200
 
 # One host count alone: make bench-placement HOSTS=5000

@@ -9,8 +9,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ControlConfig(BaseModel):
@@ -18,11 +19,36 @@ class ControlConfig(BaseModel):
     # is used; when it fails, the next: control/store.py).
     etcd_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_timeout_s: float = 3.0
+    # Mutual TLS to etcd (all three, or none): the CA of the members'
+    # certificates (control/pki.py's etcd CA) and the client certificate and key
+    # presented to them. Set, every endpoint is reached over TLS (write them
+    # "https://host:port" or "host:port"); unset, in plain text ("http://" or bare).
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _etcd_tls_whole(self) -> ControlConfig:
+        files = (self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
+        if any(files) and not all(files):
+            raise ValueError("etcd_ca_file, etcd_cert_file and etcd_key_file go together")
+        scheme = "http://" if all(files) else "https://"
+        if wrong := [e for e in self.etcd_endpoints if e.startswith(scheme)]:
+            raise ValueError(f"etcd endpoint(s) {', '.join(wrong)}: "
+                             + ("plain text, but etcd TLS files are set" if all(files) else
+                                "https, but etcd_ca_file/etcd_cert_file/etcd_key_file are unset"))
+        return self
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Redis under Sentinel (high availability): redis_url lists the sentinels,
     # "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0", and this names
     # the master they watch. Celery and the metrics follow the master they report.
+    # A password goes in the URLs: redis://:PASSWORD@host:6379/0, and under
+    # Sentinel sentinel://:PASSWORD@host:26379/0 (the sentinels take the same).
     redis_sentinel_master: str = "mymaster"
+    # An API call whose task cannot be queued (Redis restarting, or failing
+    # over) tries again for up to this long, at most half its remaining
+    # deadline, before it is refused UNAVAILABLE; 0: refused at once.
+    enqueue_retry_s: float = 10.0
     listen: str = "127.0.0.1:50051"
     # A host whose last heartbeat is older than this is not given new instances.
     host_down_after_s: float = 30.0
@@ -87,11 +113,13 @@ class ControlConfig(BaseModel):
     # plus the agent retries' backoff plus a margin), a delete, and an operation
     # (stop, start, reboot, scale, resize; 0: 2 x stop_timeout_s plus a margin).
     build_deadline_s: float = 0.0
-    # A build with no progress for this long (below the build deadline) has its
-    # task sent again, once: a task held by a worker killed (-9) comes back from
-    # Redis only after the visibility timeout. 0: never (the build fails at its
-    # deadline). Worth setting with several workers (high availability).
-    build_redrive_after_s: float = 0.0
+    # A build with no progress for this long has its task sent again, and again
+    # every as long while it makes none, until its deadline: its task may be
+    # lost with Redis, or held by a worker killed (-9) (Redis gives that back
+    # only after the visibility timeout). Copies are safe (control/tasks.py).
+    # Unset: a sixth of the build deadline (30 s by default; a build's steps
+    # are seconds apart). 0: never (the build fails at its deadline).
+    build_redrive_after_s: float | None = None
     delete_deadline_s: float = 120.0
     operation_deadline_s: float = 0.0
     # A domain on a host that no instance owns is destroyed this long after it
@@ -100,6 +128,19 @@ class ControlConfig(BaseModel):
 
     def build_deadline(self) -> float:
         return self.build_deadline_s or self.spawn_timeout_s + 60.0
+
+    def build_redrive_after(self) -> float:
+        if self.build_redrive_after_s is None:
+            return self.build_deadline() / 6
+        return self.build_redrive_after_s
+
+    @model_validator(mode="after")
+    def _redrive_before_deadline(self) -> ControlConfig:
+        after, deadline = self.build_redrive_after(), self.build_deadline()
+        if after < 0 or (after > 0 and after >= deadline):
+            raise ValueError(f"build_redrive_after_s ({after:g}) must be 0 (off) or below "
+                             f"the build deadline ({deadline:g} s)")
+        return self
 
     def operation_deadline(self) -> float:
         return self.operation_deadline_s or 2 * self.stop_timeout_s + 120.0
@@ -114,6 +155,15 @@ class ControlConfig(BaseModel):
     # Quota of a project that has no overrides; -1 is unlimited.
     default_quota: dict[str, int] = Field(default_factory=lambda: {
         "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})
+
+
+def url_password(url: str) -> str | None:
+    """The password of a redis:// URL, or of a list of sentinel:// URLs (the
+    first that has one), percent-decoded; None if there is none."""
+    for part in url.split(";"):
+        if password := urlsplit(part.strip()).password:
+            return unquote(password)
+    return None
 
 
 def load_config(path: str | Path) -> ControlConfig:

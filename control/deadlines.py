@@ -17,7 +17,8 @@ the etcd client marks its endpoint failed on a timeout, so one impatient
 client would make etcd look down to every other call.
 
 Outside an RPC (Celery tasks, the reconciler) there is no deadline and
-`check()` does nothing.
+`check()` does nothing; `serving()` tells the two apart (a task's enqueue is
+retried through a Redis failover only while serving a call: control/queue.py).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import time
 from control.errors import DeadlineExceeded
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# The deadline of a call whose client set none (None is: no call is being served).
+_NONE_SET = float("inf")
 
 
 def start(time_remaining: float | None) -> contextvars.Token:
     """Record the current call's deadline (`context.time_remaining()`: None
     when the client set none). Returns the token for `end`."""
-    at = None if time_remaining is None else time.monotonic() + time_remaining
+    at = _NONE_SET if time_remaining is None else time.monotonic() + time_remaining
     return _deadline.set(at)
 
 
@@ -44,7 +47,12 @@ def end(token: contextvars.Token) -> None:
 def remaining() -> float | None:
     """Seconds left before the current call's deadline; None: no deadline."""
     at = _deadline.get()
-    return None if at is None else at - time.monotonic()
+    return None if at is None or at == _NONE_SET else at - time.monotonic()
+
+
+def serving() -> bool:
+    """Whether this thread is serving an RPC (with or without a deadline)."""
+    return _deadline.get() is not None
 
 
 def check(what: str = "the request") -> None:

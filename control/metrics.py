@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from control.config import url_password
 from control.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -152,20 +153,24 @@ def _redis_errors() -> Iterator[None]:
 
 
 def redis_client(url: str, sentinel_master: str = "mymaster") -> redis.Redis:
-    """A client of redis://... , or of the master a set of sentinels reports
-    ("sentinel://h1:26379/0;sentinel://h2:26379/0", as Celery takes them)."""
+    """A client of redis://[:PASSWORD@]... , or of the master a set of sentinels
+    reports ("sentinel://:PASSWORD@h1:26379/0;sentinel://:PASSWORD@h2:26379/0",
+    as Celery takes them; the sentinels and the master take the same password).
+    Under Sentinel each new connection asks the sentinels where the master is,
+    so after a failover the next command reaches the new master."""
     if not url.startswith("sentinel://"):
         return redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
     from urllib.parse import urlsplit
 
     from redis.sentinel import Sentinel
 
-    parts = [urlsplit(u) for u in url.split(";") if u.strip()]
+    parts = [urlsplit(u.strip()) for u in url.split(";") if u.strip()]
     db = int((parts[0].path or "/0").strip("/") or 0)
+    password = url_password(url)
+    timeouts = {"socket_timeout": 3, "socket_connect_timeout": 3}
     sentinels = Sentinel([(p.hostname or "127.0.0.1", p.port or 26379) for p in parts],
-                         socket_timeout=3, socket_connect_timeout=3)
-    return sentinels.master_for(sentinel_master, db=db, password=parts[0].password,
-                                socket_timeout=3, socket_connect_timeout=3)
+                         sentinel_kwargs={"password": password, **timeouts}, **timeouts)
+    return sentinels.master_for(sentinel_master, db=db, password=password, **timeouts)
 
 
 class Metrics:

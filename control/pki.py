@@ -1,8 +1,11 @@
 """The cloud's own small certificate authority, for mutual TLS between the
-control plane and the compute agents.
+control plane and the compute agents, and etcd's, for mutual TLS to and
+between the etcd members.
 
     python -m control.pki init --dir D [--dns api.example --ip 10.0.0.5]
     python -m control.pki issue-host NAME --dir D [--ip 10.0.0.7 --dns node7.example]
+    python -m control.pki issue-etcd NAME --dir D --ip 10.0.0.11
+    python -m control.pki issue-etcd-client --dir D
     python -m control.pki show --dir D
 
 `init` creates the CA (an ECDSA P-256 key, which gRPC's BoringSSL takes) and
@@ -18,10 +21,21 @@ host (CN = the host's name, as it registers). Both may act as client and server
 (extendedKeyUsage clientAuth + serverAuth): the control plane serves the agents'
 HostService and calls their ComputeAgent; a host does the reverse.
 
+etcd has a CA of its own (created by the first issue-etcd*), so that a compute
+host's certificate, which the cloud's CA signed, is no key to etcd: etcd trusts
+only the etcd CA, for its clients and its peers, and the etcd CA signs only the
+members (OU `etcd`, server + client, for peer TLS) and the control plane's etcd
+client certificate (CN = CONTROL_NAME, OU `control`, clientAuth only). etcd then
+needs no users or RBAC: every certificate it accepts is the control plane's or a
+member's.
+
 Layout of D:
     ca.crt  ca.key                  the CA (ca.key stays on the control plane)
     control.crt  control.key        the control plane (API server and workers)
     hosts/NAME.crt  hosts/NAME.key  one per compute host (copied to that host)
+    etcd-ca.crt  etcd-ca.key        the etcd CA (etcd-ca.key stays on the control plane)
+    etcd-client.crt  etcd-client.key  the control plane's certificate as etcd's client
+    etcd/NAME.crt  etcd/NAME.key    one per etcd member (copied to that host)
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ CONTROL_NAME = "smallcloud-control"
 ORGANIZATION = "smallcloud"
 ROLE_CONTROL = "control"
 ROLE_HOST = "host"
+ROLE_ETCD = "etcd"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 RENEW_BEFORE_DAYS = 30
@@ -82,6 +97,21 @@ def control_paths(directory: str | Path) -> CertPaths:
 
 def host_paths(directory: str | Path, name: str) -> CertPaths:
     d = Path(directory) / "hosts"
+    return CertPaths(d / f"{name}.crt", d / f"{name}.key")
+
+
+def etcd_ca_paths(directory: str | Path) -> CertPaths:
+    d = Path(directory)
+    return CertPaths(d / "etcd-ca.crt", d / "etcd-ca.key")
+
+
+def etcd_client_paths(directory: str | Path) -> CertPaths:
+    d = Path(directory)
+    return CertPaths(d / "etcd-client.crt", d / "etcd-client.key")
+
+
+def etcd_member_paths(directory: str | Path, name: str) -> CertPaths:
+    d = Path(directory) / "etcd"
     return CertPaths(d / f"{name}.crt", d / f"{name}.key")
 
 
@@ -134,17 +164,26 @@ def load_cert(path: str | Path) -> x509.Certificate:
 
 def init_ca(directory: str | Path) -> CertPaths:
     """The CA of `directory`, created if there is none. Never overwrites one."""
-    paths = ca_paths(directory)
+    return _init_ca(ca_paths(directory), f"{ORGANIZATION} CA")
+
+
+def init_etcd_ca(directory: str | Path) -> CertPaths:
+    """The etcd CA of `directory`, created if there is none. Never overwrites one."""
+    return _init_ca(etcd_ca_paths(directory), f"{ORGANIZATION} etcd CA")
+
+
+def _init_ca(paths: CertPaths, common_name: str) -> CertPaths:
+    directory = paths.cert.parent
     if paths.cert.exists() or paths.key.exists():
         if not (paths.cert.exists() and paths.key.exists()):
-            raise PkiError(f"{directory}: half a CA (one of ca.crt, ca.key is missing); "
-                           "restore it or remove both to start over")
+            raise PkiError(f"{directory}: half a CA (one of {paths.cert.name}, {paths.key.name} "
+                           "is missing); restore it or remove both to start over")
         return paths
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"{ORGANIZATION} CA")])
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -162,6 +201,9 @@ def init_ca(directory: str | Path) -> CertPaths:
     _write_private(paths.key, _key_pem(key))  # the key first: a cert alone is "half a CA"
     _write_public(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+_SERVER_AND_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
 def _needs_issue(paths: CertPaths, ca: x509.Certificate, dns: list[str],
@@ -189,10 +231,11 @@ def _needs_issue(paths: CertPaths, ca: x509.Certificate, dns: list[str],
     return not ({d.lower() for d in dns} <= have_dns and set(ips) <= have_ips)
 
 
-def _issue(directory: str | Path, paths: CertPaths, name: str, role: str, dns: list[str],
-           ips: list[str], force: bool) -> CertPaths:
-    ca_files = ca_paths(directory)
+def _issue(ca_files: CertPaths, paths: CertPaths, name: str, role: str, dns: list[str],
+           ips: list[str], force: bool,
+           usages: tuple[x509.ObjectIdentifier, ...] = _SERVER_AND_CLIENT) -> CertPaths:
     if not (ca_files.cert.exists() and ca_files.key.exists()):
+        directory = ca_files.cert.parent
         raise PkiError(f"{directory} holds no CA: run `python -m control.pki init --dir {directory}`")
     ca_cert, ca_key = load_cert(ca_files.cert), _load_key(ca_files.key)
     all_dns = list(dict.fromkeys([name, *dns]))
@@ -216,8 +259,7 @@ def _issue(directory: str | Path, paths: CertPaths, name: str, role: str, dns: l
                                          content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
@@ -233,7 +275,7 @@ def issue_control(directory: str | Path, dns: list[str] | None = None, ips: list
                   force: bool = False) -> CertPaths:
     """The control plane's certificate: CN=CONTROL_NAME, and as names also
     localhost, 127.0.0.1 and whatever names the agents reach it by."""
-    return _issue(directory, control_paths(directory), CONTROL_NAME, ROLE_CONTROL,
+    return _issue(ca_paths(directory), control_paths(directory), CONTROL_NAME, ROLE_CONTROL,
                   ["localhost", *(dns or [])], ["127.0.0.1", *(ips or [])], force)
 
 
@@ -241,8 +283,25 @@ def issue_host(directory: str | Path, name: str, dns: list[str] | None = None,
                ips: list[str] | None = None, force: bool = False) -> CertPaths:
     """Host `name`'s certificate: CN and DNS name = the name it registers with."""
     validate_host_name(name)
-    return _issue(directory, host_paths(directory, name), name, ROLE_HOST, dns or [], ips or [],
-                  force)
+    return _issue(ca_paths(directory), host_paths(directory, name), name, ROLE_HOST, dns or [],
+                  ips or [], force)
+
+
+def issue_etcd_member(directory: str | Path, name: str, dns: list[str] | None = None,
+                      ips: list[str] | None = None, force: bool = False) -> CertPaths:
+    """etcd member `name`'s certificate from the etcd CA (made if none): it
+    serves etcd's clients and peers, and is the member's client to its peers.
+    Names: `name` and the addresses the member is reached at (--ip)."""
+    validate_host_name(name)
+    return _issue(init_etcd_ca(directory), etcd_member_paths(directory, name), name, ROLE_ETCD,
+                  dns or [], ips or [], force)
+
+
+def issue_etcd_client(directory: str | Path, force: bool = False) -> CertPaths:
+    """The control plane's certificate as etcd's client, from the etcd CA (made
+    if none): CN = CONTROL_NAME, clientAuth only (it serves nothing)."""
+    return _issue(init_etcd_ca(directory), etcd_client_paths(directory), CONTROL_NAME,
+                  ROLE_CONTROL, [], [], force, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
 
 
 def init(directory: str | Path, dns: list[str] | None = None,
@@ -281,23 +340,42 @@ def _verdict(before: bytes, cert: Path) -> str:
     return "kept" if before and cert.read_bytes() == before else "issued"
 
 
+def show(d: Path) -> None:
+    cas = {ca_paths(d).cert, etcd_ca_paths(d).cert}
+    for path in [ca_paths(d).cert, control_paths(d).cert, *sorted((d / "hosts").glob("*.crt")),
+                 etcd_ca_paths(d).cert, etcd_client_paths(d).cert,
+                 *sorted((d / "etcd").glob("*.crt"))]:
+        if path.exists():
+            print(describe(path) if path not in cas else
+                  f"{path.name}: {load_cert(path).subject.rfc4514_string()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m control.pki",
-        description="The cloud's CA for mutual TLS between the control plane and the agents.")
+        description="The cloud's CA for mutual TLS between the control plane and the agents, "
+                    "and etcd's CA for etcd's members and its one client, the control plane.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_init = sub.add_parser("init", help="create the CA and the control plane's certificate "
                                          "(kept if they exist)")
     p_host = sub.add_parser("issue-host", help="issue (or keep) a compute host's certificate")
     p_host.add_argument("name", help="the host's name, as its agent registers (host_name)")
+    p_etcd = sub.add_parser("issue-etcd", help="issue (or keep) an etcd member's certificate "
+                                               "(from the etcd CA, made if none)")
+    p_etcd.add_argument("name", help="the member's name (etcd --name)")
+    p_etcd_client = sub.add_parser("issue-etcd-client",
+                                   help="issue (or keep) the control plane's etcd client "
+                                        "certificate (from the etcd CA, made if none)")
     p_show = sub.add_parser("show", help="list the certificates")
-    for p in (p_init, p_host):
+    for p in (p_init, p_host, p_etcd):
         p.add_argument("--dns", action="append", default=[], help="another DNS name (repeat)")
         p.add_argument("--ip", action="append", default=[], help="an IP address (repeat)")
         p.add_argument("--force", action="store_true",
                        help="issue the certificate again even if the one there is still good "
                             "(never the CA)")
-    for p in (p_init, p_host, p_show):
+    p_etcd_client.add_argument("--force", action="store_true",
+                               help="issue the certificate again (never the CA)")
+    for p in (p_init, p_host, p_etcd, p_etcd_client, p_show):
         p.add_argument("--dir", required=True, help="the PKI directory (e.g. .cloud/pki)")
     args = parser.parse_args(argv)
     try:
@@ -314,13 +392,18 @@ def main(argv: list[str] | None = None) -> int:
             paths = issue_host(args.dir, args.name, args.dns, args.ip, args.force)
             print(f"{_verdict(before, paths.cert)} host {args.name}: {paths.cert} {paths.key} "
                   f"(CA {ca_paths(args.dir).cert})")
+        elif args.command == "issue-etcd":
+            before = _read_or_empty(etcd_member_paths(args.dir, args.name).cert)
+            paths = issue_etcd_member(args.dir, args.name, args.dns, args.ip, args.force)
+            print(f"{_verdict(before, paths.cert)} etcd member {args.name}: {paths.cert} "
+                  f"{paths.key} (CA {etcd_ca_paths(args.dir).cert})")
+        elif args.command == "issue-etcd-client":
+            before = _read_or_empty(etcd_client_paths(args.dir).cert)
+            paths = issue_etcd_client(args.dir, args.force)
+            print(f"{_verdict(before, paths.cert)} etcd client: {paths.cert} {paths.key} "
+                  f"(CA {etcd_ca_paths(args.dir).cert})")
         else:
-            d = Path(args.dir)
-            for path in [ca_paths(d).cert, control_paths(d).cert,
-                         *sorted((d / "hosts").glob("*.crt"))]:
-                if path.exists():
-                    print(describe(path) if path != ca_paths(d).cert else
-                          f"{path.name}: {load_cert(path).subject.rfc4514_string()}")
+            show(Path(args.dir))
     except (PkiError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ from control.scale_out import ScaleOut
 from control.scaling import ScalingGroups
 from control.scheduler import Scheduler
 from control.server_groups import ServerGroups
-from control.store import Store
+from control.store import EtcdTls, Store
 
 
 @dataclass
@@ -58,9 +58,9 @@ class ControlPlane:
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
-    store = Store(config.etcd_endpoints, config.etcd_timeout_s)
+    store = Store(config.etcd_endpoints, config.etcd_timeout_s, EtcdTls.of(config))
     celery = create_celery_app(config)
-    queue = TaskQueue(celery)
+    queue = TaskQueue(celery, config.enqueue_retry_s)
     catalog = Catalog(store)
     images = Images(store, ImageStore(config.image_store_dir, config.image_max_bytes))
     quotas = Quotas(store, QuotaValues(**config.default_quota))

@@ -13,11 +13,12 @@ racing a task, or a second replica, changes nothing twice):
 2. deadlines: an instance in BUILD past its build deadline (from its last
    change), or building on a host that is down, goes to ERROR with a fault
    naming the phase (and host), and its quota and placement claims are given
-   back in the same pass. With build_redrive_after_s, a build stalled that
-   long (its task may have died with a killed worker) has its task sent again,
-   once, before the deadline. A delete past its deadline is finished here if its
-   host is down or gone (claims released, record removed; the guest, if the
-   host returns, is a stray), otherwise its task is sent again. An operation
+   back in the same pass. A build stalled build_redrive_after_s (its task may
+   be lost with Redis or held by a killed worker) has its task sent again, and
+   again every as long while it makes no progress, until the deadline. A
+   delete past its deadline is finished here if its host is down or gone
+   (claims released, record removed; the guest, if the host returns, is a
+   stray), otherwise its task is sent again. An operation
    (stop, start, reboot, scale, resize) past its deadline is undone with a
    fault, as a failed one is.
 3. power drift: a guest that shut itself down (observed shutoff or crashed
@@ -136,7 +137,8 @@ class Reconciler:
         # Allocation drifts seen by the previous pass: key -> (what, revisions).
         self._suspects: dict[str, tuple[str, int, int]] = {}
         self._resent: dict[str, float] = {}  # instance id -> when its delete was last re-sent
-        self._redriven: set[str] = set()  # builds whose task was sent again (build_redrive_after_s)
+        # Builds whose task was sent again: id -> (its updated_at then, when sent).
+        self._redriven: dict[str, tuple[float, float]] = {}
         # Since when (monotonic) this reconciler has watched without a gap: hosts
         # are judged down only after host_down_after_s of it. Heartbeats cannot be
         # recorded while etcd (or the API) is down, so right after an outage, a
@@ -209,7 +211,7 @@ class Reconciler:
 
     def check_deadlines(self, snap: Snapshot, report: Report) -> None:
         now = time.time()
-        self._redriven &= snap.instances.keys()
+        self._redriven = {i: sent for i, sent in self._redriven.items() if i in snap.instances}
         for instance, record in snap.instances.values():
             age = now - instance.updated_at
             if instance.vm_state is VmState.BUILDING and instance.task_state in BUILD_TASKS:
@@ -226,8 +228,7 @@ class Reconciler:
                                f"build timed out while {instance.task_state.value}{where}: no "
                                f"progress for {age:.0f}s (deadline "
                                f"{self.config.build_deadline():.0f}s)", report)
-                elif 0 < self.config.build_redrive_after_s < age and \
-                        instance.id not in self._redriven:
+                elif self._redrive_due(instance, age):
                     self._redrive_build(instance, report)
             elif instance.task_state is TaskState.DELETING and \
                     age > self.config.delete_deadline_s:
@@ -242,11 +243,26 @@ class Reconciler:
                 log.warning("instance %s: %s", instance.id, message)
                 report.operations_undone.append(instance.id)
 
+    def _redrive_due(self, instance: Instance, age: float) -> bool:
+        """Whether a build has made no progress for build_redrive_after_s since
+        its last change, and since its task was last sent again (if it was).
+        Only time watched counts: after an outage (etcd, or no leader), builds'
+        tasks are still retrying, and heartbeats are not recorded yet (the
+        scheduler would find no host up)."""
+        after = self.config.build_redrive_after()
+        if not after or min(age, time.monotonic() - self._watching_since) <= after:
+            return False
+        last = self._redriven.get(instance.id)
+        return last is None or last[0] != instance.updated_at or \
+            time.monotonic() - last[1] >= after
+
     def _redrive_build(self, instance: Instance, report: Report) -> None:
-        """Send a stalled build's task again, once (a build task is safe to run
-        twice: each step is a compare-and-swap, and an agent's spawn of a guest it
-        runs already does nothing). Its task may have died with a killed worker:
-        Redis gives an unacknowledged task back only after the visibility timeout."""
+        """Send a stalled build's task again. Its task may be lost with Redis, or
+        held by a killed worker (Redis gives that back only after the visibility
+        timeout). If the first was only slow, two copies run: that is safe (each
+        step is a compare-and-swap, a copy that loses one leaves the claim and
+        guest to the winner, and the agent runs one spawn of an instance at a
+        time, the second finding the guest running)."""
         open_actions = [r.key for r in self.store.list(keys.actions(instance.project, instance.id))
                         if r.value.get("end") is None]
         try:
@@ -254,9 +270,9 @@ class Reconciler:
         except Unavailable as exc:
             log.warning("instance %s: cannot re-send its build: %s", instance.id, exc)
             return
-        self._redriven.add(instance.id)
-        log.warning("instance %s: build stalled while %s; task sent again", instance.id,
-                    instance.task_state.value)
+        self._redriven[instance.id] = (instance.updated_at, time.monotonic())
+        log.warning("instance %s: build stalled while %s for %.0fs; task sent again",
+                    instance.id, instance.task_state.value, time.time() - instance.updated_at)
         report.builds_redriven.append(instance.id)
 
     def _fail(self, instance: Instance, record: Record, message: str, report: Report) -> None:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyetcd
@@ -25,6 +25,9 @@ from pyetcd.exceptions import ConnectionFailedError, Etcd3Exception
 
 from control.endpoints import RECONNECT_OPTIONS
 from control.errors import Conflict, InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from control.config import ControlConfig
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +197,37 @@ def _etcd_errors() -> Iterator[None]:
         raise Unavailable(f"state store (etcd) unavailable: {type(exc).__name__}") from exc
 
 
-def _endpoint(address: str) -> pyetcd.Endpoint:
-    host, _, port = address.rpartition(":")
+@dataclass(frozen=True)
+class EtcdTls:
+    """Mutual TLS to etcd: the CA that signed the members' certificates (the
+    etcd CA of control/pki.py) and the client certificate and key presented."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    @classmethod
+    def of(cls, config: ControlConfig) -> EtcdTls | None:
+        if not (config.etcd_ca_file and config.etcd_cert_file and config.etcd_key_file):
+            return None
+        return cls(config.etcd_ca_file, config.etcd_cert_file, config.etcd_key_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file),
+                                            read(self.cert_file))
+
+
+def _endpoint(address: str, credentials: grpc.ChannelCredentials | None) -> pyetcd.Endpoint:
+    """An etcd endpoint, "host:port" (or with http:// or https://, which only
+    say what `credentials` does: over TLS when there are any)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
     # time_retry: how long a failed endpoint is skipped; short, so a restarted
     # etcd is used again at once.
-    return pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.5,
-                           opts=RECONNECT_OPTIONS)
+    return pyetcd.Endpoint(host, int(port), secure=credentials is not None, creds=credentials,
+                           time_retry=0.5, opts=RECONNECT_OPTIONS)
 
 
 class Store:
@@ -211,10 +239,11 @@ class Store:
     transaction is not (it may have been applied before the member died): its
     caller gets Unavailable, as when etcd is down, and retries as it would then."""
 
-    def __init__(self, endpoints: list[str], timeout_s: float = 3.0):
+    def __init__(self, endpoints: list[str], timeout_s: float = 3.0, tls: EtcdTls | None = None):
+        credentials = tls.credentials() if tls else None
         self._client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=[_endpoint(e) for e in endpoints], timeout=timeout_s, failover=True
-        )
+            endpoints=[_endpoint(e, credentials) for e in endpoints], timeout=timeout_s,
+            failover=True)
         self._attempts = len(self._client.endpoints)
 
     def _safe(self, call: Callable[[], Any]) -> Any:

@@ -2,7 +2,10 @@
 
 Each task takes an instance id, re-reads the state from etcd, returns early if
 the work is already done, and acts idempotently, so running it twice (a
-redelivery after a worker died) is harmless. A failure leaves a recorded fault.
+redelivery after a worker died) is harmless, and so is running two copies at
+once (a stalled build sent again by the reconciler while the first was slow,
+not dead): a copy that loses a compare-and-swap leaves the claim and guest to
+the winner. A failure leaves a recorded fault.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def _with_attempts(message: str, instance: Instance) -> str:
         return message
     tried = "; ".join(f"{a.host}: {a.message}" for a in instance.attempts)
     return f"{message} (spawn failed before on {tried})"
+
+
+def _unwanted(instance: Instance | None) -> bool:
+    """Whether an instance wants nothing a build made for it (claim, guest):
+    it is gone, failed or being deleted."""
+    return instance is None or instance.vm_state is VmState.ERROR or \
+        instance.task_state is TaskState.DELETING
 
 
 class InstanceWork:
@@ -103,9 +113,10 @@ class InstanceWork:
 
     def fail(self, instance_id: str, phase: str, message: str, **changes: object) -> None:
         log.warning("instance %s failed while %s: %s", instance_id, phase, message)
-        self.plane.placement.release(instance_id)
-        self._advance(instance_id, Event.FAILED, release_quota=True,
-                      fault=Fault(message=message, phase=phase), **changes)
+        failed = self._advance(instance_id, Event.FAILED, release_quota=True,
+                               fault=Fault(message=message, phase=phase), **changes)
+        if failed is not None:  # else another copy of the task moved it on: its claim
+            self.plane.placement.release(instance_id)
 
     def _allocation(self, instance: Instance) -> Allocation:
         return Allocation(instance_id=instance.id, project=instance.project, host="",
@@ -157,8 +168,7 @@ class InstanceWork:
                     group_key = keys.server_group(instance.project, instance.group) \
                         if instance.group else ""
                     claimed = self.plane.placement.allocation(instance_id)  # scale-out claims ahead
-                    host = claimed.host if claimed else self.plane.scheduler.schedule(
-                        self._allocation(instance), self._request(instance), group_key)
+                    host = claimed.host if claimed else self._schedule(instance, group_key)
                 except ResourceExhausted as exc:
                     # After failed spawns, the spawn failure is what the user needs to see.
                     phase = "spawning" if instance.attempts else "scheduling"
@@ -166,7 +176,11 @@ class InstanceWork:
                     return
                 scheduled = self._advance(instance_id, Event.SCHEDULED, host=host)
                 if scheduled is None:
-                    self.plane.placement.release(instance_id)
+                    # Moved on meanwhile. By another copy of this task (a stalled
+                    # build sent again while the first was slow): a claim is one
+                    # per instance, so the one scheduling found is the winner's.
+                    if _unwanted(self._latest(instance_id)):
+                        self.plane.placement.release(instance_id)
                     return
                 instance = scheduled
             try:
@@ -178,8 +192,9 @@ class InstanceWork:
                 self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
                 return
             except SpawnFailed as exc:
-                # The agent cleaned up; give the claim back and try another host.
-                self.plane.placement.release(instance_id)
+                # The agent cleaned up: try another host. The claim is given back
+                # only once this copy has moved the instance on (another copy of
+                # the task may have built it meanwhile: then the claim is its).
                 attempts = [*instance.attempts,
                             Fault(message=str(exc), phase="spawning", host=instance.host)]
                 if len(attempts) >= self.plane.config.max_build_attempts:
@@ -192,6 +207,7 @@ class InstanceWork:
                 rescheduled = self._advance(instance_id, Event.RESCHEDULE, host="", attempts=attempts)
                 if rescheduled is None:
                     return
+                self.plane.placement.release(instance_id)
                 instance = rescheduled
             except Unavailable as exc:
                 if not give_up_on_unreachable:
@@ -202,14 +218,40 @@ class InstanceWork:
         active = self._advance(instance_id, Event.SPAWNED, power_state=PowerState(power),
                                launched_at=time.time())
         if active is None:
-            # Deleted (or failed by the reconciler) while spawning: make sure the
-            # guest we just started goes too, and the claim with it.
-            self.plane.agents.destroy(address, instance_id)
-            latest = self._record(instance_id)
-            if latest is None or latest.value.get("vm_state") == VmState.ERROR.value:
-                self.plane.placement.release(instance_id)
+            self._lost_spawn(address, instance_id, instance.host)
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
+
+    def _schedule(self, instance: Instance, group_key: str) -> str:
+        try:
+            return self.plane.scheduler.schedule(self._allocation(instance),
+                                                 self._request(instance), group_key)
+        except ResourceExhausted:
+            # Another copy of this task may have claimed meanwhile, taking the
+            # last room: a claim is one per instance, so that one is ours too.
+            claimed = self.plane.placement.allocation(instance.id)
+            if claimed is None:
+                raise
+            return claimed.host
+
+    def _latest(self, instance_id: str) -> Instance | None:
+        record = self._record(instance_id)
+        return Instance(**record.value) if record else None
+
+    def _lost_spawn(self, address: str, instance_id: str, host: str) -> None:
+        """The guest runs on `host`, but the instance moved on meanwhile. Deleted
+        or failed by the reconciler: the guest we started goes, and the claim.
+        Placed on another host: the guest here is nobody's and goes; the claim
+        is the other host's and stays. Live on this host: another copy of this
+        task got there first (the agent ran our spawn after its own and found
+        the guest running): it is the instance's guest, and stays."""
+        latest = self._latest(instance_id)
+        if _unwanted(latest) or (latest is not None and latest.host != host):
+            log.warning("instance %s moved on while spawning on %s; destroying the guest",
+                        instance_id, host)
+            self.plane.agents.destroy(address, instance_id)
+        if _unwanted(latest):
+            self.plane.placement.release(instance_id)
 
     def _resize(self, address: str, instance: Instance) -> str:
         """Stop (if running), redefine with the new flavor, start again (if it was)."""

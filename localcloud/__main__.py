@@ -24,10 +24,12 @@ def main() -> None:
     parser.add_argument("--api-replicas", type=int, choices=[1, 2], default=1,
                         help="API server replicas (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="Celery workers (default 1)")
+    parser.add_argument("--redis-sentinel", action="store_true",
+                        help="Redis as a master, a replica and 3 sentinels (with a password)")
     args = parser.parse_args()
     cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir], dashboard=True,
                        etcd_members=args.etcd_members, api_replicas=args.api_replicas,
-                       workers=args.workers)
+                       workers=args.workers, redis_sentinel=args.redis_sentinel)
     cloud.ports.dashboard = args.dashboard_port
 
     if args.command == "up":

@@ -19,6 +19,8 @@ from localcloud.processes import ProcessSet, free_port, port_open, wait_until
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
 DEMO_PROJECT = "demo"
 DEMO_USER = "demo"
+# The name the sentinels give the Redis master they watch (redis_sentinel=True).
+SENTINEL_MASTER = "smallcloud"
 
 
 @dataclass
@@ -39,6 +41,11 @@ class Ports:
     etcd_peer_3: int = 23802
     api_2: int = 50053
     agent_api_2: int = 50054
+    # Redis under Sentinel (LocalCloud redis_sentinel=True): the replica and 3 sentinels.
+    redis_2: int = 63791
+    sentinel: int = 63792
+    sentinel_2: int = 63793
+    sentinel_3: int = 63794
 
     @classmethod
     def free(cls) -> Ports:
@@ -75,6 +82,9 @@ class LocalCloud:
     etcd_members: int = 1
     api_replicas: int = 1
     workers: int = 1
+    # Redis under Sentinel: a master, one replica and 3 sentinels (loopback, each
+    # with its own directory), all with a password; redis_url lists the sentinels.
+    redis_sentinel: bool = False
 
     def __post_init__(self) -> None:
         if self.etcd_members not in (1, 3) or self.api_replicas not in (1, 2) or self.workers < 1:
@@ -108,6 +118,27 @@ class LocalCloud:
         """(process name, API port, agent listener port) of each API replica."""
         p = self.ports
         return [("api", p.api, p.agent_api), ("api-2", p.api_2, p.agent_api_2)][:self.api_replicas]
+
+    def redis_server_ports(self) -> list[tuple[str, int]]:
+        """(process name, port) of each Redis server: the first master, then
+        (under Sentinel) its replica."""
+        return [("redis", self.ports.redis), ("redis-2", self.ports.redis_2)][
+            :2 if self.redis_sentinel else 1]
+
+    def sentinel_ports(self) -> list[tuple[str, int]]:
+        """(process name, port) of each sentinel; none without redis_sentinel."""
+        p = self.ports
+        return [("sentinel", p.sentinel), ("sentinel-2", p.sentinel_2),
+                ("sentinel-3", p.sentinel_3)] if self.redis_sentinel else []
+
+    @property
+    def redis_url(self) -> str:
+        """The control plane's redis_url: the one Redis, or the sentinels (with the password)."""
+        if not self.redis_sentinel:
+            return f"redis://127.0.0.1:{self.ports.redis}/0"
+        password = self.password("redis")
+        return ";".join(f"sentinel://:{password}@127.0.0.1:{port}/0"
+                        for _, port in self.sentinel_ports())
 
     def worker_names(self) -> list[str]:
         return ["worker", *(f"worker-{n}" for n in range(2, self.workers + 1))]
@@ -197,7 +228,8 @@ class LocalCloud:
         control = {
             "admin_password_file": str(self.secret_path("admin")),
             "etcd_endpoints": self.etcd_endpoints,
-            "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
+            "redis_url": self.redis_url,
+            **({"redis_sentinel_master": SENTINEL_MASTER} if self.redis_sentinel else {}),
             "listen": f"127.0.0.1:{self.ports.api}",
             "agent_listen": f"{self.agent_api_host}:{self.ports.agent_api}",
             **self.tls_settings(),
@@ -245,12 +277,82 @@ class LocalCloud:
             store.close()
 
     def start_redis(self) -> None:
+        if self.redis_sentinel:
+            self.start_redis_sentinel()
+            return
         (self.root / "redis").mkdir(exist_ok=True)
         self.procs.start("redis", [
             "redis-server", "--port", str(self.ports.redis), "--bind", "127.0.0.1",
             "--dir", str(self.root / "redis"), "--save", "", "--appendonly", "yes",
             "--daemonize", "no"])
         wait_until(lambda: port_open(self.ports.redis), 30, "redis")
+
+    def start_redis_sentinel(self) -> None:
+        """The Redis servers (the first a master, the second its replica) and 3
+        sentinels watching them, those that are not running. Their config files
+        are written only when absent: Redis and Sentinel rewrite them when a
+        failover changes who is master, and a restart keeps that."""
+        master_port = self.ports.redis
+        for name, port in self.redis_server_ports():
+            replica_of = f"replicaof 127.0.0.1 {master_port}" if name != "redis" else ""
+            conf = self._config_once(name, "redis.conf", [
+                f"port {port}", "bind 127.0.0.1", f"dir {self.root / name}", 'save ""',
+                "appendonly yes", "daemonize no", *self._redis_auth(), replica_of,
+                # A replica (re)joining is synced at once, not after the usual 5 s.
+                "repl-diskless-sync-delay 0"])
+            self.procs.start(name, ["redis-server", str(conf)])
+        for _, port in self.redis_server_ports():
+            wait_until(functools.partial(port_open, port), 30, "redis")
+        for name, port in self.sentinel_ports():
+            conf = self._config_once(name, "sentinel.conf", [
+                f"port {port}", "bind 127.0.0.1", f"dir {self.root / name}", "daemonize no",
+                f"requirepass {self.password('redis')}",
+                # Quorum 2 of 3; a master silent for 1 s is down (tests want it short).
+                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2",
+                f"sentinel auth-pass {SENTINEL_MASTER} {self.password('redis')}",
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000",
+                f"sentinel failover-timeout {SENTINEL_MASTER} 3000",
+                f"sentinel parallel-syncs {SENTINEL_MASTER} 1"])
+            self.procs.start(name, ["redis-server", str(conf), "--sentinel"])
+        # A master back after a failover is made a replica on Sentinel's second
+        # look (they come 10 s apart), and seen linked on the next: about 20 s.
+        wait_until(self._sentinels_ready, 60, "the Redis sentinels")
+
+    def _redis_auth(self) -> list[str]:
+        password = self.password("redis")
+        return [f"requirepass {password}", f"masterauth {password}"]
+
+    def _config_once(self, name: str, file: str, lines: list[str]) -> Path:
+        """root/name/file with these lines, unless it exists. It holds the
+        password: its directory is owner-only (a rewrite makes a new file 0644)."""
+        directory = self.root / name
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o700)
+        path = directory / file
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# Written once by localcloud; Redis/Sentinel rewrite it.\n"
+                        + "".join(f"{line}\n" for line in lines if line))
+        return path
+
+    def _sentinels_ready(self) -> bool:
+        """Every sentinel sees the master up, its replica linked, and the 2
+        other sentinels (without which no failover can be agreed)."""
+        import redis  # the venv's client, only once Redis is wanted
+
+        for _, port in self.sentinel_ports():
+            client = redis.Redis(port=port, password=self.password("redis"), socket_timeout=1)
+            try:
+                master: dict = client.sentinel_master(SENTINEL_MASTER)  # type: ignore[assignment]
+                replicas: list[dict] = client.sentinel_slaves(SENTINEL_MASTER)  # type: ignore[assignment]
+            finally:
+                client.close()
+            if not master["is_master"] or master["is_sdown"] or \
+                    master["num-other-sentinels"] < 2 or \
+                    not any(r["master-link-status"] == "ok" and not r["is_sdown"] for r in replicas):
+                return False
+        return True
 
     def ensure_libvirtd(self) -> None:
         """Use the host's libvirtd if it runs; otherwise start virtlogd and libvirtd
@@ -341,10 +443,13 @@ class LocalCloud:
         workers = [n for n in running if re.fullmatch(r"worker(-\d+)?", n)]
         apis = [n for n in running if re.fullmatch(r"api(-\d+)?", n)]
         etcds = [n for n in running if re.fullmatch(r"etcd(-\d+)?", n)]
+        # Sentinels first (none fails over while the servers stop), replicas before "redis".
+        redises = [n for n in running if re.fullmatch(r"sentinel(-\d+)?", n)] + \
+            sorted((n for n in running if re.fullmatch(r"redis(-\d+)?", n)), reverse=True)
         stopped = [n for n in ["dashboard", *self._extra_agents(), "agent", *workers, *apis]
                    if self.procs.stop(n)]
         self._stop_guests(remove_guests)
-        stopped += [n for n in ("redis", *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
+        stopped += [n for n in (*redises, *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped
 
     def _extra_agents(self) -> list[str]:

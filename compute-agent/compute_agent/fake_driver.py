@@ -53,6 +53,8 @@ class FakeDriver(ComputeDriver):
         return "fake", "fake driver"
 
     def spawn(self, spec: InstanceSpec) -> str:
+        if self.power_state(spec.instance_id) == "running":
+            return "running"  # spawned already (a second copy of its build): not restarted
         if self.fail_spawn:
             raise DriverError("spawn failed: the fake driver was told to fail")
         if self.spawn_delay_s:

@@ -56,8 +56,11 @@ def test_spawn_runs_and_is_listed_and_destroy_removes(driver):
 def test_spawn_twice_is_idempotent(driver):
     s = spec()
     driver.spawn(s)
+    run = driver.balloon_status(s.instance_id).run_id
     assert driver.spawn(s) == "running"
     assert [o.instance_id for o in driver.list_instances()].count(s.instance_id) == 1
+    # The guest runs on as it was (a second copy of a build must do no harm).
+    assert driver.balloon_status(s.instance_id).run_id == run
     driver.destroy(s.instance_id)
 
 

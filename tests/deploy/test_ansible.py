@@ -4,7 +4,8 @@ rendered units' commands), a second run changes nothing, an instance created thr
 the deployed API with `cloudctl` reaches ACTIVE, `add-compute.yml` adds a second
 compute host (a second inventory host on this same machine, with its own host name,
 directories, units, port and libvirt network) that registers and takes an instance,
-and teardown.yml removes it all.
+etcd and Redis refuse clients without the deployment's certificate or password, and
+teardown.yml removes it all.
 
 Everything lives under a temporary root with its own ports (5205x), etcd, Redis,
 libvirt networks (cloud-net-ansible, cloudbr9, 10.219.0.0/24; cloud-net-ansible2,
@@ -127,6 +128,25 @@ def check_units(unit_dir: Path) -> None:
     assert done.returncode == 0 and not ours, done.stdout + done.stderr
 
 
+def check_backends_refuse_strangers(root: Path) -> None:
+    """etcd answers only the control plane's etcd client certificate (not no
+    certificate, not a compute host's), Redis only with the password."""
+    tls = root / "etc" / "tls"
+
+    def etcd_health(*cert: str) -> bool:
+        return subprocess.run(["etcdctl", f"--endpoints=https://127.0.0.1:{PORTS['etcd_client']}",
+                               f"--cacert={tls}/etcd-ca.crt", "--dial-timeout=3s",
+                               "--command-timeout=5s", *cert, "endpoint", "health"],
+                              capture_output=True, text=True, timeout=30).returncode == 0
+
+    assert etcd_health(f"--cert={tls}/etcd-client.crt", f"--key={tls}/etcd-client.key")
+    assert not etcd_health()
+    assert not etcd_health(f"--cert={tls}/ansible-ci.crt", f"--key={tls}/ansible-ci.key")
+    ping = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(PORTS["redis"]), "ping"],
+                          capture_output=True, text=True, timeout=30)
+    assert "NOAUTH" in ping.stdout + ping.stderr, ping.stdout + ping.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="deploys system services: needs root")
 def test_all_in_one_deploy_is_idempotent_and_serves_instances():
     busy = [p for p in PORTS.values() if not port_free(p)]
@@ -170,6 +190,7 @@ def test_all_in_one_deploy_is_idempotent_and_serves_instances():
         api_unit = (root / "units" / "smallcloud-api.service").read_text()
         assert f"ExecStart={root}/opt/venv/bin/python -m control.api.server" in api_unit
         check_units(root / "units")
+        check_backends_refuse_strangers(root)
 
         start = time.monotonic()
         cloudctl = CloudCtl(root, password)

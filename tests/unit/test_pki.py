@@ -103,3 +103,54 @@ def test_the_command_line_says_whether_it_issued(tmp_path, capsys):
                                                                        "10.0.0.6"}
     assert run("issue-host", "h1") == "issued"
     assert run("issue-host", "h1") == "kept"
+
+
+def test_etcd_has_a_ca_of_its_own(tmp_path, capsys):
+    """etcd trusts only the etcd CA: its members' and the control plane's etcd
+    client certificates come from it, a compute host's (the cloud CA's) does not."""
+    ca, _ = pki.init(tmp_path)
+    host = pki.issue_host(tmp_path, "node1")
+    member = pki.issue_etcd_member(tmp_path, "ctl1", ips=["10.0.0.11"])
+    client = pki.issue_etcd_client(tmp_path)
+    etcd_ca = pki.load_cert(pki.etcd_ca_paths(tmp_path).cert)
+    assert etcd_ca.subject != pki.load_cert(ca.cert).subject
+    for paths in (member, client):
+        pki.load_cert(paths.cert).verify_directly_issued_by(etcd_ca)
+        with pytest.raises(ValueError):  # not the cloud CA's: no use to the agents' TLS
+            pki.load_cert(paths.cert).verify_directly_issued_by(pki.load_cert(ca.cert))
+        assert mode(paths.key) == 0o600
+    with pytest.raises(ValueError):  # a compute host's certificate is no key to etcd
+        pki.load_cert(host.cert).verify_directly_issued_by(etcd_ca)
+    assert mode(pki.etcd_ca_paths(tmp_path).key) == 0o600
+
+    cert = pki.load_cert(member.cert)
+    assert "OU=etcd" in cert.subject.rfc4514_string()
+    assert san(cert) == ({"ctl1"}, {"10.0.0.11"})
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    cert = pki.load_cert(client.cert)
+    assert pki.identity_of(client.cert.read_bytes()) == pki.Identity(pki.CONTROL_NAME, "control")
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # it serves nothing
+
+
+def test_etcd_certificates_are_kept_and_issued_like_the_others(tmp_path, capsys):
+    def run(*args: str) -> str:
+        assert pki.main([*args, "--dir", str(tmp_path)]) == 0
+        return capsys.readouterr().out.split()[0]
+
+    assert run("issue-etcd", "ctl1", "--ip", "10.0.0.11") == "issued"  # makes the etcd CA
+    etcd_ca = pki.etcd_ca_paths(tmp_path).cert.read_bytes()
+    assert run("issue-etcd", "ctl1", "--ip", "10.0.0.11") == "kept"
+    assert run("issue-etcd-client") == "issued"
+    assert run("issue-etcd-client") == "kept"
+    assert run("issue-etcd", "ctl1", "--ip", "10.0.0.11", "--ip", "10.0.1.11") == "issued"
+    assert run("issue-etcd-client", "--force") == "issued"
+    assert pki.etcd_ca_paths(tmp_path).cert.read_bytes() == etcd_ca  # never replaced
+    assert san(pki.load_cert(pki.etcd_member_paths(tmp_path, "ctl1").cert))[1] == {
+        "10.0.0.11", "10.0.1.11"}
+    assert pki.main(["show", "--dir", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "etcd-ca.crt" in listed and "etcd-client.crt" in listed and "ctl1.crt" in listed
+    assert pki.main(["issue-etcd", "bad/name", "--dir", str(tmp_path)]) == 1
+    assert "not a host name" in capsys.readouterr().err

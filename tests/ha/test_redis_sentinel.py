@@ -1,0 +1,158 @@
+"""Redis under Sentinel (high availability of the task queue and the metrics):
+one cloud with 2 API replicas, 2 Celery workers, a fake-driver agent reporting
+metrics every second, and Redis as a master, one replica and 3 sentinels, all
+with a password (LocalCloud redis_sentinel=True). kill -9 of the Redis master
+while 12 instances are being created: the sentinels promote the replica; no
+create is refused, even to a client that does not retry (the API retries the
+enqueue through the failover: control/queue.py); every instance reaches
+ACTIVE with the books balanced; metrics reported after the failover are read
+back through the API; the old master, restarted, rejoins as a replica.
+Figures in test-output/ha.json (`redis_master_kill`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import redis
+from cloudapi.v1 import scaling_pb2
+from redis.sentinel import Sentinel
+
+from control.metrics import redis_client
+from localcloud.cloud import SENTINEL_MASTER
+from tests.conftest import ApiClient, login, start_cloud, stop_cloud
+from tests.faults.checks import all_instances, delete_everything, unlimited
+from tests.ha.helpers import HA_SETTINGS, Creates, Probe, record, settle_all_active
+
+SETTINGS = {**HA_SETTINGS, "metrics_interval_s": 1}
+
+
+@pytest.fixture(scope="module")
+def sentinel_cloud():
+    cloud, store = start_cloud("sentinel", api_replicas=2, workers=2, redis_sentinel=True,
+                               control_settings=SETTINGS,
+                               agent_settings={"driver": "fake", "fake_spawn_delay_s": 0.5})
+    unlimited(cloud)
+    yield cloud, store, login(cloud)
+    stop_cloud(cloud, "sentinel")
+
+
+def one_endpoint_client(cloud) -> ApiClient:
+    client = ApiClient(f"127.0.0.1:{cloud.ports.api}")
+    client.login("demo", cloud.password("demo"))
+    return client
+
+
+def sentinels(cloud) -> Sentinel:
+    return Sentinel([("127.0.0.1", port) for _, port in cloud.sentinel_ports()],
+                    sentinel_kwargs={"password": cloud.password("redis"), "socket_timeout": 0.5},
+                    socket_timeout=0.5)
+
+
+def new_master_serving(cloud, old: tuple[str, int], started: float) -> tuple[tuple, float]:
+    """Wait until the sentinels name another master and it takes a write;
+    returns it and the seconds since `started` (the kill)."""
+    watch = sentinels(cloud)
+    while time.monotonic() - started < 30:
+        try:
+            master = watch.discover_master(SENTINEL_MASTER)
+            if master != old:
+                client = redis.Redis(*master, password=cloud.password("redis"), socket_timeout=1)
+                client.set("smallcloud:ha-probe", "promoted")
+                client.close()
+                return master, time.monotonic() - started
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no replica was promoted within 30 s")
+
+
+def metrics_reported_after(api, instance_id: str, wall_time: float, timeout_s: float = 15) -> float:
+    """Seconds until GetInstanceMetrics shows a report received after
+    `wall_time`: the agent's report reached the new master through an API
+    replica, and a replica read it back."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            got = api.metrics.GetInstanceMetrics(
+                scaling_pb2.GetInstanceMetricsRequest(id_or_name=instance_id), timeout=5)
+            if got.HasField("updated_at") and got.updated_at.ToSeconds() > wall_time:
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no metrics report was stored after the failover")
+
+
+class Rejoin(threading.Thread):
+    """Restarts the killed master; keeps the seconds until the sentinels see it
+    as a linked replica."""
+
+    def __init__(self, cloud):
+        super().__init__(daemon=True)
+        self.cloud = cloud
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        self.cloud.start_redis()
+        self.seconds = time.monotonic() - started
+
+
+def test_redis_master_killed(sentinel_cloud):
+    cloud, store, api = sentinel_cloud
+    watch = sentinels(cloud)
+    old = watch.discover_master(SENTINEL_MASTER)
+    assert old == ("127.0.0.1", cloud.ports.redis)
+    # Writes through the metrics' own client (control/metrics.py), as the API makes them.
+    metrics_redis = redis_client(cloud.redis_url, SENTINEL_MASTER)
+    writes = Probe(lambda: metrics_redis.set("smallcloud:ha-probe", time.time()))
+    # Creates through one replica: a client given one endpoint does not retry
+    # (control/endpoints.py), so a refusal would show.
+    creates = Creates(one_endpoint_client(cloud), "redis")
+    writes.start()
+    creates.start()
+    time.sleep(1)
+    started, killed_at = time.monotonic(), time.time()
+    cloud.procs.kill("redis")
+    master, failover_s = new_master_serving(cloud, old, started)
+    assert master == ("127.0.0.1", cloud.ports.redis_2)
+    # The old master comes back on its own files (as systemd would restart
+    # it) while the creates go on; the sentinels make it the new master's
+    # replica (start_redis waits until every sentinel sees it linked).
+    rejoin = Rejoin(cloud)
+    rejoin.start()
+    figures = {"killed": "redis (the master)", "failover_s": round(failover_s, 2),
+               **creates.finish()}
+    figures.update({f"metrics_write_{k}": v for k, v in writes.finish().items()})
+    assert figures["create_refused"] == 0, figures
+    figures.update(settle_all_active(store, started))
+    # Builds whose task was lost with the master (queued, not yet replicated),
+    # sent again by the reconciler (it logs each).
+    figures["builds_redriven"] = sum(
+        (cloud.root / "logs" / f"{name}.log").read_text().count("build stalled")
+        for name, _, _ in cloud.api_replica_ports())
+    instance = next(i for i in all_instances(store) if i.name.startswith("redis-"))
+    figures["metrics_read_back_s"] = round(metrics_reported_after(api, instance.id, killed_at), 1)
+    rejoin.join(60)
+    assert rejoin.seconds is not None, "the old master did not rejoin as a replica"
+    figures["old_master_rejoined_s"] = round(rejoin.seconds, 1)
+    old_master = redis.Redis(port=cloud.ports.redis, password=cloud.password("redis"))
+    replication = old_master.info("replication")
+    assert (replication["role"], replication["master_port"]) == ("slave", cloud.ports.redis_2)
+    old_master.close()
+    metrics_redis.close()
+    record("redis_master_kill", figures)
+    delete_everything(api, store)
+
+
+def test_redis_requires_the_password(sentinel_cloud):
+    """Neither the Redis servers nor the sentinels answer without the password."""
+    cloud, _, _ = sentinel_cloud
+    for port in [p for _, p in cloud.redis_server_ports()] + [p for _, p in cloud.sentinel_ports()]:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(100).startswith(b"-NOAUTH"), port
+        assert redis.Redis(port=port, password=cloud.password("redis")).ping()
