@@ -109,6 +109,10 @@ class ControlConfig(BaseModel):
     # every reconcile_interval_s (and at start), in one API replica at a time.
     reconciler_enabled: bool = True
     reconcile_interval_s: float = 10.0
+    # The periodic jobs' etcd lease locks (control/leader.py): a replica that
+    # dies holding one is replaced within this (at least 3 intervals of its job)
+    # plus one interval. Shorter: faster takeover, more lease renewals.
+    leader_lease_s: float = Field(default=10.0, ge=2.0)
     # Phase deadlines, from an instance's last change: a build (0: spawn_timeout_s
     # plus the agent retries' backoff plus a margin), a delete, and an operation
     # (stop, start, reboot, scale, resize; 0: 2 x stop_timeout_s plus a margin).

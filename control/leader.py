@@ -95,9 +95,10 @@ class LeaderLoop:
     tick goes on; stop() ends the loop and gives the lock up."""
 
     def __init__(self, store: Store, name: str, work: Callable[[], object], interval_s: float,
-                 ttl_s: float = 0.0, holder: str = ""):
+                 ttl_s: float = 10.0, holder: str = ""):
         self.interval_s = interval_s
-        self.lock = LeaderLock(store, name, ttl_s or max(10.0, 3 * interval_s), holder)
+        # Renewed every tick: a lease of fewer than 3 ticks could run out between two.
+        self.lock = LeaderLock(store, name, max(ttl_s, 3 * interval_s), holder)
         self.work = work
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"leader-{name}", daemon=True)

@@ -482,5 +482,5 @@ def start_reconciler(plane: ControlPlane) -> LeaderLoop:
     replica at a time."""
     reconciler = Reconciler(plane)
     return LeaderLoop(plane.store, LOCK_NAME, reconciler.run_once,
-                      plane.config.reconcile_interval_s).start()
+                      plane.config.reconcile_interval_s, plane.config.leader_lease_s).start()
 

@@ -442,9 +442,10 @@ class ScalingGroups:
             raise ResourceExhausted(f"no host for flavor {flavor.name}: {decision.summary}")
 
 
-def start_controller(groups: ScalingGroups, store: Store, interval_s: float) -> LeaderLoop:
+def start_controller(groups: ScalingGroups, store: Store, interval_s: float,
+                     lease_s: float) -> LeaderLoop:
     """Converge every group every interval_s, in one API replica at a time."""
-    return LeaderLoop(store, LOCK_NAME, groups.converge_all, interval_s).start()
+    return LeaderLoop(store, LOCK_NAME, groups.converge_all, interval_s, lease_s).start()
 
 
 def member_status(instance: Instance) -> str:

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("API listening on port %d; agents (mutual TLS) on port %d", port, agent_port)
     # Scaling groups are converged here, in one replica at a time (not in
     # create_server: servers built in-process by tests run no controller).
-    scaling = start_controller(plane.scaling, plane.store, config.scaling_interval_s) \
+    scaling = start_controller(plane.scaling, plane.store, config.scaling_interval_s,
+                               config.leader_lease_s) \
         if config.scaling_enabled else None
     # The reconciler likewise (control/reconciler.py): its first pass runs now.
     reconciler = start_reconciler(plane) if config.reconciler_enabled else None

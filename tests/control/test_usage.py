@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import grpc
 import pytest
@@ -306,6 +306,16 @@ def test_cloudctl_usage_show(history, usage_cloud):
     assert len(records) == 8 and [r["name"] for r in records if r["open"]] == ["keeper"]
 
 
+def hours(ms: Decimal) -> Decimal:
+    """Milliseconds as hours, rounded as invoices round (half up, 6 places): Python's
+    round() rounds half to even, which differed on exact halves (0.0070325)."""
+    return (ms / 3_600_000).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+
+
+def test_hours_round_half_up_as_the_exporter():
+    assert hours(Decimal(25317)) == Decimal("0.007033")
+
+
 def test_billing_exporter_prints_the_invoice_as_csv(history, usage_cloud):
     cloud, _, admin = usage_cloud
     h = history
@@ -324,9 +334,8 @@ def test_billing_exporter_prints_the_invoice_as_csv(history, usage_cloud):
     assert [(x["instance_id"], x["flavor"]) for x in lines] == [
         *[(i.instance_id, f.flavor) for i in api.instances for f in i.flavors], ("TOTAL", "")]
     total = lines[-1]
-    assert Decimal(total["vcpu_hours"]) == round(Decimal(api.usage.total.vcpu_ms) / 3_600_000, 6)
-    assert Decimal(total["ram_gib_hours"]) == round(
-        Decimal(api.usage.total.ram_mib_ms) / 3_600_000 / 1024, 6)
+    assert Decimal(total["vcpu_hours"]) == hours(Decimal(api.usage.total.vcpu_ms))
+    assert Decimal(total["ram_gib_hours"]) == hours(Decimal(api.usage.total.ram_mib_ms) / 1024)
     assert Decimal(total["amount"]) == sum(Decimal(x["amount"]) for x in lines[:-1])
     # The price: vCPU-hours at 0.04 except while stopped, RAM at 0.01, disk at 0.001 per GiB-hour.
     u = api.usage

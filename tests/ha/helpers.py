@@ -16,7 +16,7 @@ from tests.faults.checks import FAULT_SETTINGS, settle
 
 CREATES = 12
 HA_SETTINGS = {**FAULT_SETTINGS, "scaling_interval_s": 1, "build_deadline_s": 30,
-               "build_redrive_after_s": 4}
+               "build_redrive_after_s": 4, "leader_lease_s": 4}
 
 
 def record(name: str, figures: dict) -> None:

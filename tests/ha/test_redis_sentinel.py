@@ -22,6 +22,7 @@ from redis.sentinel import Sentinel
 
 from control.metrics import redis_client
 from localcloud.cloud import SENTINEL_MASTER
+from localcloud.processes import wait_until
 from tests.conftest import ApiClient, login, start_cloud, stop_cloud
 from tests.faults.checks import all_instances, delete_everything, unlimited
 from tests.ha.helpers import HA_SETTINGS, Creates, Probe, record, settle_all_active
@@ -139,9 +140,17 @@ def test_redis_master_killed(sentinel_cloud):
     rejoin.join(60)
     assert rejoin.seconds is not None, "the old master did not rejoin as a replica"
     figures["old_master_rejoined_s"] = round(rejoin.seconds, 1)
+    # The sentinels' view can run ahead of the old master's own (they record the
+    # REPLICAOF they sent): wait until it says so itself.
     old_master = redis.Redis(port=cloud.ports.redis, password=cloud.password("redis"))
-    replication = old_master.info("replication")
-    assert (replication["role"], replication["master_port"]) == ("slave", cloud.ports.redis_2)
+
+    def replicates_new_master() -> bool:
+        replication = old_master.info("replication")
+        return (replication["role"], replication.get("master_port"),
+                replication.get("master_link_status")) == ("slave", cloud.ports.redis_2, "up")
+
+    wait_until(replicates_new_master, 30, "the old master replicating the new one")
+    figures["old_master_linked_s"] = round(time.monotonic() - started, 1)
     old_master.close()
     metrics_redis.close()
     record("redis_master_kill", figures)

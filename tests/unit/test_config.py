@@ -33,3 +33,11 @@ def test_a_config_file_with_a_redrive_past_the_deadline_does_not_load(tmp_path):
     path.write_text("[control]\nspawn_timeout_s = 30\nbuild_redrive_after_s = 120\n")
     with pytest.raises(ValidationError, match=r"build_redrive_after_s \(120\)"):
         load_config(path)
+
+
+def test_leader_lease_below_etcds_minimum_is_refused():
+    """etcd rounds a lease shorter than its election timeout up (about 2 s)."""
+    assert ControlConfig().leader_lease_s == 10
+    assert ControlConfig(leader_lease_s=3).leader_lease_s == 3
+    with pytest.raises(ValidationError, match="leader_lease_s"):
+        ControlConfig(leader_lease_s=1)
