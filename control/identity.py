@@ -135,8 +135,7 @@ class Identity:
         for role in self.store.list(keys.roles()):
             if role.key.endswith(f"/{name}"):
                 txn.delete(role.key)
-        for leftover in self.store.list(keys.project_data(name)):
-            txn.delete(leftover.key)
+        txn.delete_prefix(keys.project_data(name))  # usage history can hold thousands of keys
         for flavor in self.store.list(keys.flavors()):
             if name in flavor.value.get("projects", []):
                 txn.expect(flavor).put(flavor.key, {

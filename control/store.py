@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyetcd
-from pyetcd import etcdrpc
-from pyetcd.exceptions import ConnectionFailedError, Etcd3Exception
+from pyetcd import etcdrpc, utils
+from pyetcd.exceptions import ConnectionFailedError, Etcd3Exception, WatchTimedOut
 
 from control.endpoints import RECONNECT_OPTIONS
 from control.errors import Conflict, InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
@@ -162,6 +162,7 @@ class Txn:
     absent: list[str] = field(default_factory=list)
     puts: dict[str, dict[str, Any]] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
+    prefix_deletes: list[str] = field(default_factory=list)  # one etcd op each, however many keys
 
     def expect(self, record: Record) -> Txn:
         self.unchanged[record.key] = record.mod_revision
@@ -179,12 +180,19 @@ class Txn:
         self.deletes.append(key)
         return self
 
+    def delete_prefix(self, prefix: str) -> Txn:
+        """Delete every key under `prefix`: one operation for etcd, which refuses
+        a transaction of more than 128."""
+        self.prefix_deletes.append(prefix)
+        return self
+
     def merge(self, other: Txn) -> Txn:
         """Add another transaction's compares and writes to this one."""
         self.unchanged.update(other.unchanged)
         self.absent.extend(other.absent)
         self.puts.update(other.puts)
         self.deletes.extend(other.deletes)
+        self.prefix_deletes.extend(other.prefix_deletes)
         return self
 
 
@@ -293,6 +301,9 @@ class Store:
         from pyetcd.events import DeleteEvent
 
         def callback(response: Any) -> None:
+            if response is None:  # pyetcd: the stream ended without an error
+                on_error(Unavailable("the etcd watch stream ended"))
+                return
             if isinstance(response, Exception):
                 on_error(response)
                 return
@@ -301,8 +312,23 @@ class Store:
                                e.mod_revision) for e in response.events])
 
         with _etcd_errors():
-            self._client.add_watch_prefix_callback(prefix, callback,
-                                                   start_revision=after_revision + 1)
+            try:
+                self._client.add_watch_prefix_callback(prefix, callback,
+                                                       start_revision=after_revision + 1)
+            except WatchTimedOut:
+                self._replace_watch_stream()
+                raise
+
+    def _replace_watch_stream(self) -> None:
+        """pyetcd keeps one watch stream per client and queues every new watch
+        on it: a stream that stopped answering fails every later watch too (a
+        worker's builds all failed, WatchTimedOut, until it was restarted). A
+        new stream for the next watch; the old one is told to end (if it ends,
+        its watches' owners hear of it through their error callbacks)."""
+        stuck = self._client.watcher
+        self._client.watcher = self._client.get_watcher()
+        stuck.close()
+        log.warning("etcd watch stream did not answer: replaced")
 
     def commit(self, txn: Txn) -> bool:
         """Apply txn if every compare holds; return whether it did."""
@@ -316,6 +342,7 @@ class Store:
         compares += [t.version(k) == 0 for k in txn.absent]
         ops = [t.put(k, json.dumps(v, sort_keys=True)) for k, v in txn.puts.items()]
         ops += [t.delete(k) for k in txn.deletes]
+        ops += [t.delete(p, range_end=utils.prefix_range_end(p.encode())) for p in txn.prefix_deletes]
         # pyetcd's transaction() drops the response header, which holds the
         # revision; so the request is sent here, the way transaction() sends it.
         client = self._client

@@ -46,8 +46,8 @@ def create_app(config: dict[str, Any]) -> Flask:
     app.session_interface = ServerSideSessionInterface(SessionStore(app.config["SESSION_DIR"]))
     csrf.init_app(app)
 
-    from dashboard.views import admin, auth, images, instances, keypairs, launch, quotas
-    for module in (auth, instances, launch, keypairs, images, quotas, admin):
+    from dashboard.views import admin, auth, images, instances, keypairs, launch, quotas, usage
+    for module in (auth, instances, launch, keypairs, images, quotas, usage, admin):
         app.register_blueprint(module.bp)
 
     app.before_request(_require_login)

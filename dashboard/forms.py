@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -14,7 +16,7 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
 
 def options(pairs: list[tuple[str, str]]) -> list[SelectChoice]:
@@ -129,3 +131,64 @@ class FlavorForm(FlaskForm):
     disk_gb = IntegerField("Disk (GiB)", validators=[DataRequired(), NumberRange(min=1)])
     public = BooleanField("Public", default=True)
     projects = StringField("Projects (private: comma-separated)", validators=[Optional()])
+
+
+def parse_utc(text: str) -> datetime:
+    """An ISO 8601 date or time (as cloudctl takes them); without a zone it is UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError(f"{text!r} is not a date or time: use YYYY-MM-DD or "
+                              f"YYYY-MM-DDTHH:MM[:SS] (UTC unless a zone is given)") from None
+
+
+def month_start(now: datetime) -> datetime:
+    """The start of now's calendar month, UTC: the usage API's default start too."""
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class UsageForm(FlaskForm):
+    """The usage page's period [start, end) and, for admins, the project."""
+
+    class Meta:
+        csrf = False  # a GET query, changes nothing
+
+    # Not checked against the choices: the API decides who may see which project,
+    # and its refusal is what a tenant asking for another project gets.
+    project = SelectField("Project", choices=[], validate_choice=False)
+    start = StringField("Start (UTC)", validators=[Optional(), Length(max=64)],
+                        description="default: the start of this month")
+    end = StringField("End (UTC)", validators=[Optional(), Length(max=64)],
+                      description="empty: now")
+    page = IntegerField("Page", default=1, validators=[Optional(), NumberRange(min=1, max=10**6)])
+
+    def validate_start(self, field: StringField) -> None:
+        if field.data:
+            parse_utc(field.data)
+
+    def validate_end(self, field: StringField) -> None:
+        if field.data:
+            parse_utc(field.data)
+
+    # The period asked for, set by validate(): (start, end), end None = up to now.
+    period: tuple[datetime, datetime | None]
+
+    def validate(self, extra_validators=None) -> bool:
+        """Each field's syntax, then the period: start before end, end not after now."""
+        if not super().validate(extra_validators):
+            return False
+        now = datetime.now(UTC)
+        start = parse_utc(self.start.data) if self.start.data else month_start(now)
+        end = parse_utc(self.end.data) if self.end.data else None
+        self.period = (start, end)
+        # A minute's grace: the API's clock may be ahead of this host's (a CSV link carries
+        # the API's "now" as its end), and the API cuts the end to its own now anyway.
+        if end is not None and end > now + timedelta(minutes=1):
+            self.end.errors.append(f"The end is in the future: it may be now "
+                                   f"({now:%Y-%m-%d %H:%M:%S} UTC) at the latest.")
+        elif end is not None and start >= end:
+            self.end.errors.append("The end must be after the start.")
+        elif start >= now:
+            self.start.errors.append("The start must be before now (the end).")
+        return not (self.start.errors or self.end.errors)

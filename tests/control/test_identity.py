@@ -65,3 +65,16 @@ def test_bad_identity_input(identity, member):
         identity.create_user("new-user", "x", "no-such-project", "member")
     with pytest.raises(InvalidArgument):
         identity.create_project("bad name")
+
+
+def test_a_project_with_a_long_history_can_be_deleted(identity, store, member):
+    """Its data (300 usage records here) goes in one range delete: etcd refuses a
+    transaction of more than 128 operations, and deleting key by key made every
+    project with a long history undeletable (INVALID_ARGUMENT)."""
+    project, _ = member
+    for start in range(300):
+        store.put(keys.usage_record(project, str(uuid.uuid4()), start), {"start_ms": start})
+    identity.delete_project(project)
+    assert store.list(keys.project_data(project)) == []
+    with pytest.raises(NotFound):
+        identity.project(project)

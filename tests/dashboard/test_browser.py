@@ -200,7 +200,8 @@ def test_pages_at_laptop_and_phone_widths(dashboard, browser, cloud, admin):
             dialogs: list[str] = []
             page.on("dialog", lambda d, seen=dialogs: seen.append(d.message))
             log_in(page, dashboard, "admin", cloud.password("admin"))
-            for path, name in [("quotas", "quotas"), ("keypairs", "keypairs"), ("images", "images"),
+            for path, name in [("quotas", "quotas"), ("usage?project=demo", "usage"),
+                               ("keypairs", "keypairs"), ("images", "images"),
                                ("admin/hosts", "admin-hosts"), ("admin/projects", "admin-projects"),
                                ("admin/users", "admin-users"), ("admin/flavors", "admin-flavors")]:
                 page.goto(dashboard + path)
