@@ -23,6 +23,7 @@ from cloudapi.v1 import (
     identity_pb2,
     identity_pb2_grpc,
     scaling_pb2_grpc,
+    usage_pb2_grpc,
 )
 
 from control.endpoints import channel_target
@@ -114,6 +115,7 @@ class CloudClient:
         self.metrics = scaling_pb2_grpc.MetricsServiceStub(channel)
         self.scaling_groups = scaling_pb2_grpc.ScalingGroupServiceStub(channel)
         self.events = events_pb2_grpc.EventServiceStub(channel)
+        self.usage = usage_pb2_grpc.UsageServiceStub(channel)
 
     def login(self, username: str, password: str, project: str = "") -> identity_pb2.Token:
         result = self.identity.Login(identity_pb2.LoginRequest(

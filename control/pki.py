@@ -85,34 +85,33 @@ class Identity:
     role: str   # ROLE_CONTROL or ROLE_HOST (the subject's OU); "" if neither
 
 
-def ca_paths(directory: str | Path) -> CertPaths:
+def _pair(directory: str | Path, stem: str) -> CertPaths:
     d = Path(directory)
-    return CertPaths(d / "ca.crt", d / "ca.key")
+    return CertPaths(d / f"{stem}.crt", d / f"{stem}.key")
+
+
+def ca_paths(directory: str | Path) -> CertPaths:
+    return _pair(directory, "ca")
 
 
 def control_paths(directory: str | Path) -> CertPaths:
-    d = Path(directory)
-    return CertPaths(d / "control.crt", d / "control.key")
+    return _pair(directory, "control")
 
 
 def host_paths(directory: str | Path, name: str) -> CertPaths:
-    d = Path(directory) / "hosts"
-    return CertPaths(d / f"{name}.crt", d / f"{name}.key")
+    return _pair(Path(directory) / "hosts", name)
 
 
 def etcd_ca_paths(directory: str | Path) -> CertPaths:
-    d = Path(directory)
-    return CertPaths(d / "etcd-ca.crt", d / "etcd-ca.key")
+    return _pair(directory, "etcd-ca")
 
 
 def etcd_client_paths(directory: str | Path) -> CertPaths:
-    d = Path(directory)
-    return CertPaths(d / "etcd-client.crt", d / "etcd-client.key")
+    return _pair(directory, "etcd-client")
 
 
 def etcd_member_paths(directory: str | Path, name: str) -> CertPaths:
-    d = Path(directory) / "etcd"
-    return CertPaths(d / f"{name}.crt", d / f"{name}.key")
+    return _pair(Path(directory) / "etcd", name)
 
 
 def validate_host_name(name: str) -> str:

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
-from cloudapi.v1 import usage_pb2_grpc
 from flask import abort, current_app, session
 
 from control.client import CloudClient
@@ -30,8 +29,6 @@ class RequestTokenClient(CloudClient):
         # CloudClient.__init__ assigns a token: keep that away from the request that
         # happens to build the client (its own token would be lost).
         contextvars.copy_context().run(super().__init__, target)
-        # CloudClient has no usage stub (cloudctl makes its own): the same channel, token and all.
-        self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
 
     @property
     def token(self) -> str:

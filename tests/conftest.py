@@ -48,6 +48,18 @@ class ApiClient(CloudClient):
         return False
 
 
+def until(check, timeout_s: float = 30, what: str = "", every_s: float = 0.1):
+    """Call check() until it returns something true, and return that; fail the
+    test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(every_s)
+
+
 def cached_image(cache_dir: Path, image_dir: Path = IMAGE_DIR, kernel: str = "vmlinuz"):
     """The built guest image as an agent's image cache holds it: the agent's own
     ImageCache, fed from the build directory instead of the control plane."""

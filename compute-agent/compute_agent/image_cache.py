@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from compute_agent.driver import DriverError, ImageFiles
+from compute_agent.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ class ImageCache:
     def __init__(self, directory: str | Path, fetch: Fetch):
         self.directory = Path(directory)
         self.fetch = fetch
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self._locks = KeyedLocks()
 
     def ensure(self, image_id: str, disk_format: str, cmdline: str, disk_sha256: str,
                kernel_sha256: str = "", initrd_sha256: str = "") -> ImageFiles:
@@ -51,7 +50,7 @@ class ImageCache:
         path = self.directory / sha256
         if path.exists():
             return path
-        with self._lock(sha256):  # two spawns of one new image fetch it once
+        with self._locks.hold(sha256):  # two spawns of one new image fetch it once
             if not path.exists():
                 self._fetch(image_id, part, sha256, path)
         return path
@@ -78,7 +77,3 @@ class ImageCache:
             raise
         log.info("image %s: fetched %s (%d bytes) in %.2fs, checksum verified", image_id, part,
                  size, time.monotonic() - started)
-
-    def _lock(self, sha256: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._locks.setdefault(sha256, threading.Lock())

@@ -7,9 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -20,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from compute_agent.config import AgentConfig, load_config
 from compute_agent.driver import ComputeDriver, DriverError, InstanceSpec
 from compute_agent.image_cache import ImageCache
+from compute_agent.keyed_locks import KeyedLocks
 from compute_agent.reclaim import ReclaimLoop, ReclaimSettings
 from compute_agent.tls import ControlOnly, control_channel, server_credentials
 from compute_agent.tls import load as load_tls
@@ -30,40 +29,16 @@ FULL_REPORT_EVERY = 5
 IMAGE_FETCH_TIMEOUT_S = 600
 
 
-class InstanceLocks:
-    """One lock per instance id while it is wanted. Two copies of one build task
-    may call Spawn at once (a stalled build re-sent by the reconciler while the
-    original is slow, not dead): the second waits, then finds the guest running
-    and returns its power state, instead of racing the first's disk and domain
-    and, failing, cleaning up the guest the first started. A Destroy waits for
-    a spawn in progress, so it never leaves a guest started after it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # id -> (lock, holders)
-
-    @contextmanager
-    def hold(self, instance_id: str) -> Iterator[None]:
-        with self._guard:
-            lock, holders = self._locks.get(instance_id, (threading.Lock(), 0))
-            self._locks[instance_id] = (lock, holders + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, holders = self._locks[instance_id]
-                if holders == 1:
-                    del self._locks[instance_id]
-                else:
-                    self._locks[instance_id] = (lock, holders - 1)
-
-
 class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
     def __init__(self, driver: ComputeDriver, images: ImageCache):
         self.driver = driver
         self.images = images
-        self.instance_locks = InstanceLocks()
+        # Two copies of one build task may call Spawn at once (a stalled build
+        # re-sent by the reconciler while the original is slow, not dead): the
+        # second waits, then finds the guest running and returns its power state,
+        # instead of racing the first's disk and domain and, failing, cleaning up
+        # the guest the first started. A Destroy waits for a spawn in progress.
+        self.instance_locks = KeyedLocks()
 
     def Spawn(self, request, context):
         with self.instance_locks.hold(request.instance_id):

@@ -8,15 +8,10 @@ from typing import Any
 
 import click
 from cloudapi.v1 import usage_pb2 as pb
-from cloudapi.v1 import usage_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
 from control.cli.base import CloudGroup, api, as_dict, cli, out, output_option
-
-
-def _stub(ctx: click.Context) -> usage_pb2_grpc.UsageServiceStub:
-    return usage_pb2_grpc.UsageServiceStub(api(ctx).channel)
 
 
 def parse_time(value: str) -> Timestamp:
@@ -71,7 +66,7 @@ def usage() -> None:
 def usage_show(ctx: click.Context, project: str, start: str | None, end: str | None,
                output: str) -> None:
     """A project's usage in a period: per flavor, per instance, and in total."""
-    report = _stub(ctx).GetProjectUsage(pb.GetProjectUsageRequest(project=project,
+    report = api(ctx).usage.GetProjectUsage(pb.GetProjectUsageRequest(project=project,
                                                                    **_period(start, end)))
     if output == "json":
         click.echo(json.dumps(as_dict(report), indent=2))
@@ -109,7 +104,7 @@ RECORD_COLUMNS = ["instance_id", "name", "state", "flavor", "vcpus", "memory_mb"
 def usage_records(ctx: click.Context, project: str, start: str | None, end: str | None,
                   instance_id: str, include_open: bool, page_size: int, output: str) -> None:
     """Every usage interval in a period, in (instance, start) order."""
-    stub, token, rows = _stub(ctx), "", []
+    stub, token, rows = api(ctx).usage, "", []
     while True:
         page = stub.ListUsageRecords(pb.ListUsageRecordsRequest(
             project=project, instance_id=instance_id, include_open=include_open,

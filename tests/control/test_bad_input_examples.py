@@ -7,7 +7,6 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import usage_pb2 as upb
-from cloudapi.v1 import usage_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control import errors
@@ -25,7 +24,7 @@ def code_and_details(call) -> tuple[grpc.StatusCode, str]:
                                  Timestamp(seconds=0, nanos=-1),
                                  Timestamp(seconds=-62_135_596_801)])   # before year 1
 def test_usage_period_outside_what_a_timestamp_holds_is_invalid(api, end):
-    usage = usage_pb2_grpc.UsageServiceStub(api.channel)
+    usage = api.usage
     code, details = code_and_details(lambda: usage.GetProjectUsage(upb.GetProjectUsageRequest(end=end)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "invalid end" in details
     code, _ = code_and_details(lambda: usage.ListUsageRecords(upb.ListUsageRecordsRequest(start=end)))

@@ -19,7 +19,7 @@ from control.plane import build_control_plane
 from control.quota import QuotaValues
 from control.states import TaskState, VmState
 from control.store import Txn
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import FAULT_SETTINGS, claims_problems, unlimited
 
 
@@ -32,16 +32,6 @@ def rc_cloud():
     plane = build_control_plane(load_config(cloud.config_path))  # its agent client, as the API's
     yield cloud, store, login(cloud), plane
     stop_cloud(cloud, "reconcile")
-
-
-def until(check, timeout_s: float = 20, what: str = ""):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.2)
 
 
 def boot(api, name: str) -> pb.Instance:

@@ -26,7 +26,7 @@ from control.models import Instance
 from control.plane import build_control_plane
 from control.states import Event, TaskState, VmState
 from control.tasks import InstanceWork
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import claims_problems
 
 SPAWN_S = 4.0
@@ -42,14 +42,6 @@ def redrive_cloud():
     plane = build_control_plane(config)  # its agent client, as a worker's
     yield cloud, store, login(cloud), plane
     stop_cloud(cloud, "redrive")
-
-
-def until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
 
 
 def create(api, prefix: str) -> str:

@@ -22,7 +22,7 @@ from cloudapi.v1 import scaling_pb2 as spb
 from control import keys
 from control.leader import LeaderLock, LeaderLoop
 from localcloud.processes import wait_until
-from tests.conftest import REPO, login, start_cloud, stop_cloud
+from tests.conftest import REPO, login, start_cloud, stop_cloud, until
 from tests.control.test_quota import new_tenant
 
 UNLIMITED = dict(vcpus=-1, memory_mb=-1, disk_gb=-1)
@@ -53,17 +53,6 @@ def get(client, name: str) -> spb.ScalingGroup:
     return client.scaling_groups.GetScalingGroup(spb.GetScalingGroupRequest(name=name))
 
 
-def poll(check, timeout_s: float = 30, what: str = ""):
-    """Call check() until it returns something true."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def settled(client, name: str, size: int, timeout_s: float = 30, watch=None) -> spb.ScalingGroup:
     """Wait until the group has `size` ACTIVE members and nothing else."""
     def look():
@@ -73,7 +62,7 @@ def settled(client, name: str, size: int, timeout_s: float = 30, watch=None) -> 
         done = (group.status == "ACTIVE" and group.current == size == len(group.members)
                 and all(m.status == "ACTIVE" for m in group.members))
         return group if done else None
-    return poll(look, timeout_s, f"group {name} at {size}")
+    return until(look, timeout_s, f"group {name} at {size}")
 
 
 def expect(code, call):
@@ -85,7 +74,7 @@ def expect(code, call):
 
 def delete_group(client, name: str) -> None:
     client.scaling_groups.DeleteScalingGroup(spb.DeleteScalingGroupRequest(name=name))
-    poll(lambda: expect_gone(client, name), 30, f"group {name} deleted")
+    until(lambda: expect_gone(client, name), 30, f"group {name} deleted")
 
 
 def expect_gone(client, name: str) -> bool:
@@ -129,7 +118,7 @@ def test_converges_to_desired_and_deletes_newest_first(scaling_cloud):
     assert [g.name for g in listed.groups] == ["conv"] and listed.groups[0].current == 4
 
     delete_group(client, "conv")
-    poll(lambda: not client.instances.ListInstances(pb.ListInstancesRequest()).instances, 30,
+    until(lambda: not client.instances.ListInstances(pb.ListInstancesRequest()).instances, 30,
          "members deleted")
     assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage == ipb.QuotaValues()
 
@@ -166,7 +155,7 @@ def test_stops_at_quota_says_why_and_never_exceeds_max(scaling_cloud):
         watch(group)
         return group.last_error and group.current == 2 and group
 
-    group = poll(look, 30, "a quota refusal")
+    group = until(look, 30, "a quota refusal")
     assert "quota exceeded for instances" in group.last_error and "limit 2" in group.last_error
     time.sleep(2)  # more passes of the controller: still 2
     group = get(client, "q")
@@ -201,7 +190,7 @@ def test_a_failed_member_is_replaced(scaling_cloud):
             failed.update(m.id for m in group.members if m.status in ("ERROR", "DELETING"))
             return group.last_error and group
 
-        group = poll(look, 60, "a failed member")
+        group = until(look, 60, "a failed member")
         assert "member rep-" in group.last_error and "failed" in group.last_error
         assert "told to fail" in group.last_error
 
@@ -255,7 +244,7 @@ def test_target_tracking_scales_out_and_in_with_metrics(scaling_cloud):
     assert longer.window_s == 60 and len(longer.samples) >= len(one.samples)
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: client.metrics.GetInstanceMetrics(
         spb.GetInstanceMetricsRequest(id_or_name="auto-1", window_s=601)))
-    averaged = poll(lambda: (m := client.metrics.GetGroupMetrics(
+    averaged = until(lambda: (m := client.metrics.GetGroupMetrics(
         spb.GetGroupMetricsRequest(name="auto"))).reporting == 3 and m, 10, "3 members reporting")
     assert (averaged.members, averaged.desired, averaged.max_size) == (3, 3, 3)
     assert averaged.cpu_utilisation == pytest.approx(90, abs=1)
@@ -307,7 +296,7 @@ def test_the_leader_lock_lets_one_loop_act(scaling_cloud):
         assert acted["one"] >= 5 and acted["two"] == 0
         one.stop(release=False)  # as if it crashed: its lease runs out by itself
         stopped = time.monotonic()
-        poll(lambda: acted["two"] > 0, 10, "the second loop taking over")
+        until(lambda: acted["two"] > 0, 10, "the second loop taking over")
         assert time.monotonic() - stopped <= 2 + 1.5  # the TTL, a tick and etcd's lease rounding
         assert LeaderLock(store, name).current_holder() == "two"
     finally:
@@ -363,7 +352,7 @@ def test_cloudctl_group_commands(scaling_cloud, tmp_path):
         2, "web", "anti-affinity")
     assert created["policy"].startswith("cpu_utilisation 60")
     # One host: anti-affinity lets one member in; the other cannot be placed.
-    group = poll(lambda: "no host" in (g := get(client, "web")).last_error and g.current == 1
+    group = until(lambda: "no host" in (g := get(client, "web")).last_error and g.current == 1
                  and g.members[0].status == "ACTIVE" and g, 30, "no room for a second")
     assert "no host for flavor tiny" in group.last_error
 
@@ -374,7 +363,7 @@ def test_cloudctl_group_commands(scaling_cloud, tmp_path):
     shown = cloudctl("group", "show", "web").stdout
     assert "web-1" in shown and "ACTIVE" in shown and "no host" in shown
     assert "web" in cloudctl("group", "list").stdout
-    poll(lambda: json.loads(cloudctl("instance", "metrics", "web-1", "-o", "json").stdout)
+    until(lambda: json.loads(cloudctl("instance", "metrics", "web-1", "-o", "json").stdout)
          .get("fresh"), 10, "metrics of web-1")
     assert "cpu_utilisation" in cloudctl("instance", "metrics", "web-1").stdout
     assert "deleted" in cloudctl("group", "delete", "web", "--wait").stderr

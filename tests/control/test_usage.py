@@ -23,7 +23,6 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import usage_pb2 as upb
-from cloudapi.v1 import usage_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.conftest import REPO, ApiClient, login, start_cloud, stop_cloud
@@ -34,8 +33,8 @@ PAUSE_S = 2.0
 FIELDS = ("instance_ms", "vcpu_ms", "ram_mib_ms", "disk_gib_ms")
 
 
-def usage_stub(client: ApiClient) -> usage_pb2_grpc.UsageServiceStub:
-    return usage_pb2_grpc.UsageServiceStub(client.channel)
+def usage_stub(client: ApiClient):
+    return client.usage
 
 
 def ts(seconds: float) -> Timestamp:

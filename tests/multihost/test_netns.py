@@ -20,23 +20,13 @@ from cloudapi.v1 import compute_pb2 as pb
 
 from control import keys
 from control.models import Host
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import unlimited
 from tests.integration.test_boot_e2e import wait_console
 from tests.multihost.netns import NetnsLab
 
 SETTINGS = {"reconcile_interval_s": 1, "host_down_after_s": 4, "heartbeat_interval_s": 1}
 FAKE_HOSTS = 3
-
-
-def until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def host(store, name: str) -> Host | None:
