@@ -53,7 +53,7 @@ lint: venv
 	  control compute-agent/compute_agent localcloud dashboard
 
 deps: .stamps/deps
-.stamps/deps: scripts/install-deps.sh
+.stamps/deps: scripts/install-deps.sh scripts/programs.txt
 	scripts/install-deps.sh
 	@mkdir -p .stamps && touch $@
 

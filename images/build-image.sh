@@ -80,17 +80,9 @@ rm -rf "$OUT"/.work.*
 
 # --- host tools ---------------------------------------------------------------
 # Installed only when missing, so a prepared machine never touches apt.
-need() { # need COMMAND DEBIAN_PACKAGE
-	command -v "$1" > /dev/null 2>&1 && return 0
-	log "installing $2 (for $1)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" > /dev/null \
-		|| die "could not install $2"
-}
-need dpkg-deb dpkg
-need mkfs.ext4 e2fsprogs
-need qemu-img qemu-utils
-need cpio cpio
-need gzip gzip
+# What the build runs (dpkg-deb, mkfs.ext4, qemu-img, cpio, xz, zstd, ...) comes
+# from the project's one list of programs; this is a no-op once installed.
+"$HERE/../scripts/install-deps.sh" --groups image
 
 # --- packages -------------------------------------------------------------------
 APT_UPDATED=0
@@ -188,9 +180,6 @@ if [ -f "$MODROOT/modules.builtin" ]; then
 		BUILTIN[${b//-/_}]=1
 	done < "$MODROOT/modules.builtin"
 fi
-# Tools for compressed modules (Debian 6.1 ships plain .ko; later ones may not).
-case " ${MOD_PATH[*]} " in *.ko.xz\ *) need xz xz-utils ;; esac
-case " ${MOD_PATH[*]} " in *.ko.zst\ *) need zstd zstd ;; esac
 
 # Plain .ko files, because busybox insmod cannot decompress .ko.xz/.ko.zst.
 stage_module() { # stage_module NAME DESTDIR -> DESTDIR/<file base>.ko

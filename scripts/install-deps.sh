@@ -1,32 +1,54 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the cloud needs, only those missing. Safe to run twice.
+# Installs the Debian packages of scripts/programs.txt (the one list of programs
+# the cloud, its build and its tests run), only those missing. Safe to run twice.
+#
+#   scripts/install-deps.sh                  everything (make up, make test, CI)
+#   scripts/install-deps.sh --groups image   only the programs of these groups (comma-separated)
+#   scripts/install-deps.sh --list           print the packages it would ensure, one a line
 set -euo pipefail
-
-# command -> package that provides it
-declare -A NEED=(
-  [etcd]=etcd-server
-  [redis-server]=redis-server
-  [libvirtd]=libvirt-daemon-system
-  [virsh]=libvirt-clients
-  [qemu-system-x86_64]=qemu-system-x86
-  [qemu-img]=qemu-utils
-  [dnsmasq]=dnsmasq-base
-  [iptables]=iptables
-  [pkg-config]=pkg-config
-  [mkfs.ext4]=e2fsprogs
-  [cpio]=cpio
-  [chromium]=chromium   # the dashboard's browser tests (Playwright drives it)
-)
-missing=()
-for cmd in "${!NEED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEED[$cmd]}")
+LIST="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/programs.txt"
+list_only=0
+groups=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --list) list_only=1 ;;
+    --groups) groups="$2"; shift ;;
+    *) echo "usage: $0 [--groups G1,G2] [--list]" >&2; exit 2 ;;
+  esac
+  shift
 done
-# Headers to build libvirt-python; busybox for the guest image.
-dpkg -s libvirt-dev >/dev/null 2>&1 || missing+=(libvirt-dev)
-[ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
-python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 
+wanted() { # wanted GROUPS: whether an entry of these groups is asked for ("all": always)
+  [ -z "$groups" ] && return 0
+  [[ ",$1," == *",all,"* ]] && return 0
+  local g
+  for g in ${1//,/ }; do
+    [[ ",$groups," == *",$g,"* ]] && return 0
+  done
+  return 1
+}
+
+packages=()
+missing=()
+while read -r program package entry_groups; do
+  [ "$package" = project ] && continue
+  wanted "$entry_groups" || continue
+  packages+=("$package")
+  if [ "$program" = - ]; then
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" = installed ] \
+      || missing+=("$package")
+  else
+    command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || [ -x "/sbin/$program" ] \
+      || missing+=("$package")
+  fi
+done < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$LIST")
+
+if [ "$list_only" = 1 ]; then
+  printf '%s\n' "${packages[@]}" | sort -u
+  exit 0
+fi
 if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q

@@ -3,7 +3,9 @@ with real etcd, Redis, Celery worker, compute agent, libvirtd and QEMU."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -18,6 +20,42 @@ from control.client import CloudClient
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "images" / "build"
 OUTPUT = REPO / "test-output"
+
+
+# --- programs run by this test process must be in scripts/programs.txt --------
+# tests/unit/test_programs.py finds them in the source; this catches at run time
+# what a scan can't see (a program named in a variable, say).
+_UNLISTED_RUNS: dict[str, str] = {}
+
+
+def _audit_programs(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen":
+        executable, argv = args[0], args[1]
+    elif event in ("os.exec", "os.posix_spawn"):
+        executable, argv = args[0], args[1]
+    else:
+        return
+    if isinstance(argv, (str, bytes)):
+        argv = [argv.split()[0]] if argv.split() else []
+    path = os.fsdecode(executable or (argv[0] if argv else ""))
+    if not path or path == sys.executable or ("/" in path and os.path.abspath(path).startswith(str(REPO))):
+        return  # the project's own python and venv programs
+    from tests.programs import listed_programs
+
+    name = os.path.basename(path)
+    if name not in listed_programs() and not name.startswith("python"):
+        _UNLISTED_RUNS.setdefault(name, " ".join(map(os.fsdecode, argv))[:200])
+
+
+sys.addaudithook(_audit_programs)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _UNLISTED_RUNS:
+        lines = "\n".join(f"  {name}: {argv}" for name, argv in sorted(_UNLISTED_RUNS.items()))
+        print(f"\nprograms run by the tests but missing from scripts/programs.txt:\n{lines}",
+              file=sys.stderr)
+        session.exitstatus = 1
 
 
 class ApiClient(CloudClient):
