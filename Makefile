@@ -8,7 +8,7 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := proto/gen/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test test-faults unit bench bench-placement lint proto image deps venv lock clean docs \
+.PHONY: up down status test test-faults unit bench bench-placement bench-soak lint proto image deps venv lock clean docs \
 	ansible-venv ansible-check
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
@@ -41,6 +41,14 @@ bench: deps venv image
 	$(PY) bench/mtls.py
 	$(PY) bench/etcd_tls.py
 	$(PY) bench/agents.py 200
+
+# etcd's size under heartbeating hosts, with compaction (bench/soak.py):
+# make bench-soak AGENTS=200 SOAK_SECONDS=300 HISTORY=60s
+AGENTS ?= 200
+SOAK_SECONDS ?= 300
+HISTORY ?= 60s
+bench-soak: deps venv
+	$(PY) bench/soak.py $(AGENTS) --seconds $(SOAK_SECONDS) --history $(HISTORY)
 
 # One host count alone: make bench-placement HOSTS=5000
 HOSTS ?= 1000

@@ -53,9 +53,39 @@ class ControlConfig(BaseModel):
     # A host whose last heartbeat is older than this is not given new instances.
     host_down_after_s: float = 30.0
     heartbeat_interval_s: int = 2
-    # Event streams (EventService.Watch) one API server keeps open at once; each
-    # holds one of the server's 32 worker threads while it is open.
+    # The API server's worker threads: how many calls it serves at once; and how
+    # many calls it holds at once, served or waiting for a thread (a burst of
+    # creates waits its turn): one more is refused RESOURCE_EXHAUSTED at once.
+    # Streams never take more than half the threads, so waiting calls move on.
+    api_threads: int = Field(default=64, ge=8)
+    api_max_calls: int = Field(default=256, ge=8)
+    # Streaming calls (event Watch, image uploads, reflection, health Watch)
+    # hold a thread each while open (control/api/streams.py): all together at
+    # most half of api_threads, so unary calls always have the other half; a
+    # project's and a user's at most these; calls without a login (reflection,
+    # health Watch) at most stream_max_anonymous together and
+    # stream_max_per_address from one address. A stream that waits on its client
+    # (reflection, an upload) and receives nothing for stream_idle_timeout_s is
+    # cancelled.
+    stream_max_per_project: int = 8
+    stream_max_per_user: int = 8
+    stream_max_anonymous: int = 4
+    stream_max_per_address: int = 2
+    stream_idle_timeout_s: float = 30.0
+    # Event streams (EventService.Watch) one API server keeps open at once, of
+    # all projects together (each holds one etcd watch, and a thread).
     event_max_streams: int = 16
+    # gRPC server reflection (lets grpcurl and the like list the API without
+    # the protos); the Ansible roles turn it off.
+    reflection_enabled: bool = True
+
+    def stream_limits(self):
+        from control.api.streams import StreamLimits
+
+        return StreamLimits(total=self.api_threads // 2, per_project=self.stream_max_per_project,
+                            per_user=self.stream_max_per_user, anonymous=self.stream_max_anonymous,
+                            per_address=self.stream_max_per_address,
+                            idle_timeout_s=self.stream_idle_timeout_s)
     # Overcommit: capacity = (total - reserved) * ratio.
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
@@ -129,6 +159,15 @@ class ControlConfig(BaseModel):
     # A domain on a host that no instance owns is destroyed this long after it
     # was first reported.
     orphan_grace_s: float = 60.0
+    # etcd's size (control/store_maintenance.py): its --quota-backend-bytes (the
+    # same value as etcd's flag: the API shows use against it), how much free
+    # space makes a defragmentation worthwhile, and how often that is checked
+    # (and the NOSPACE alarm, which any replica then clears once space is freed).
+    etcd_quota_bytes: int = 2 * 2**30
+    etcd_history: str = "1h"  # etcd's --auto-compaction-retention, as shown to admins
+    etcd_defrag_min_free_mb: int = 64
+    store_maintenance_interval_s: float = 60.0
+    store_maintenance_enabled: bool = True
 
     def build_deadline(self) -> float:
         return self.build_deadline_s or self.spawn_timeout_s + 60.0

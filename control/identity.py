@@ -23,19 +23,25 @@ from pydantic import BaseModel, Field
 from control import keys
 from control.errors import (
     AlreadyExists,
+    Conflict,
     InvalidArgument,
     InvalidTransition,
     NotFound,
     Unauthenticated,
 )
 from control.models import validate_name
-from control.store import Store, Txn
+from control.store import CAS_ATTEMPTS, Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
 ROLES = ("reader", "member", "admin")  # each may do what the ones before it may
 ADMIN_PROJECT = "admin"
 ADMIN_USER = "admin"
+# Not a project's name: private image names are indexed under their project's
+# name, public ones under "public" (keys.image_name).
+RESERVED_PROJECT_NAMES = ("public",)
+# How many names of each kind a refused project delete lists.
+NAMES_SHOWN = 10
 
 
 class Caller(BaseModel):
@@ -56,6 +62,11 @@ class Caller(BaseModel):
 
 
 class Project(BaseModel):
+    """A project's record is written once, when it is created, and deleted
+    with it: a write of something the project owns expects it unchanged
+    (expect_project_into), and etcd's creation revision of it tells this
+    project from an earlier one of the same name (the event streams use it)."""
+
     name: str
     description: str = ""
     created_at: float = Field(default_factory=time.time)
@@ -76,6 +87,34 @@ def validate_role(role: str, project: str) -> str:
         raise InvalidArgument(f"the admin role is given in project {ADMIN_PROJECT!r} only "
                               f"(it covers the whole cloud)")
     return role
+
+
+def expect_project_into(store: Store, txn: Txn, name: str) -> Record:
+    """Make `txn`, a write of something project `name` owns, commit only while
+    the project is the one there now, and return its record. A write racing
+    with the project's delete then either commits first (and the delete, which
+    compares what it checked, refuses or takes it along) or fails: nothing is
+    written for a deleted project, nor passes to a later one of its name.
+    NotFound if there is no such project."""
+    record = store.get(keys.project(name)) if name and "/" not in name else None
+    if record is None:
+        raise NotFound(f"project {name!r} not found")
+    txn.expect(record)
+    return record
+
+
+def check_project(store: Store, record: Record) -> None:
+    """After a transaction that expected project `record` (expect_project_into)
+    failed: NotFound if that project is gone (deleted, maybe created again
+    since); otherwise nothing, the failure had another cause."""
+    current = store.get(record.key)
+    if current is None or current.mod_revision != record.mod_revision:
+        raise NotFound(f"project {record.value['name']!r} not found (deleted meanwhile)")
+
+
+def _names(found: list[str]) -> str:
+    shown = ", ".join(sorted(found)[:NAMES_SHOWN])
+    return shown + (f" and {len(found) - NAMES_SHOWN} more" if len(found) > NAMES_SHOWN else "")
 
 
 def hash_token(token: str) -> str:
@@ -102,6 +141,8 @@ class Identity:
 
     def create_project(self, name: str, description: str = "") -> Project:
         validate_name(name, "project name")
+        if name in RESERVED_PROJECT_NAMES:
+            raise InvalidArgument(f"{name!r} is reserved: it cannot be a project's name")
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"a project description is at most {MAX_DESCRIPTION} characters")
         project = Project(name=name, description=description)
@@ -120,30 +161,63 @@ class Identity:
         return [Project(**r.value) for r in self.store.list(keys.projects())]
 
     def delete_project(self, name: str) -> None:
-        record = self.store.get(keys.project(name)) if name and "/" not in name else None
-        if record is None:
-            raise NotFound(f"project {name!r} not found")
+        """Delete a project and all it has: keypairs, server groups, request
+        ids, usage history, quota, roles, flavor access, tokens. Refused
+        (FAILED_PRECONDITION, naming them) while it owns what costs money,
+        occupies hosts or holds files: instances, images, scaling groups; those
+        are deleted first, by their own calls, which release what they hold.
+
+        The transaction compares what was checked (no instance, image name or
+        scaling group under the project's keys), and every write of the
+        project's things expects the project's record (expect_project_into):
+        whichever of a racing create and this delete commits second fails, so
+        nothing is left behind for a later project of the same name."""
         if name == ADMIN_PROJECT:
+            self.project(name)
             raise InvalidTransition("the admin project cannot be deleted")
-        instances = self.store.list(keys.instances(name))
-        if instances:
-            raise InvalidTransition(f"project {name!r} still has {len(instances)} instances")
-        # Nothing of it may pass to a later project of the same name: roles,
-        # quota, request ids, private flavor access.
-        txn = Txn().expect(record).delete(keys.project(name))
-        txn.delete(keys.quota_limits(name)).delete(keys.quota_usage(name))
-        for role in self.store.list(keys.roles()):
-            if role.key.endswith(f"/{name}"):
-                txn.delete(role.key)
-        txn.delete_prefix(keys.project_data(name))  # usage history can hold thousands of keys
-        for flavor in self.store.list(keys.flavors()):
-            if name in flavor.value.get("projects", []):
-                txn.expect(flavor).put(flavor.key, {
-                    **flavor.value, "projects": [p for p in flavor.value["projects"] if p != name]})
-        if not self.store.commit(txn):
-            raise InvalidTransition(f"project {name!r} changed while being deleted; try again")
+        for _ in range(CAS_ATTEMPTS):
+            record = self.store.get(keys.project(name)) if name and "/" not in name else None
+            if record is None:
+                raise NotFound(f"project {name!r} not found")
+            owned = self._owned(name)
+            if owned:
+                raise InvalidTransition(f"project {name!r} still owns {owned}: delete them first")
+            txn = Txn().expect(record).delete(keys.project(name))
+            txn.expect_empty(keys.instances(name)).expect_empty(keys.scaling_groups(name))
+            if name not in RESERVED_PROJECT_NAMES:  # (one made before the name was reserved)
+                txn.expect_empty(keys.image_names(name))
+            txn.delete(keys.quota_limits(name)).delete(keys.quota_usage(name))
+            for role in self.store.list(keys.roles()):
+                if role.key.endswith(f"/{name}"):
+                    txn.delete(role.key)
+            # Keypairs, server groups, request ids, actions, usage history: one
+            # prefix (usage history alone can hold thousands of keys).
+            txn.delete_prefix(keys.project_data(name))
+            txn.delete_prefix(keys.scaling_group_indexes_of(name))
+            for flavor in self.store.list(keys.flavors()):
+                if name in flavor.value.get("projects", []):
+                    txn.expect(flavor).put(flavor.key, {
+                        **flavor.value,
+                        "projects": [p for p in flavor.value["projects"] if p != name]})
+            if self.store.commit(txn):
+                break
+            log.info("project %s changed while being deleted: checking again", name)
+        else:
+            raise Conflict(f"project {name!r} kept changing while being deleted; try again")
         self._revoke_where(lambda t: t["project"] == name)
         log.info("project %s deleted", name)
+
+    def _owned(self, name: str) -> str:
+        """What a project owns that its delete does not take along, in words
+        ("" if nothing)."""
+        found = {
+            "instances": [r.value.get("name", "") for r in self.store.list(keys.instances(name))],
+            "images": [r.value.get("name", r.key.rsplit("/", 1)[1])
+                       for r in self.store.list(keys.images()) if r.value.get("project") == name],
+            "scaling groups": [r.value.get("name", "")
+                               for r in self.store.list(keys.scaling_groups(name))],
+        }
+        return "; ".join(f"{kind} {_names(names)}" for kind, names in found.items() if names)
 
     # ---------------------------------------------------------------- users and roles
 
@@ -159,7 +233,9 @@ class Identity:
         user = User(name=name, password_hash=self.hasher.hash(password or generated))
         txn = (Txn().expect_absent(keys.user(name)).put(keys.user(name), user.model_dump())
                .put(keys.role(name, project), {"role": role}))
+        guard = expect_project_into(self.store, txn, project)
         if not self.store.commit(txn):
+            check_project(self.store, guard)
             raise AlreadyExists(f"user {name!r} already exists")
         log.info("user %s created with role %s in %s", name, role, project)
         return user, generated
@@ -191,8 +267,11 @@ class Identity:
     def add_role(self, username: str, project: str, role: str) -> None:
         validate_role(role, project)
         self.user(username)
-        self.project(project)
-        self.store.put(keys.role(username, project), {"role": role})
+        txn = Txn().put(keys.role(username, project), {"role": role})
+        guard = expect_project_into(self.store, txn, project)
+        if not self.store.commit(txn):  # (the project record is the only compare)
+            check_project(self.store, guard)
+            raise Conflict(f"project {project!r} changed meanwhile; try again")
 
     def remove_role(self, username: str, project: str) -> None:
         self.user(username)

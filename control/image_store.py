@@ -4,6 +4,9 @@ before it is recorded.
 Layout: `{root}/{image_id}/{disk,kernel,initrd}`, written once and never
 changed; an upload is received in `{root}/.staging/` and renamed into place
 only after every check passed, so a failed upload leaves nothing behind.
+Tenants' images are private: files 0600, directories 0700 (the API's user
+only; it serves them to compute agents). A root the operator made is left
+with its mode (ansible's is 0750, for the service's group).
 
 A tenant's disk file is hostile input. It is opened only with the format the
 uploader declared (never probed and trusted), `qemu-img` runs under CPU and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +32,8 @@ from control.errors import InvalidArgument, NotFound
 PARTS = ("disk", "kernel", "initrd")
 DISK_FORMATS = ("raw", "qcow2")
 CHUNK_BYTES = 1024 * 1024
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 # Limits for qemu-img on a tenant's file (Nova's: 1 GiB of address space, 30 s
 # of CPU). Set by util-linux's prlimit, not a preexec_fn: Python code run
@@ -98,7 +104,8 @@ class Upload:
         size = self.sizes.get(part, 0) + len(chunk)
         if size > self.max_bytes:
             raise InvalidArgument(f"the image's {part} is over the limit of {self.max_bytes} bytes")
-        with open(self.directory / part, "ab") as f:
+        fd = os.open(self.directory / part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        with os.fdopen(fd, "ab") as f:
             f.write(chunk)
         self.sizes[part] = size
         self._hashes.setdefault(part, hashlib.sha256()).update(chunk)
@@ -119,8 +126,14 @@ class ImageStore:
         self.max_bytes = max_bytes
 
     def begin(self) -> Upload:
+        if not self.root.exists():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.root.chmod(DIR_MODE)  # whatever the umask
         staging = self.root / ".staging"
-        staging.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(mode=DIR_MODE, exist_ok=True)
+        staging.chmod(DIR_MODE)
+        # mkdtemp makes it 0700: it becomes the image's directory.
         return Upload(Path(tempfile.mkdtemp(dir=staging)), self.max_bytes)
 
     def abandon(self, upload: Upload) -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from control import keys
 from control.errors import AlreadyExists, InvalidArgument, InvalidTransition, NotFound, PermissionDenied
-from control.identity import Caller
+from control.identity import Caller, check_project, expect_project_into
 from control.image_store import CHUNK_BYTES, ImageStore, check_disk
 from control.models import Image, Instance, validate_name
 from control.store import Record, Store, Txn
@@ -142,9 +142,15 @@ class Images:
             raise
         txn = (Txn().expect_absent(name_key).put(name_key, {"id": image.id})
                .put(keys.image(image.id), image.model_dump()))
-        if not self.store.commit(txn):
+        try:
+            # An upload takes a while: its project may have been deleted meanwhile.
+            project = expect_project_into(self.store, txn, image.project)
+            if not self.store.commit(txn):
+                check_project(self.store, project)
+                raise AlreadyExists(f"an image named {image.name!r} already exists")
+        except BaseException:
             self.files.remove(image.id)
-            raise AlreadyExists(f"an image named {image.name!r} already exists")
+            raise
         log.info("image %s (%s) created in %s: %s, %d bytes, sha256 %s", image.id, image.name,
                  image.project, image.disk_format, image.size_bytes, image.disk_sha256)
         return image

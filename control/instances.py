@@ -31,10 +31,33 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+# What a request id was recorded for (its record's "kind"). A project's request ids
+# are one namespace: an id used for one kind of request is not accepted for another.
+CREATE_INSTANCE = "CreateInstance"
+CREATE_INSTANCES = "CreateInstances"
+
 # Creates in one project race for its quota record; a loser re-reads and tries
 # again. Each loss means another create won, so this bounds the wait even when
 # a hundred creates arrive at once.
 QUOTA_ATTEMPTS = 200
+
+
+def recorded_request(store: Store, project: str, request_id: str, kind: str) -> dict | None:
+    """The record of an earlier request with this id (None if there was none).
+    INVALID_ARGUMENT when the id was used for another kind of request: retrying
+    cannot help, the caller must pick a new id."""
+    if not request_id:
+        return None
+    record = store.get(keys.request(project, request_id))
+    if record is None:
+        return None
+    # Records written before "kind" was recorded are told apart by their shape.
+    first = record.value.get("kind") or (CREATE_INSTANCES if "instance_ids" in record.value
+                                         else CREATE_INSTANCE)
+    if first != kind:
+        raise InvalidArgument(f"request_id {request_id!r} was used for a {first} request; "
+                              f"use a new request_id for this {kind}")
+    return record.value
 
 
 def _is_uuid(value: str) -> bool:
@@ -86,14 +109,12 @@ class Instances:
 
     def _replay(self, project: str, request_id: str) -> Instance | None:
         """The result of an earlier request with this id, if there was one."""
-        if not request_id:
+        recorded = recorded_request(self.store, project, request_id, CREATE_INSTANCE)
+        if recorded is None:
             return None
-        record = self.store.get(keys.request(project, request_id))
-        if record is None:
-            return None
-        found = self.store.get(keys.instance(project, record.value["instance_id"]))
+        found = self.store.get(keys.instance(project, recorded["instance_id"]))
         # The instance may be gone since (deleted): answer with what was recorded.
-        return Instance(**(found.value if found else record.value["instance"]))
+        return Instance(**(found.value if found else recorded["instance"]))
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
                request_id: str = "", group: str = "", key_name: str = "",
@@ -126,7 +147,8 @@ class Instances:
             guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
             if request_id:
                 txn.expect_absent(keys.request(project, request_id)).put(
-                    keys.request(project, request_id), {"instance_id": instance.id, "instance": data})
+                    keys.request(project, request_id),
+                    {"kind": CREATE_INSTANCE, "instance_id": instance.id, "instance": data})
             self.quotas.claim_into(txn, project, QuotaValues.of(flavor.resources))
             txn.expect(self.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if group:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from control import keys
 from control.errors import AlreadyExists, InvalidArgument, NotFound
+from control.identity import check_project, expect_project_into
 from control.models import validate_name
 from control.store import Store, Txn
 
@@ -48,7 +49,11 @@ class Keypairs:
         validate_name(name, "keypair name")
         normalized, key_type, fingerprint = parse_public_key(public_key)
         keypair = Keypair(name=name, public_key=normalized, fingerprint=fingerprint, type=key_type)
-        if not self.store.put_if_absent(keys.keypair(project, name), keypair.model_dump()):
+        key = keys.keypair(project, name)
+        txn = Txn().expect_absent(key).put(key, keypair.model_dump())
+        guard = expect_project_into(self.store, txn, project)
+        if not self.store.commit(txn):
+            check_project(self.store, guard)
             raise AlreadyExists(f"keypair {name!r} already exists")
         return keypair
 

@@ -63,6 +63,11 @@ def image_name(scope: str, name: str) -> str:
     return f"{PREFIX}/image-names/{_part(scope)}/{_part(name)}"
 
 
+def image_names(scope: str) -> str:
+    """The names of a scope's images: a project's own, or the public ones."""
+    return f"{PREFIX}/image-names/{_part(scope)}/"
+
+
 def host(name: str) -> str:
     return f"{PREFIX}/hosts/{_part(name)}"
 
@@ -229,6 +234,10 @@ def scaling_group_index(project: str, name: str) -> str:
 
 def scaling_group_indexes() -> str:
     return f"{PREFIX}/scaling-group-index/"
+
+
+def scaling_group_indexes_of(project: str) -> str:
+    return f"{PREFIX}/scaling-group-index/{_part(project)}/"
 
 
 def leader(name: str) -> str:

@@ -44,6 +44,7 @@ _SERVICES: dict[str, dict[str, str]] = {
         "ListHosts": ADMIN, "GetHost": ADMIN, "UpdateHost": ADMIN, "SetInventory": ADMIN,
         "GetCapacity": ADMIN, "CreateAggregate": ADMIN, "ListAggregates": ADMIN,
         "DeleteAggregate": ADMIN, "AddHostToAggregate": ADMIN, "RemoveHostFromAggregate": ADMIN,
+        "GetStoreStatus": ADMIN,
     },
     "FlavorService": {
         "ListFlavors": READER, "GetFlavor": READER, "CreateFlavor": ADMIN, "DeleteFlavor": ADMIN,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from control import keys
 from control.errors import Conflict, ResourceExhausted
+from control.identity import check_project, expect_project_into
 from control.models import Resources
 from control.store import Record, Store, Txn
 
@@ -66,12 +67,17 @@ class Quotas:
             merged = {**(record.value if record else {}), **changes}
             txn = Txn().put(key, merged)
             txn.expect(record) if record else txn.expect_absent(key)
+            guard = expect_project_into(self.store, txn, project)  # none for a deleted project
             if self.store.commit(txn):
                 return self.limits(project)
+            check_project(self.store, guard)
         raise Conflict(f"quota of {project} is changing too often; try again")
 
     def claim_into(self, txn: Txn, project: str, ask: QuotaValues) -> None:
-        """Add the claim of `ask` to `txn`, or raise ResourceExhausted saying why it does not fit."""
+        """Add the claim of `ask` to `txn`, or raise ResourceExhausted saying why it does not fit.
+        The claim holds only while the project exists: what claims quota (an
+        instance) is never written for a project deleted meanwhile."""
+        expect_project_into(self.store, txn, project)
         key = keys.quota_usage(project)
         record = self.store.get(key)
         usage = QuotaValues(**record.value) if record else QuotaValues()

@@ -13,7 +13,7 @@ import logging
 from control import actions, deadlines, guest_data, keys
 from control.errors import AlreadyExists, Conflict, InvalidArgument, ResourceExhausted, Unavailable
 from control.identity import Caller
-from control.instances import Instances
+from control.instances import CREATE_INSTANCES, Instances, recorded_request
 from control.models import Allocation, Instance, validate_name
 from control.queue import BUILD_INSTANCE, TaskQueue
 from control.quota import FIELDS, UNLIMITED, Quotas, QuotaValues
@@ -68,8 +68,8 @@ class ScaleOut:
                                   f"{guest_data.SCALE_OUT_BUDGET // 1024} KiB; use a smaller count")
         names = [validate_name(f"{name}-{i}", "instance name") for i in range(1, count + 1)]
         self.instances._check_request_id(request_id)
-        if request_id and (earlier := self.store.get(keys.request(project, request_id))):
-            return [self.instances.get(project, i) for i in earlier.value.get("instance_ids", [])]
+        if (earlier := self._replay(project, request_id)) is not None:
+            return earlier
         flavor, image = self.instances.flavor_and_image(caller, flavor_name, image_ref)
         if key_name:
             self.instances.keypairs.get(project, key_name)  # NOT_FOUND before anything is written
@@ -110,9 +110,12 @@ class ScaleOut:
             txn.expect(self.instances.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if request_id:
                 txn.expect_absent(keys.request(project, request_id)).put(
-                    keys.request(project, request_id), {"instance_ids": [i.id for i in made]})
+                    keys.request(project, request_id),
+                    {"kind": CREATE_INSTANCES, "instance_ids": [i.id for i in made]})
             if self.store.commit(txn):
                 break
+            if (earlier := self._replay(project, request_id)) is not None:
+                return earlier  # the same request raced with itself
             taken = [n for n in names if self.store.get(keys.instance_name(project, n))]
             if taken:
                 raise AlreadyExists(f"instances named {', '.join(taken)} already exist")
@@ -134,6 +137,13 @@ class ScaleOut:
             raise
         log.info("%d instances of %s requested in %s", len(made), flavor.name, project)
         return made
+
+    def _replay(self, project: str, request_id: str) -> list[Instance] | None:
+        """The instances an earlier scale-out with this id made, if there was one."""
+        recorded = recorded_request(self.store, project, request_id, CREATE_INSTANCES)
+        if recorded is None:
+            return None
+        return [self.instances.get(project, i) for i in recorded["instance_ids"]]
 
 
 def _times(one: QuotaValues, n: int) -> QuotaValues:

@@ -55,7 +55,7 @@ from control.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from control.identity import Caller
+from control.identity import Caller, check_project, expect_project_into
 from control.instances import Instances
 from control.leader import LeaderLoop
 from control.metrics import Metrics
@@ -225,7 +225,9 @@ class ScalingGroups:
             else:
                 txn.expect(found)
             txn.put(key, group.model_dump())
+        guard = expect_project_into(self.store, txn, project)
         if not self.store.commit(txn):
+            check_project(self.store, guard)
             if (existing := self.store.get(key)) is not None:
                 if request_id and existing.value.get("request_id") == request_id:
                     return ScalingGroup(**existing.value)

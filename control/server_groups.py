@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from control import keys
 from control.errors import AlreadyExists, InvalidArgument, InvalidTransition, NotFound
+from control.identity import check_project, expect_project_into
 from control.models import validate_name
 from control.store import Record, Store, Txn
 
@@ -38,7 +39,11 @@ class ServerGroups:
         if policy not in POLICIES:
             raise InvalidArgument(f"invalid policy {policy!r}: one of {', '.join(POLICIES)}")
         group = ServerGroup(name=name, project=project, policy=policy)
-        if not self.store.put_if_absent(keys.server_group(project, name), group.model_dump()):
+        key = keys.server_group(project, name)
+        txn = Txn().expect_absent(key).put(key, group.model_dump())
+        guard = expect_project_into(self.store, txn, project)
+        if not self.store.commit(txn):
+            check_project(self.store, guard)
             raise AlreadyExists(f"server group {name!r} already exists")
         return group
 

@@ -9,6 +9,7 @@ number of times, then gets Conflict (ABORTED on the wire).
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
 import queue
@@ -163,6 +164,7 @@ class Txn:
     puts: dict[str, dict[str, Any]] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     prefix_deletes: list[str] = field(default_factory=list)  # one etcd op each, however many keys
+    empty: list[str] = field(default_factory=list)  # prefixes with no key under them
 
     def expect(self, record: Record) -> Txn:
         self.unchanged[record.key] = record.mod_revision
@@ -170,6 +172,13 @@ class Txn:
 
     def expect_absent(self, key: str) -> Txn:
         self.absent.append(key)
+        return self
+
+    def expect_empty(self, prefix: str) -> Txn:
+        """Commit only if no key exists under `prefix` (one compare, however
+        many keys there are): a writer that checked a prefix was empty (say, a
+        project owns no images) fails if one was written there meanwhile."""
+        self.empty.append(prefix)
         return self
 
     def put(self, key: str, value: dict[str, Any]) -> Txn:
@@ -193,6 +202,7 @@ class Txn:
         self.puts.update(other.puts)
         self.deletes.extend(other.deletes)
         self.prefix_deletes.extend(other.prefix_deletes)
+        self.empty.extend(other.empty)
         return self
 
 
@@ -203,6 +213,36 @@ def _etcd_errors() -> Iterator[None]:
     except (Etcd3Exception, ValueError) as exc:
         # pyetcd raises ValueError when its only endpoint is marked failed.
         raise Unavailable(f"state store (etcd) unavailable: {type(exc).__name__}") from exc
+    except grpc.RpcError as exc:  # codes pyetcd does not translate
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "space exceeded" in (exc.details() or ""):
+            raise Unavailable("the cloud's state store is full (etcd NOSPACE alarm): it accepts no "
+                              "writes until an admin frees space (cloudctl store status)") from exc
+        raise
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One etcd member as its Status call reports it (error set: it did not answer)."""
+
+    endpoint: str
+    member_id: int = 0
+    version: str = ""
+    db_size: int = 0          # bytes of its backend file
+    db_size_in_use: int = 0   # bytes of it in use; the rest is freed by a defragmentation
+    is_leader: bool = False
+    revision: int = 0
+    error: str = ""
+
+
+def _in_use(response: Any) -> int:
+    """StatusResponse.dbSizeInUse (field 9, etcd 3.4): pyetcd's copy of the
+    proto predates it, so it arrives as an unknown field."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    for unknown in UnknownFieldSet(response):
+        if unknown.field_number == 9:
+            return int(unknown.data)
+    return 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +293,8 @@ class Store:
             endpoints=[_endpoint(e, credentials) for e in endpoints], timeout=timeout_s,
             failover=True)
         self._attempts = len(self._client.endpoints)
+        self._addresses, self._credentials, self._timeout_s = endpoints, credentials, timeout_s
+        self._members: dict[str, Any] = {}  # address -> a client of that member alone
 
     def _safe(self, call: Callable[[], Any]) -> Any:
         """Run an idempotent etcd call; if its member fails under it, on the next."""
@@ -280,6 +322,15 @@ class Store:
         items = self._safe(lambda: list(self._client.get_prefix(prefix, sort_order="ascend")))
         return [Record(meta.key.decode(), json.loads(value), meta.mod_revision)
                 for value, meta in items]
+
+    def creation(self, key: str) -> tuple[int, int]:
+        """The revision that created `key` (0: it does not exist), and the
+        store revision it was read at: the key has existed, unchanged in
+        identity, from the first to the second (a key deleted and written again
+        has a new creation revision)."""
+        response = self._safe(lambda: self._client.get_response(key))
+        created = response.kvs[0].create_revision if response.kvs else 0
+        return created, response.header.revision
 
     def list_at_revision(self, prefix: str, revision: int | None = None,
                          ) -> tuple[builtins.list[Record], int]:
@@ -340,6 +391,9 @@ class Store:
         t = self._client.transactions
         compares = [t.mod(k) == rev for k, rev in txn.unchanged.items()]
         compares += [t.version(k) == 0 for k in txn.absent]
+        # Over a range, etcd holds a compare if it holds for every key there (so
+        # for none when the range is empty): version == 0 means "no key under p".
+        compares += [t.version(p, utils.prefix_range_end(p.encode())) == 0 for p in txn.empty]
         ops = [t.put(k, json.dumps(v, sort_keys=True)) for k, v in txn.puts.items()]
         ops += [t.delete(k) for k in txn.deletes]
         ops += [t.delete(p, range_end=utils.prefix_range_end(p.encode())) for p in txn.prefix_deletes]
@@ -450,6 +504,53 @@ class Store:
                 start, feed._on_response, range_end=end, start_revision=after_revision + 1,
                 prev_kv=prev)
         return feed
+
+    # ------------------------------------------------------------ maintenance
+    # Per member (a defragmentation and a status are one member's, not the
+    # cluster's): control/store_maintenance.py and the admins' store status.
+
+    def _member(self, address: str) -> Any:
+        if address not in self._members:
+            self._members[address] = pyetcd.MultiEndpointEtcd3Client(
+                endpoints=[_endpoint(address, self._credentials)], timeout=self._timeout_s)
+        return self._members[address]
+
+    def member_statuses(self) -> builtins.list[MemberStatus]:
+        found = []
+        for address in self._addresses:
+            client = self._member(address)
+            try:
+                with _etcd_errors():
+                    response = client.maintenancestub.Status(
+                        etcdrpc.StatusRequest(), self._timeout_s,
+                        credentials=client.call_credentials, metadata=client.metadata)
+            except (Unavailable, grpc.RpcError) as exc:
+                found.append(MemberStatus(address, error=str(exc)))
+                continue
+            found.append(MemberStatus(
+                address, member_id=response.header.member_id, version=response.version,
+                db_size=response.dbSize, db_size_in_use=_in_use(response),
+                is_leader=response.leader == response.header.member_id,
+                revision=response.header.revision))
+        return found
+
+    def alarms(self) -> builtins.list[tuple[int, str]]:
+        """The cluster's raised alarms: (member id, "NOSPACE" or "CORRUPT")."""
+        found = self._safe(lambda: list(self._client.list_alarms()))
+        return [(a.member_id, etcdrpc.AlarmType.Name(a.alarm_type)) for a in found]
+
+    def disarm_nospace(self) -> None:
+        """Clear the NOSPACE alarm of every member (after space was freed)."""
+        for member_id, alarm in self.alarms():
+            if alarm == "NOSPACE":
+                self._safe(functools.partial(self._client.disarm_alarm, member_id))
+
+    def defragment(self, address: str) -> None:
+        """Give the member's freed pages back to the file system; the member
+        answers nothing else meanwhile (milliseconds for a small database)."""
+        client = self._member(address)
+        with _etcd_errors():
+            client.defragment()
 
     def compact(self, revision: int) -> None:
         """Drop etcd's history before `revision` (operators and tests: a watch

@@ -7,13 +7,31 @@ import logging
 from typing import Any
 
 import grpc
-from flask import Flask, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from dashboard import api
-from dashboard.helpers import age, back, json_error, size, timestamp, wants_json
+from dashboard.helpers import (
+    age,
+    back,
+    check_csrf_before_the_body,
+    json_error,
+    size,
+    timestamp,
+    wants_json,
+)
 from dashboard.sessions import AUTH_KEY, ServerSideSessionInterface, SessionStore
 
 log = logging.getLogger(__name__)
@@ -21,6 +39,12 @@ csrf = CSRFProtect()
 
 # Pages anyone may see; everything else needs a login.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "healthz"}
+# The one endpoint that takes a large body (UPLOAD_MAX_BYTES, not
+# MAX_CONTENT_LENGTH). Its CSRF token comes in its URL (the form's action) or an
+# X-CSRFToken header, so it is checked before the body is read.
+LARGE_BODY_ENDPOINTS = {"images.upload"}
+# Asked by the front proxy, not a browser: refused with a status, never a redirect.
+PROXY_CHECKS = {"images.upload_allowed"}
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
@@ -36,7 +60,14 @@ def create_app(config: dict[str, Any]) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session (the token's hour)
-        MAX_CONTENT_LENGTH=21 * 2**30,
+        # CSRFProtect's own before_request parses the form: _guard calls it, after
+        # the login and size checks, so nothing is read for a request refused anyway.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        # Request bodies (dashboard/config.py: body_max_bytes, upload_max_bytes).
+        MAX_CONTENT_LENGTH=2**20,
+        UPLOAD_MAX_BYTES=21 * 2**30,
+        # The upload's text fields (name, os, cmdline) are short; its files go to disk.
+        UPLOAD_MAX_FORM_MEMORY_SIZE=64 * 1024,
         POLL_INTERVAL_MS=2000,
     )
     app.config.update(config)
@@ -50,7 +81,7 @@ def create_app(config: dict[str, Any]) -> Flask:
     for module in (auth, instances, launch, keypairs, images, quotas, usage, admin):
         app.register_blueprint(module.bp)
 
-    app.before_request(_require_login)
+    app.before_request(_guard)
     app.teardown_request(lambda _exc: api.use_token(""))
     app.after_request(_security_headers)
     _error_handlers(app)
@@ -67,13 +98,30 @@ def create_app(config: dict[str, Any]) -> Flask:
     return app
 
 
-def _require_login() -> Response | None:
-    api.use_token(str(session.get(AUTH_KEY, "")))
-    if request.endpoint in PUBLIC_ENDPOINTS or session.get(AUTH_KEY):
-        return None
-    if wants_json():
-        return json_error("not logged in", "UNAUTHENTICATED", 401)
-    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+def _guard() -> Response | None:
+    """Before anything reads the request's body: who is asking, then how much
+    they send, then the CSRF token (issue 15: a form parsed before the login
+    check spooled an anonymous 255 MiB upload to disk). A request refused here
+    has had none of its body read."""
+    api.use_token(str(session.get(AUTH_KEY, "")))  # (the session is the cookie: no body)
+    if request.endpoint not in PUBLIC_ENDPOINTS and not session.get(AUTH_KEY):
+        if wants_json() or request.endpoint in PROXY_CHECKS:
+            return json_error("not logged in", "UNAUTHENTICATED", 401)
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    large = request.endpoint in LARGE_BODY_ENDPOINTS
+    if large:
+        request.max_content_length = current_app.config["UPLOAD_MAX_BYTES"]
+        request.max_form_memory_size = current_app.config["UPLOAD_MAX_FORM_MEMORY_SIZE"]
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(f"The request is larger than this page takes ({limit} bytes).")
+    if current_app.config["WTF_CSRF_ENABLED"] and \
+            request.method in current_app.config["WTF_CSRF_METHODS"]:
+        if large:
+            check_csrf_before_the_body(request.args.get("csrf_token"))
+        else:
+            csrf.protect()  # reads the form: at most MAX_CONTENT_LENGTH
+    return None
 
 
 def _security_headers(response: Response) -> Response:

@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
+    # Where the dashboard answers: the front proxy (nginx, dashboard/proxy.py)
+    # listens here, and gunicorn on app_listen behind it. With no app_listen,
+    # gunicorn serves `listen` itself, with nothing to hold slow clients off its
+    # threads: for trying it out, not for a network anyone else reaches.
     "listen": "127.0.0.1:8080",
+    "app_listen": "",  # "unix:/path/to/gunicorn.sock" (or "127.0.0.1:port")
     # One API "host:port", or several replicas (a list, or comma-separated) to fail over between.
     "api_endpoint": "127.0.0.1:50051",
     "secret_key_file": "",
@@ -19,6 +24,17 @@ DEFAULTS: dict[str, Any] = {
     "threads": 8,
     "api_timeout_s": 15.0,
     "cookie_secure": False,  # true behind HTTPS
+    # Request bodies: every endpoint takes at most body_max_bytes, except the
+    # image upload (a logged-in member's only): upload_max_bytes. The app and
+    # the proxy both refuse a larger Content-Length before reading the body.
+    "body_max_bytes": 2**20,
+    "upload_max_bytes": 21 * 2**30,
+    # The proxy: its pid file and temporary files (request bodies it buffers)
+    # go to proxy_dir; the user its workers run as when started as root
+    # (empty: nginx's default, nobody); its access log.
+    "proxy_dir": "",
+    "proxy_user": "",
+    "proxy_access_log": "",
 }
 
 
@@ -62,4 +78,6 @@ def flask_config(settings: dict[str, Any]) -> dict[str, Any]:
         "SECRET_KEY": read_secret_key(settings["secret_key_file"]),
         "SESSION_DIR": settings["session_dir"],
         "SESSION_COOKIE_SECURE": bool(settings["cookie_secure"]),
+        "MAX_CONTENT_LENGTH": int(settings["body_max_bytes"]),
+        "UPLOAD_MAX_BYTES": int(settings["upload_max_bytes"]),
     }

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import jsonify, redirect, request, url_for
+from flask import current_app, jsonify, redirect, request, url_for
+from flask_wtf.csrf import CSRFError, same_origin, validate_csrf
 from werkzeug.wrappers import Response
+from wtforms import ValidationError
 
 
 def wants_json() -> bool:
@@ -19,6 +21,20 @@ def json_error(message: str, code: str, status: int) -> Response:
     response = jsonify(error=message, code=code)
     response.status_code = status
     return response
+
+
+def check_csrf_before_the_body(token: str | None) -> None:
+    """CSRFProtect's check, with the token from the URL (the upload form's
+    action) or the X-CSRFToken header instead of the form, which is not read.
+    Raises CSRFError."""
+    token = token or request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
+    try:
+        validate_csrf(token)
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0]) from None
+    if request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"] and \
+            not same_origin(request.referrer or "", f"https://{request.host}/"):
+        raise CSRFError("The referrer does not match the host.")
 
 
 def back(default: str = "instances.index") -> Response:

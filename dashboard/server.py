@@ -4,7 +4,12 @@
 
 gunicorn's master forks `workers` processes, each with `threads` threads (the
 pages poll every 2 s); each worker builds the app, and with it its own gRPC
-channel, after the fork."""
+channel, after the fork.
+
+gunicorn listens on `app_listen` (a unix socket) behind the front proxy, nginx
+(dashboard/proxy.py), which holds slow clients and buffers whole requests
+before they take one of these threads (issue 15). Without `app_listen` it
+serves `listen` itself."""
 
 from __future__ import annotations
 
@@ -25,9 +30,14 @@ class DashboardServer(BaseApplication):
     def load_config(self) -> None:
         s = self.settings
         for key, value in {
-            "bind": s["listen"], "workers": int(s["workers"]), "threads": int(s["threads"]),
+            "bind": s["app_listen"] or s["listen"],
+            "workers": int(s["workers"]), "threads": int(s["threads"]),
             "worker_class": "gthread", "timeout": 120, "graceful_timeout": 10,
             "accesslog": "-", "errorlog": "-", "proc_name": "smallcloud-dashboard",
+            # The client as the proxy saw it; the path without its query string
+            # (the upload's CSRF token is in one) and no Referer (which may hold it).
+            "access_log_format": '%({x-forwarded-for}i)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
+                                 '%(L)s "%(a)s"',
             "forwarded_allow_ips": "127.0.0.1",
             # Managed by its pid file like the other daemons: no shared ~/.gunicorn/gunicorn.ctl.
             "control_socket_disable": True,
@@ -43,11 +53,12 @@ class DashboardServer(BaseApplication):
 def main() -> None:
     parser = argparse.ArgumentParser(prog="dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="TOML file with a [dashboard] table")
-    parser.add_argument("--listen", help="host:port (overrides the config)")
+    parser.add_argument("--listen", help="where gunicorn listens: host:port or unix:PATH "
+                        "(overrides the config's app_listen)")
     args = parser.parse_args()
     settings = load_settings(args.config)
     if args.listen:
-        settings["listen"] = args.listen
+        settings["app_listen"] = args.listen
     DashboardServer(settings).run()
 
 

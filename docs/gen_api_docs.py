@@ -96,9 +96,29 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _limits():
+    """The request size limits (control/api/limits.py)."""
+    sys.path[:0] = [str(ROOT), str(PROTO_ROOT / "gen")]
+    from control.api import limits
+
+    return limits
+
+
+def _limit_text(limit, field) -> str:
+    """A field's limit for its description: "(at most 63 characters)"."""
+    unit = "bytes" if SCALARS.get(field.type) == "bytes" else "characters"
+    parts = []
+    if limit.items:
+        parts.append(f"at most {limit.items} items")
+    if limit.length:
+        parts.append(f"{'each ' if limit.items else ''}at most {limit.length} {unit}")
+    return "(" + ", ".join(parts) + ")"
+
+
 class Renderer:
     def __init__(self, files):
         self.files = sorted(files.file, key=lambda f: f.name)
+        self.limits = _limits()
         self.missing: list[str] = []
         self.maps: dict[str, tuple] = {}  # map entry type -> (key field, value field)
         for f in self.files:
@@ -141,7 +161,7 @@ class Renderer:
                "Every RPC but `IdentityService.Login` needs a token (`authorization: Bearer "
                "<token>` metadata); `HostService` takes the agents' secret instead. The API "
                "server also serves gRPC health checking and server reflection (`grpcurl` works).",
-               "", "## Contents", ""]
+               "", *self._limits_intro(), "", "## Contents", ""]
         for f in self.files:
             out.append(f"- [{f.name}](#{_anchor(f.name)})")
             for s in f.service:
@@ -150,6 +170,21 @@ class Renderer:
         for f in self.files:
             out += self._file(f)
         return "\n".join(out).rstrip() + "\n"
+
+    def _limits_intro(self) -> list[str]:
+        limits = self.limits
+        public = limits.receive_limit(limits.public_services())
+        agents = limits.receive_limit(limits.agent_listener_services())
+        return ["Every string and bytes field of a request has a maximum length, and every "
+                "repeated field a maximum number of items (one table: `control/api/limits.py`; "
+                "each field's is in its description, \"(at most ...)\"). A string's length counts "
+                "characters, a bytes field's bytes. The control plane refuses a request over a "
+                "limit with `INVALID_ARGUMENT` naming the field and its limit (e.g. `user_data is "
+                "70000 bytes; at most 65536`) before anything is written. A message larger than "
+                f"a server receives at all ({public} bytes on the API port, {agents} on the agent "
+                "listener: the largest request the limits allow, plus 1 MiB) is refused by gRPC "
+                "with `RESOURCE_EXHAUSTED`. `ComputeAgent`'s requests are built by the control "
+                "plane from fields checked this way; the agents do not check them again."]
 
     def _file(self, f) -> list[str]:
         found = comments(f)
@@ -190,6 +225,9 @@ class Renderer:
                 text = self._need(found, (*path, MESSAGE_FIELD, fi), f"field {short}.{field.name}", f)
                 if field.HasField("oneof_index") and not field.proto3_optional:
                     text = f"(one of `{oneofs[field.oneof_index]}`) {text}"
+                limit = self.limits.LIMITS.get(f"{short[len(f.package) + 1:]}.{field.name}")
+                if limit is not None:
+                    text = f"{text} {_limit_text(limit, field)}"
                 out.append(f"| `{field.name}` = {field.number} | {self._type(field, f.package)} | "
                            f"{_cell(text)} |")
         else:

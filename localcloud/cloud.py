@@ -85,6 +85,11 @@ class LocalCloud:
     # Redis under Sentinel: a master, one replica and 3 sentinels (loopback, each
     # with its own directory), all with a password; redis_url lists the sentinels.
     redis_sentinel: bool = False
+    # etcd keeps this much history (--auto-compaction-retention: event streams
+    # resume from any revision within it) and refuses writes past this size
+    # (--quota-backend-bytes; control/store_maintenance.py frees space).
+    etcd_history: str = "1h"
+    etcd_quota_bytes: int = 2 * 2**30
 
     def __post_init__(self) -> None:
         if self.etcd_members not in (1, 3) or self.api_replicas not in (1, 2) or self.workers < 1:
@@ -235,6 +240,8 @@ class LocalCloud:
             **self.tls_settings(),
             "image_dirs": self.image_dirs,
             "image_store_dir": str(self.root / "images"),
+            "etcd_quota_bytes": self.etcd_quota_bytes,
+            "etcd_history": self.etcd_history,
             **self.control_settings,
         }
         _write_toml(self.config_path, control, self.agent_config())
@@ -261,6 +268,8 @@ class LocalCloud:
                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--auto-compaction-mode", "periodic", "--auto-compaction-retention", self.etcd_history,
+                "--quota-backend-bytes", str(self.etcd_quota_bytes),
                 "--logger", "zap", "--log-level", "warn"])
         for _, client, _ in members:
             wait_until(functools.partial(self._etcd_answers, client), 30, "etcd")
@@ -389,20 +398,45 @@ class LocalCloud:
                                    "--config", str(self.config_path)])
         wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent")
 
+    @property
+    def dashboard_socket(self) -> Path:
+        """Where gunicorn listens, behind the proxy."""
+        return self.root / "dashboard" / "gunicorn.sock"
+
     def start_dashboard(self) -> None:
-        """The web dashboard under gunicorn: a client of the API like cloudctl. Its
-        sessions and cookie-signing key are its own, under root."""
+        """The web dashboard: gunicorn on a unix socket, and nginx in front of it
+        on the dashboard's port (dashboard/proxy.py: it holds slow clients and
+        buffers whole requests, issue 15). A client of the API like cloudctl;
+        its sessions and cookie-signing key are its own, under root."""
+        from dashboard import proxy
+        from dashboard.config import load_settings
+
         path = self.root / "dashboard.toml"
         settings = {
             "listen": f"127.0.0.1:{self.ports.dashboard}",
+            "app_listen": f"unix:{self.dashboard_socket}",
             "api_endpoint": self.endpoint,
             "secret_key_file": str(self.secret_path("dashboard-key")),
             "session_dir": str(self.root / "dashboard" / "sessions"),
+            "proxy_dir": str(self.root / "dashboard" / "proxy"),
+            "proxy_access_log": str(self.procs.logs / "dashboard-proxy-access.log"),
         }
         path.write_text("# Written by localcloud; regenerated on every `make up`.\n[dashboard]\n"
                         + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+        self.dashboard_socket.parent.mkdir(exist_ok=True)
         self.procs.start("dashboard", [self.python, "-m", "dashboard", "--config", str(path)])
-        wait_until(lambda: port_open(self.ports.dashboard), 60, "the dashboard")
+        wait_until(functools.partial(_unix_socket_answers, self.dashboard_socket), 60,
+                   "the dashboard (gunicorn)")
+        settings = load_settings(path)
+        config = self.root / "dashboard" / "nginx.conf"
+        proxy.write(settings, config)
+        self.procs.start("dashboard-proxy", proxy.command(config))
+        wait_until(lambda: _http_ok(self.dashboard_url + "healthz"), 60,
+                   "the dashboard, through its proxy (nginx)")
+
+    def stop_dashboard(self) -> list[str]:
+        """Stop the proxy, then gunicorn; the names of those that were running."""
+        return [name for name in ("dashboard-proxy", "dashboard") if self.procs.stop(name)]
 
     def add_agent(self, host_name: str, netns: str = "", address: str = "127.0.0.1",
                   **settings: object) -> None:
@@ -446,8 +480,8 @@ class LocalCloud:
         # Sentinels first (none fails over while the servers stop), replicas before "redis".
         redises = [n for n in running if re.fullmatch(r"sentinel(-\d+)?", n)] + \
             sorted((n for n in running if re.fullmatch(r"redis(-\d+)?", n)), reverse=True)
-        stopped = [n for n in ["dashboard", *self._extra_agents(), "agent", *workers, *apis]
-                   if self.procs.stop(n)]
+        stopped = self.stop_dashboard()
+        stopped += [n for n in [*self._extra_agents(), "agent", *workers, *apis] if self.procs.stop(n)]
         self._stop_guests(remove_guests)
         stopped += [n for n in (*redises, *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped
@@ -500,6 +534,19 @@ def _write_toml(path: Path, control: dict[str, object], agent: dict[str, object]
     lines += [f"{k} = {_toml(v)}" for k, v in control.items()]
     lines += ["", "[agent]"] + [f"{k} = {_toml(v)}" for k, v in agent.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def _unix_socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(str(path)) == 0
 
 
 def _libvirt_answers() -> bool:

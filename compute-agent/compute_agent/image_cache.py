@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -56,13 +57,17 @@ class ImageCache:
         return path
 
     def _fetch(self, image_id: str, part: str, sha256: str, path: Path) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # The driver prepares the directory (QEMU's group may pass through it);
+        # made here, it is the owner's only.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
         started = time.monotonic()
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(partial, "wb") as f:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a .part left by a crash may have had another mode
+            with os.fdopen(fd, "wb") as f:
                 for chunk in self.fetch(image_id, part):
                     f.write(chunk)
                     digest.update(chunk)
@@ -70,7 +75,8 @@ class ImageCache:
             if digest.hexdigest() != sha256:
                 raise DriverError(f"image {image_id}: the fetched {part} does not match its "
                                   f"checksum (expected sha256 {sha256}, got {digest.hexdigest()})")
-            partial.chmod(0o644)  # QEMU runs as another user and reads it
+            # A tenant's private image stays 0600: libvirt hands it to QEMU's user
+            # when a guest uses it (see libvirt_driver.py); no one else reads it.
             partial.rename(path)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import logging
@@ -43,6 +44,48 @@ _POWER_STATES = {
 }
 
 
+# Tenants' files on this host (instance disks, config drives, cached images) are
+# created 0600 by root: no other local user reads them. QEMU, which runs as its
+# own unprivileged user (libvirt-qemu on Debian), gets them from libvirt's DAC
+# security driver: with dynamic_ownership (on by default) libvirt chowns a
+# domain's disk, its backing file, config drive, kernel and initrd to QEMU's user
+# when it starts. With remember_owner (default) it gives the writable disk, kernel
+# and initrd back to root when the domain stops; read-only ones (the backing file,
+# the config drive) stay QEMU's, still 0600. QEMU must reach them by path, so
+# their directories are root's with QEMU's group, search-only for it (0710): it
+# opens the files it is handed, cannot list which instances or images the host
+# holds; other users get nothing. (Every guest's QEMU is the same user: keeping
+# one guest's QEMU from another's running disks is sVirt's job, not modes'.)
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o710
+
+
+def dac_group(capabilities_xml: str, virt_type: str) -> int:
+    """The group QEMU runs as, from libvirt's DAC security model in the host's
+    capabilities (its label is "+uid:+gid"); 0 when libvirt has no DAC label
+    (QEMU runs as root, or as the connection's user with qemu:///session)."""
+    root = etree.fromstring(capabilities_xml.encode())
+    for model in root.iterfind("host/secmodel"):
+        if model.findtext("model") != "dac":
+            continue
+        for label in model.iterfind("baselabel"):
+            if label.get("type") == virt_type and ":" in (label.text or ""):
+                group = label.text.strip().split(":", 1)[1]
+                if group.startswith("+"):
+                    return int(group[1:])
+                return grp.getgrnam(group).gr_gid
+    return 0
+
+
+def make_private(path: Path, gid: int) -> None:
+    """A directory on the way to tenants' files: ours, QEMU's group may pass through."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    # Not root (qemu:///session): QEMU runs as this user, the owner, and needs no group.
+    if path.stat().st_gid != gid and os.geteuid() == 0:
+        os.chown(path, -1, gid)
+    path.chmod(PRIVATE_DIR_MODE)
+
+
 def detect_virt_type(setting: str) -> str:
     """kvm or qemu. `auto` picks kvm only when /dev/kvm opens *and* the CPU
     advertises vmx/svm: without them (nested virtualization off) /dev/kvm may
@@ -79,6 +122,7 @@ class LibvirtDriver(ComputeDriver):
         # reclaim decided on the old entitlement never undoes a scale.
         self._memory_lock = threading.Lock()
         self._hard_reboots: dict[str, int] = {}  # per instance: part of BalloonStatus.run_id
+        self.qemu_gid: int | None = None  # QEMU's group (init_host asks libvirt)
 
     # ---------------------------------------------------------------- host
 
@@ -92,13 +136,26 @@ class LibvirtDriver(ComputeDriver):
                     raise DriverError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
             return self._conn
 
+    def qemu_group(self) -> int:
+        if self.qemu_gid is None:
+            self.qemu_gid = dac_group(self.conn.getCapabilities(), self.virt_type)
+        return self.qemu_gid
+
     def init_host(self) -> None:
-        for sub in ("instances", "_base"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        # qemu runs as an unprivileged user: it must be able to reach the files
-        # (the image cache keeps its files in _base).
+        # The image cache keeps its files in _base. Files an older agent left
+        # readable to everyone are made private too.
+        gid = self.qemu_group()
         for path in (self.state_dir, self.state_dir / "instances", self.state_dir / "_base"):
-            path.chmod(0o755)
+            make_private(path, gid)
+        for directory in (self.state_dir / "instances").iterdir():
+            if directory.is_dir():
+                make_private(directory, gid)
+                for name in ("disk.qcow2", "config.iso"):
+                    if (directory / name).exists():
+                        (directory / name).chmod(PRIVATE_FILE_MODE)
+        for cached in (self.state_dir / "_base").iterdir():
+            if cached.is_file():
+                cached.chmod(PRIVATE_FILE_MODE)
         self.ensure_network()
 
     def ensure_network(self) -> None:
@@ -159,13 +216,13 @@ class LibvirtDriver(ComputeDriver):
         if domain is None:
             base = spec.image  # the image cache's files: read-only, shared by overlays
             directory = self._instance_dir(spec.instance_id)
-            directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o755)
+            make_private(directory, self.qemu_group())
             disk = directory / "disk.qcow2"
             if not disk.exists():
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.disk_format,
                                 "-b", base.disk_path, str(disk), f"{spec.disk_gb}G"],
                                check=True, capture_output=True, text=True)
+                disk.chmod(PRIVATE_FILE_MODE)  # libvirt lends it to QEMU while it runs
             # Rebuilt on every define: a retried spawn may carry other keys or user data.
             iso = directory / "config.iso"
             config_drive.build(iso, spec.instance_id, spec.hostname, spec.public_keys,

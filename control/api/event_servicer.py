@@ -8,6 +8,12 @@ Each change is compared with its previous value as the API shows it, and only
 a change a consumer can see becomes an event. Event positions are (etcd
 revision, index among this stream's events of that revision): deterministic
 for a given request, so a resumed stream skips exactly what was sent before.
+
+A project deleted and created again under its name is another project: a
+stream of one project never sends a change from before that project's
+creation (the etcd creation revision of its record), even when asked to
+resume from an older revision, and a stream opened before the project was
+deleted ends (NOT_FOUND) instead of sending the next project's changes.
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ class Scope:
     instances: bool
     hosts: bool
     instance_id: str = ""
+    # With one project: the revision that created it. Nothing at or before it
+    # is sent (an earlier project of the name), nor anything once the project
+    # is not the one created then.
+    since: int = 0
 
     def prefixes(self) -> list[str]:
         found = []
@@ -92,8 +102,12 @@ def resolve_scope(caller: Caller, request: events_pb2.WatchRequest, plane: Contr
     project = request.project or caller.project
     if project != caller.project and not caller.is_admin:
         raise NotFound(f"project {project!r} not found")
+    since = 0
     if project != ALL_PROJECTS:
         plane.identity.project(project)  # NOT_FOUND if it does not exist
+        since, _ = plane.store.creation(keys.project(project))
+        if not since:
+            raise NotFound(f"project {project!r} not found")
     kinds = set(request.kinds)
     if Event.KIND_UNSPECIFIED in kinds or not kinds <= {Event.INSTANCE, Event.HOST}:
         raise InvalidArgument("kinds: INSTANCE and/or HOST")
@@ -105,7 +119,7 @@ def resolve_scope(caller: Caller, request: events_pb2.WatchRequest, plane: Contr
         raise InvalidArgument(f"invalid instance_id {request.instance_id!r}")
     return Scope(projects=None if project == ALL_PROJECTS else (project,),
                  instances=Event.INSTANCE in kinds, hosts=Event.HOST in kinds,
-                 instance_id=request.instance_id)
+                 instance_id=request.instance_id, since=since)
 
 
 # ---------------------------------------------------------------- changes -> events
@@ -229,7 +243,9 @@ def existing(store: Store, scope: Scope, now: float, down_after_s: float,
         for project in projects:
             records, _ = store.list_at_revision(keys.instances(project), revision)
             for r in records:
-                if scope.wants(r.key):
+                # (a record unchanged since before the project was created is
+                # not the project's: there is none, as its delete compares that)
+                if scope.wants(r.key) and r.mod_revision > scope.since:
                     found.append(Event(kind=Event.INSTANCE, type=Event.EXISTING, project=project,
                                        instance=convert.instance(Instance(**r.value)),
                                        time=_ts(r.value.get("updated_at") or now)))
@@ -257,6 +273,7 @@ def events(store: Store, scope: Scope, request: events_pb2.WatchRequest, context
     if after == 0:
         if request.include_existing:
             snapshot, after = existing(store, scope, time.time(), down_after_s)
+            _still_there(store, scope, after, scope.since)  # the snapshot is the project's own
         else:
             after = store.revision()
         for index, event in enumerate(snapshot):
@@ -265,6 +282,11 @@ def events(store: Store, scope: Scope, request: events_pb2.WatchRequest, context
                               time=_ts(time.time())))
     elif after > (current := store.revision()):
         raise InvalidArgument(f"after_revision {after} is ahead of the store (at {current})")
+    elif after < scope.since:
+        # From before the project was created: what came before is another
+        # project's (of the same name, deleted), so the stream starts at its
+        # creation, which changed nothing the stream shows.
+        after, after_index = scope.since, None
 
     # Resuming within a revision: watch from that revision and skip what was sent.
     feed = store.watch_changes(scope.prefixes(), after - 1 if after_index is not None else after)
@@ -272,22 +294,40 @@ def events(store: Store, scope: Scope, request: events_pb2.WatchRequest, context
         feed.close()  # the call has ended already
     try:
         yield from snapshot
-        yield from _changes(feed, scope, context, down_after_s,
+        yield from _changes(store, feed, scope, context, down_after_s,
                             (after, after_index) if after_index is not None else None)
     finally:
         feed.close()
 
 
-def _changes(feed: ChangeFeed, scope: Scope, context, down_after_s: float,
+def _still_there(store: Store, scope: Scope, revision: int, checked: int) -> int:
+    """Before a change at `revision` is sent: the revision up to which the
+    scope's project is known to be the one the stream began with (`checked`,
+    or later after a read). NotFound if it is not: it was deleted (and maybe
+    created again, another project), so the stream ends."""
+    if not scope.since or revision <= checked:
+        return checked
+    (project,) = scope.projects or ("",)
+    created, read_at = store.creation(keys.project(project))
+    if created != scope.since:
+        raise NotFound(f"project {project!r} was deleted")
+    return read_at  # it has existed, the same, from its creation to read_at >= revision
+
+
+def _changes(store: Store, feed: ChangeFeed, scope: Scope, context, down_after_s: float,
              resume: tuple[int, int] | None) -> Iterator[Event]:
     revision, index = 0, 0  # the revision being sent, and the next index in it
+    checked = scope.since  # the project is known to be the stream's own up to here
     while context.is_active() and not feed.closed:
         remaining = context.time_remaining()
         batch = feed.get(timeout=POLL_S if remaining is None else max(0.0, min(POLL_S, remaining)))
         for change in batch or ():
+            if change.mod_revision <= scope.since:
+                continue  # an earlier project's (not watched from there: a safeguard)
             event = change_event(scope, change, time.time(), down_after_s)
             if event is None:
                 continue
+            checked = _still_there(store, scope, change.mod_revision, checked)
             if change.mod_revision != revision:
                 revision, index = change.mod_revision, 0
             event.revision, event.index = revision, index

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control import errors
 from control.api.interceptors import ApiInterceptor
+from control.api.limits import LimitsInterceptor, agent_listener_services, server_options
 from control.api.servicers import HostServicer
 from control.config import ControlConfig
 from control.pki import ROLE_HOST, Identity, identity_of
@@ -92,8 +93,13 @@ def create_agent_server(config: ControlConfig, plane: ControlPlane) -> tuple[grp
     """HostService (and health checks) on config.agent_listen, mutual TLS required.
     Returns the unstarted server and its port (port 0 picks a free one)."""
     credentials = server_credentials(config)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
-        ApiInterceptor(plane.identity.authenticate, check_host=HostCheck(plane))])
+    services = agent_listener_services()
+    # Request sizes: control/api/limits.py (checked inside ApiInterceptor).
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                         options=server_options(services),
+                         interceptors=[ApiInterceptor(plane.identity.authenticate,
+                                                      check_host=HostCheck(plane)),
+                                       LimitsInterceptor(services)])
     agent_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(plane), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

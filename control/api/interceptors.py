@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from control import deadlines, errors, policy
+from control.api.streams import StreamGuard, StreamOwner, peer_address, touching
 from control.identity import Caller
 
 log = logging.getLogger("control.api")
@@ -70,20 +71,27 @@ class ApiInterceptor(grpc.ServerInterceptor):
     The public API server has no `check_host`: the agents' calls
     (policy.AGENT_PREFIXES) are refused there. The agent listener
     (control/api/host_auth.py) has one, called with (method, request, context)
-    to check the peer's certificate, and serves nothing else."""
+    to check the peer's certificate, and serves nothing else.
+
+    With a `guard`, every streaming call (public ones too) first takes a slot
+    of its caller's share of the server's threads (control/api/streams.py)."""
 
     def __init__(self, authenticate: Callable[[str], Caller],
-                 check_host: Callable[[str, object, grpc.ServicerContext], None] | None = None):
+                 check_host: Callable[[str, object, grpc.ServicerContext], None] | None = None,
+                 guard: StreamGuard | None = None):
         self.authenticate = authenticate
         self.check_host = check_host
+        self.guard = guard
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        guard = self.guard
         if handler.unary_unary is None and policy.is_public(method):
-            return handler  # gRPC's health Watch and reflection streams
+            # gRPC's health Watch and reflection streams: no login, a small share.
+            return handler if guard is None else _anonymous_stream(handler, method, guard)
         metadata = dict(handler_call_details.invocation_metadata or ())
         call_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
 
@@ -118,18 +126,30 @@ class ApiInterceptor(grpc.ServerInterceptor):
             log.exception("req=%s %s failed", call_id, method, exc_info=exc)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {call_id})")
 
-        def one_response(inner):
+        def open_stream(context, waits_on_client: bool):
+            """This call's slot among the streams, if it is one (None otherwise)."""
+            if guard is None or policy.is_agent_call(method):
+                return None
+            caller = current_caller()
+            owner = StreamOwner(peer_address(context.peer()), caller.username, caller.project)
+            return guard.open(owner, method, context.cancel, waits_on_client)
+
+        def one_response(inner, streaming_request: bool = False):
             # Unary and client-streaming calls: one answer.
             def call(request, context):
-                token = None
+                token = stream = None
                 deadline = deadlines.start(context.time_remaining())
                 try:
                     token = enter(request, context)
                     deadlines.check("nothing: it waited for a worker past its deadline")
+                    if streaming_request and (stream := open_stream(context, True)) is not None:
+                        request = touching(stream, request)
                     return inner(request, context)
                 except Exception as exc:
                     fail(exc, context)
                 finally:
+                    if stream is not None:
+                        guard.close(stream)
                     deadlines.end(deadline)
                     if token is not None:
                         _caller.reset(token)
@@ -138,15 +158,18 @@ class ApiInterceptor(grpc.ServerInterceptor):
         def response_stream(inner):
             # Server-streaming calls: errors can come while the answer streams.
             def call(request, context):
-                token = None
+                token = stream = None
                 deadline = deadlines.start(context.time_remaining())
                 try:
                     token = enter(request, context)
                     deadlines.check("nothing: it waited for a worker past its deadline")
+                    stream = open_stream(context, False)
                     yield from inner(request, context)
                 except Exception as exc:
                     fail(exc, context)
                 finally:
+                    if stream is not None:
+                        guard.close(stream)
                     deadlines.end(deadline)
                     if token is not None:
                         _caller.reset(token)
@@ -159,9 +182,40 @@ class ApiInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return handler_of(grpc.unary_unary_rpc_method_handler, one_response(handler.unary_unary))
         if handler.stream_unary:
-            return handler_of(grpc.stream_unary_rpc_method_handler, one_response(handler.stream_unary))
+            return handler_of(grpc.stream_unary_rpc_method_handler,
+                              one_response(handler.stream_unary, streaming_request=True))
         if handler.unary_stream:
             return handler_of(grpc.unary_stream_rpc_method_handler,
                               response_stream(handler.unary_stream))
         return handler_of(grpc.stream_stream_rpc_method_handler,
                           response_stream(handler.stream_stream))
+
+
+def _anonymous_stream(handler, method: str, guard: StreamGuard):
+    """A public streaming handler behind the guard's share for calls without a
+    login; a stream of requests is cancelled when its client goes idle."""
+
+    def guarded(inner, waits_on_client: bool):
+        def call(request, context):
+            try:
+                stream = guard.open(StreamOwner(peer_address(context.peer())), method,
+                                    context.cancel, waits_on_client)
+            except errors.ResourceExhausted as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            try:
+                requests = touching(stream, request) if waits_on_client else request
+                yield from touching(stream, inner(requests, context))
+            finally:
+                guard.close(stream)
+        return call
+
+    def handler_of(make, call):
+        return make(call, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    if handler.unary_stream:
+        return handler_of(grpc.unary_stream_rpc_method_handler, guarded(handler.unary_stream, False))
+    if handler.stream_stream:
+        return handler_of(grpc.stream_stream_rpc_method_handler,
+                          guarded(handler.stream_stream, True))
+    return handler  # no public call streams its requests for one answer

@@ -10,6 +10,10 @@ token of another list, or a mangled one, is INVALID_ARGUMENT.
 page_size 0 returns everything (what clients that do not paginate, like
 cloudctl and the dashboard, get); a larger page_size than MAX_PAGE_SIZE is cut
 to it.
+
+A token longer than MAX_TOKEN_LENGTH is refused before it is decoded, and one
+nested too deep for the JSON decoder (RecursionError) is INVALID_ARGUMENT like
+any other mangled token: a client's bytes never become an INTERNAL error.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ T = TypeVar("T")
 Key = tuple[Any, ...]
 
 MAX_PAGE_SIZE = 1000
+# The tokens handed out are a list's name and one short key (names are at most
+# 63 characters, ids are UUIDs): a few hundred characters. Far more than that,
+# and still small enough that decoding one is cheap.
+MAX_TOKEN_LENGTH = 4096
 
 
 def _encode(listing: str, key: Key) -> str:
@@ -34,10 +42,12 @@ def _encode(listing: str, key: Key) -> str:
 
 
 def _decode(listing: str, token: str, sample: Key | None) -> Key:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument("invalid page_token")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         name, key = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise InvalidArgument("invalid page_token") from None
     if name != listing or not isinstance(key, list):
         raise InvalidArgument(f"invalid page_token (not one of {listing})")

@@ -29,6 +29,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 from control.api.event_servicer import EventServicer
 from control.api.host_auth import create_agent_server
 from control.api.interceptors import ApiInterceptor
+from control.api.limits import LimitsInterceptor, public_services, server_options
 from control.api.scaling_servicer import MetricsServicer, ScalingGroupServicer
 from control.api.servicers import (
     FlavorServicer,
@@ -40,12 +41,14 @@ from control.api.servicers import (
     QuotaServicer,
     ServerGroupServicer,
 )
+from control.api.streams import StreamGuard
 from control.api.usage_servicer import UsageServicer
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
 from control.reconciler import start_reconciler
 from control.scaling import start_controller
+from control.store_maintenance import start_store_maintenance
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,17 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     Returns the unstarted server, its port, and the control plane it serves.
     The agents' HostService is not on it: create_agent_server (mutual TLS)."""
     plane = plane or build_control_plane(config)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                         interceptors=[ApiInterceptor(plane.identity.authenticate)])
+    # A bounded number of calls, served or waiting: one more is refused
+    # RESOURCE_EXHAUSTED at once instead of waiting in an endless queue; streams
+    # take at most half the threads (the guard), so waiting calls move on.
+    guard = StreamGuard(config.stream_limits())
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.api_threads),
+                         maximum_concurrent_rpcs=config.api_max_calls,
+                         # Request sizes: control/api/limits.py (checked inside ApiInterceptor,
+                         # which maps their InvalidArgument to INVALID_ARGUMENT).
+                         options=server_options(public_services()),
+                         interceptors=[ApiInterceptor(plane.identity.authenticate, guard=guard),
+                                       LimitsInterceptor(public_services())])
     compute_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(plane), server)
     compute_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorServicer(plane), server)
     compute_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(plane), server)
@@ -88,8 +100,9 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*_service_names(), ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        [*_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if config.reflection_enabled:
+        reflection.enable_server_reflection(
+            [*_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
     port = server.add_insecure_port(config.listen)
     return server, port, plane
@@ -131,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         if config.scaling_enabled else None
     # The reconciler likewise (control/reconciler.py): its first pass runs now.
     reconciler = start_reconciler(plane) if config.reconciler_enabled else None
+    # etcd's defragmentation and recovery from a full store (control/store_maintenance.py).
+    maintenance = start_store_maintenance(plane.store, config) \
+        if config.store_maintenance_enabled else None
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     stop.wait()
     log.info("shutting down: finishing calls in flight")
     # The loops give their locks up, so another replica takes over at once.
-    for loop in (scaling, reconciler):
+    for loop in (scaling, reconciler, maintenance):
         if loop is not None:
             loop.stop()
     agent_stopped = agent_server.stop(grace=10)

@@ -429,6 +429,16 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
         self.plane.scheduler.table.refresh()
         return convert.aggregate(updated)
 
+    def GetStoreStatus(self, request, context):
+        store, config = self.plane.store, self.plane.config
+        members = [compute_pb2.StoreMember(
+            endpoint=m.endpoint, id=f"{m.member_id:x}" if m.member_id else "", version=m.version,
+            db_size_bytes=m.db_size, db_size_in_use_bytes=m.db_size_in_use, leader=m.is_leader,
+            revision=m.revision, error=m.error) for m in store.member_statuses()]
+        alarms = [f"{alarm} on {member_id:x}" for member_id, alarm in store.alarms()]
+        return compute_pb2.StoreStatus(members=members, quota_bytes=config.etcd_quota_bytes,
+                                       alarms=alarms, history=config.etcd_history)
+
 
 class HostServicer(agent_pb2_grpc.HostServiceServicer):
     """Called by compute agents, not tenants."""

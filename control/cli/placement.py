@@ -230,3 +230,34 @@ def capacity(ctx: click.Context, flavor_name: str, output: str) -> None:
         return
     print_table([as_dict(h) for h in result.hosts], ["host", "fits"])
     out.print(f"{result.total} more of flavor {result.flavor} fit", highlight=False)
+
+
+# ---------------------------------------------------------------- the state store
+
+@cli.group(cls=CloudGroup)
+def store() -> None:
+    """The state store, etcd: size against its quota, alarms (admin)."""
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+@store.command("status")
+@output_option
+@click.pass_context
+def store_status(ctx: click.Context, output: str) -> None:
+    """Each etcd member's size and what of it is in use, the quota, and alarms
+    (NOSPACE: every write in the cloud is refused until space is freed)."""
+    status = api(ctx).hosts.GetStoreStatus(pb.GetStoreStatusRequest())
+    if output == "json":
+        click.echo(json.dumps(as_dict(status), indent=2))
+        return
+    rows = [{"endpoint": m.endpoint, "id": m.id, "leader": m.leader, "version": m.version,
+             "size": "" if m.error else mib(m.db_size_bytes),
+             "in use": "" if m.error else mib(m.db_size_in_use_bytes),
+             "of quota": "" if m.error else f"{100 * m.db_size_bytes / status.quota_bytes:.1f}%",
+             "error": m.error} for m in status.members]
+    print_table(rows, ["endpoint", "id", "leader", "version", "size", "in use", "of quota", "error"])
+    out.print(f"quota {mib(status.quota_bytes)}; history kept {status.history}; alarms: "
+              f"{', '.join(status.alarms) or 'none'}", highlight=False)

@@ -67,8 +67,21 @@ def hosts() -> Any:
     if request.args.get("flavor"):
         capacity = api.call(api.client().hosts.GetCapacity,
                             pb.GetCapacityRequest(flavor=request.args["flavor"]))
+    store = api.call(api.client().hosts.GetStoreStatus, pb.GetStoreStatusRequest())
     return render_template("admin/hosts.html", hosts=host_rows(list(found)), form=HostForm(),
-                           capacity_form=capacity_form, capacity=capacity)
+                           capacity_form=capacity_form, capacity=capacity,
+                           store=store, store_members=store_rows(store))
+
+
+def store_rows(store: pb.StoreStatus) -> list[dict[str, Any]]:
+    """The state store's members with their size against the quota."""
+    rows = []
+    for m in store.members:
+        percent = min(100, round(100 * m.db_size_bytes / store.quota_bytes)) if store.quota_bytes else 0
+        rows.append({"m": m, "percent": percent, "size_mib": round(m.db_size_bytes / 2**20, 1),
+                     "in_use_mib": round(m.db_size_in_use_bytes / 2**20, 1),
+                     "level": "high" if percent >= 80 else "mid" if percent >= 50 else "low"})
+    return rows
 
 
 @bp.post("/hosts/<name>")

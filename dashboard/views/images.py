@@ -5,12 +5,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from cloudapi.v1 import compute_pb2 as pb
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError
 
 from dashboard import api
 from dashboard.forms import ActionForm, ImageForm
+from dashboard.helpers import check_csrf_before_the_body, json_error
 
 bp = Blueprint("images", __name__)
 
@@ -34,6 +37,8 @@ def detail(ref: str) -> Any:
 
 @bp.post("/images/upload")
 def upload() -> Any:
+    # A member's (the login, size and CSRF checks ran before the body was read:
+    # dashboard.app._guard); parsing the form spools the files to disk.
     form = ImageForm()
     if not form.validate():
         return _page(form, 400)
@@ -56,6 +61,20 @@ def upload() -> Any:
     api.forget_images()
     flash(f"Image {image.name} uploaded ({image.disk_format}, {image.status}).", "info")
     return redirect(url_for("images.index"))
+
+
+@bp.get("/images/upload/allowed")
+def upload_allowed() -> Any:
+    """Asked by the front proxy (nginx's auth_request, with the upload's
+    headers and no body) before it takes an upload's body: 204 for a member
+    with the upload's CSRF token; 401 without a login (dashboard.app._guard),
+    403 without the token. The proxy passes the upload's URL in X-Original-URI."""
+    query = urlsplit(request.headers.get("X-Original-URI", "")).query
+    try:
+        check_csrf_before_the_body(parse_qs(query).get("csrf_token", [""])[0])
+    except CSRFError as exc:
+        return json_error(f"The upload was refused: {exc.description}", "CSRF", 403)
+    return "", 204
 
 
 @bp.post("/images/<ref>/delete")

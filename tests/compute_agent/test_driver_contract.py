@@ -149,3 +149,62 @@ def test_balloon_moves_live_only_within_the_entitlement(driver):
         assert driver.balloon_status(s.instance_id).actual_kib == entitled
     finally:
         driver.destroy(s.instance_id)
+
+
+def _mode(path) -> int:
+    return Path(path).stat().st_mode & 0o7777
+
+
+def test_tenant_files_are_private_and_the_guest_still_boots(driver):
+    """A tenant's disk, config drive (user data may hold secrets) and cached image are
+    0600 and owned by root; libvirt lends them to QEMU's user while the guest runs.
+    Their directories let QEMU through but no other local user list or open them."""
+    if isinstance(driver, FakeDriver):
+        pytest.skip("the fake driver keeps no files")
+    import os
+    import time
+
+    s = spec()
+    driver.spawn(s)
+    try:
+        directory = driver.state_dir / "instances" / s.instance_id
+        qemu_gid = driver.qemu_group()
+        for d in (driver.state_dir, driver.state_dir / "instances", driver.state_dir / "_base",
+                  directory):
+            assert (_mode(d), d.stat().st_uid, d.stat().st_gid) == (0o710, 0, qemu_gid), d
+        files = [directory / "disk.qcow2", directory / "config.iso", directory / "console.log",
+                 *(Path(p) for p in (s.image.disk_path, s.image.kernel_path, s.image.initrd_path))]
+        for f in files:
+            assert _mode(f) == 0o600, f
+        deadline = time.monotonic() + 90
+        while b"CLOUD-BOOT-OK" not in driver.console_output(s.instance_id, 1 << 20):
+            assert time.monotonic() < deadline, "the guest did not boot with 0600 files"
+            time.sleep(0.5)
+        driver.stop(s.instance_id, 10)
+        # Stopped, the disk is root's again (libvirt remembers and restores its owner).
+        assert os.stat(directory / "disk.qcow2").st_uid == 0
+        assert all(_mode(f) == 0o600 for f in files)
+    finally:
+        driver.destroy(s.instance_id)
+
+
+def test_init_host_makes_existing_files_private(driver, tmp_path):
+    """Files an older agent left world-readable are made private when the agent starts."""
+    if isinstance(driver, FakeDriver):
+        pytest.skip("the fake driver keeps no files")
+    from compute_agent.libvirt_driver import LibvirtDriver
+
+    state = tmp_path / "agent"
+    old = state / "instances" / str(uuid.uuid4())
+    old.mkdir(parents=True)
+    (state / "_base").mkdir()
+    for f in (old / "disk.qcow2", old / "config.iso", state / "_base" / ("0" * 64)):
+        f.write_bytes(b"tenant data")
+        f.chmod(0o644)
+    for d in (state, state / "instances", old, state / "_base"):
+        d.chmod(0o755)
+    LibvirtDriver("qemu:///system", str(state), driver.host_name).init_host()
+    for d in (state, state / "instances", old, state / "_base"):
+        assert _mode(d) == 0o710, d
+    for f in (old / "disk.qcow2", old / "config.iso", state / "_base" / ("0" * 64)):
+        assert _mode(f) == 0o600, f

@@ -38,7 +38,9 @@ def test_files_are_fetched_once_and_kept_under_their_checksum(tmp_path):
     files = cache.ensure("img", "qcow2", "console=ttyS0", sha(DISK), sha(KERNEL), sha(INITRD))
     assert (files.disk_path, files.kernel_path) == (str(tmp_path / sha(DISK)), str(tmp_path / sha(KERNEL)))
     assert (tmp_path / sha(DISK)).read_bytes() == DISK
-    assert oct((tmp_path / sha(DISK)).stat().st_mode & 0o777) == "0o644"
+    # A tenant's private image: no other local user reads it (QEMU gets it through
+    # libvirt's dynamic ownership, see libvirt_driver.py).
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o600"}
     assert source.fetches == 3
     cache.ensure("img", "qcow2", "console=ttyS0", sha(DISK), sha(KERNEL), sha(INITRD))
     assert source.fetches == 3
@@ -71,3 +73,20 @@ def test_a_disk_without_kernel_boots_itself_and_bad_checksums_are_refused(tmp_pa
         cache.ensure("img", "raw", "", "../../etc/passwd")
     with pytest.raises(DriverError, match="needs an initrd"):
         cache.ensure("img", "raw", "", sha(DISK), sha(KERNEL), "")
+
+
+def test_files_and_a_directory_it_makes_are_owner_only(tmp_path):
+    import os
+
+    old = os.umask(0)  # whatever the process's umask, the modes are these
+    try:
+        cache = ImageCache(tmp_path / "cache", Source({"disk": DISK}))
+        path = cache.file("img", "disk", sha(DISK))
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "cache").stat().st_mode & 0o777) == "0o700"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    # A directory the host prepared (the libvirt driver's, group of QEMU) is left as it is.
+    (tmp_path / "prepared").mkdir(mode=0o710)
+    ImageCache(tmp_path / "prepared", Source({"disk": DISK})).file("img", "disk", sha(DISK))
+    assert oct((tmp_path / "prepared").stat().st_mode & 0o777) == "0o710"

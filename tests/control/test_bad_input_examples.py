@@ -10,7 +10,7 @@ from cloudapi.v1 import usage_pb2 as upb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control import errors
-from control.api.interceptors import MAX_ERROR_CHARS
+from control.api.interceptors import MAX_ERROR_CHARS, bounded
 from control.store import Txn
 
 
@@ -35,10 +35,15 @@ def test_usage_period_outside_what_a_timestamp_holds_is_invalid(api, end):
 def test_error_messages_echoing_long_input_are_cut(api, garbage):
     # The message quoted the whole id: past gRPC's 8 KiB metadata limit the client
     # got RESOURCE_EXHAUSTED "received metadata size exceeds ..." instead of NOT_FOUND.
+    # Now an id is at most 64 characters (control/api/limits.py): refused before
+    # it is looked up, its size named, not echoed.
     code, details = code_and_details(
         lambda: api.instances.GetInstance(pb.GetInstanceRequest(id_or_name=garbage)))
-    assert code == grpc.StatusCode.NOT_FOUND
-    assert len(details) < MAX_ERROR_CHARS + 40 and details.endswith("characters)")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"id_or_name is {len(garbage)} characters; at most 64"
+    # What still echoes input is cut all the same.
+    cut = bounded(f"instance {garbage!r} not found")
+    assert len(cut) < MAX_ERROR_CHARS + 40 and cut.endswith("characters)")
 
 
 @pytest.mark.parametrize("change", [{"zone": "z" * 1_600_000}, {"zone": "a zone"},

@@ -406,16 +406,20 @@ def test_closed_streams_leave_no_threads_or_watches(ev_cloud):
 
 def test_streams_beyond_the_limit_are_refused(ev_cloud):
     cloud, _, admin = ev_cloud
-    limit = 16  # ControlConfig.event_max_streams
-    open_ = [Watcher(admin) for _ in range(limit)]
+    # ControlConfig.event_max_streams (16), from two users of two projects: one
+    # user may hold 8 (stream_max_per_user; tests/control/test_stream_limits.py).
+    readers = [admin, new_tenant(cloud, admin)[1]]
+    open_ = [Watcher(reader, project=reader_project) for reader, reader_project in
+             ((admin, "*"), (readers[1], "")) for _ in range(8)]
     for w in open_:
         w.wait(lambda ev: ev, what="SYNCED")
-    details = expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: first(admin))
+    third = new_tenant(cloud, admin)[1]
+    details = expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: first(third))
     assert "event streams" in details
     for w in open_:
         w.stop()
     time.sleep(0.5)
-    assert first(admin).type == Event.SYNCED
+    assert first(third).type == Event.SYNCED
 
 
 def test_cloudctl_events_watch(ev_cloud, tmp_path):

@@ -232,6 +232,29 @@ def test_scale_out_bad_counts(fake_cloud):
     assert client.instances.ListInstances(pb.ListInstancesRequest()).instances == []
 
 
+def test_a_request_id_is_one_kind_of_create(fake_cloud):
+    """A repeated request_id returns the first result for the same kind of create, and is
+    INVALID_ARGUMENT (naming the first kind) for the other kind: nothing more is made."""
+    cloud, _, admin = fake_cloud
+    _, client = new_tenant(cloud, admin, instances=10, vcpus=-1, memory_mb=-1, disk_gb=-1)
+    many = pb.CreateInstancesRequest(name="rid", flavor="tiny", count=2, request_id="rid-many")
+    made = client.instances.CreateInstances(many).instances
+    assert [i.id for i in client.instances.CreateInstances(many).instances] == [i.id for i in made]
+    details = expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: client.instances.CreateInstance(
+        pb.CreateInstanceRequest(name="rid-one", flavor="tiny", request_id="rid-many")))
+    assert "request_id 'rid-many' was used for a CreateInstances request" in details
+    one = pb.CreateInstanceRequest(name="rid-one", flavor="tiny", request_id="rid-one")
+    first = client.instances.CreateInstance(one)
+    assert client.instances.CreateInstance(one).id == first.id
+    details = expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: client.instances.CreateInstances(
+        pb.CreateInstancesRequest(name="rid2", flavor="tiny", count=2, request_id="rid-one")))
+    assert "request_id 'rid-one' was used for a CreateInstance request" in details
+    listed = client.instances.ListInstances(pb.ListInstancesRequest()).instances
+    assert sorted(i.name for i in listed) == ["rid-1", "rid-2", "rid-one"]
+    assert client.quotas.GetQuota(ipb.GetQuotaRequest()).usage.instances == 3
+    delete_all(client, [*made, first])
+
+
 def test_cold_resize_to_another_flavor(running):
     client, vm, store, _ = running
     client.instances.StopInstance(pb.InstanceOperationRequest(id_or_name="vm"))

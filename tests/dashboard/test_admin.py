@@ -27,6 +27,13 @@ def test_hosts_with_capacity_and_usage(admin_web, cloud):
     assert re.search(r"<strong>\d+</strong> more tiny instances fit", page)
 
 
+def test_hosts_page_shows_the_state_store(admin_web, cloud):
+    page = admin_web.get("/admin/hosts").get_data(as_text=True)
+    assert "State store (etcd)" in page and "no alarms" in page
+    assert "quota 2048.0 MiB" in page and "history kept 1h" in page
+    assert re.search(r"127\.0\.0\.1:\d+ \(leader\)</strong><span>[\d.]+ MiB, [\d.]+ MiB in use", page)
+
+
 def test_disable_and_enable_a_host(admin_web, admin, cloud):
     try:
         response = admin_web.post(f"/admin/hosts/{cloud.host_name}",

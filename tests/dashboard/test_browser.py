@@ -1,5 +1,5 @@
 """The dashboard in real Chromium (Debian's, driven by Playwright), served the
-production way: gunicorn, started by localcloud on the session cloud.
+production way: nginx in front of gunicorn, started by localcloud on the session cloud.
 
 Screenshots of the main pages, at laptop and phone widths, and the measured
 timings go to test-output/dashboard/."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,10 +33,10 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def dashboard(cloud) -> Iterator[str]:
-    """The dashboard as `make up` serves it: gunicorn with gthread workers."""
+    """The dashboard as `make up` serves it: nginx in front of gunicorn's gthread workers."""
     cloud.start_dashboard()
     yield cloud.dashboard_url
-    cloud.procs.stop("dashboard")
+    cloud.stop_dashboard()
     SHOTS.mkdir(parents=True, exist_ok=True)
     (SHOTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
 
@@ -78,11 +79,16 @@ def render_ms(page) -> float:
     return round(page.evaluate("performance.getEntriesByType('navigation')[0].duration"), 1)
 
 
-def test_served_by_gunicorn(dashboard, browser):
+def test_served_by_nginx_in_front_of_gunicorn(dashboard, browser, cloud):
     page = new_page(browser)
     response = page.request.get(dashboard + "healthz")
-    assert response.ok and response.headers["server"].startswith("gunicorn")
+    assert response.ok and response.headers["server"] == "nginx"
     page.context.close()
+    # gunicorn answers only on its unix socket, behind nginx.
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(cloud.dashboard_socket))
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert b"Server: gunicorn" in sock.recv(4096)
 
 
 def test_tenant_launches_watches_console_stops_and_deletes(dashboard, browser, cloud, api, other_tenant):

@@ -1,6 +1,7 @@
 """images blueprint: list, upload through the form (checked by the API), delete."""
 
 import io
+import re
 import uuid
 
 from cloudapi.v1 import compute_pb2 as pb
@@ -12,8 +13,11 @@ def test_list_shows_the_default_image(demo):
 
 
 def test_upload_and_delete(demo, api):
+    # The form's action carries its CSRF token (checked before the body is read).
+    action = re.search(r'action="(/images/upload\?csrf_token=[^"]+)"',
+                       demo.get("/images").get_data(as_text=True)).group(1)
     name = f"img-{uuid.uuid4().hex[:6]}"
-    response = demo.post("/images/upload", data={
+    response = demo.client.post(action, data={
         "name": name, "disk_format": "raw", "os": "zeros",
         "disk": (io.BytesIO(b"\0" * 65536), "disk.raw")}, content_type="multipart/form-data")
     assert response.status_code == 302, response.get_data(as_text=True)
@@ -34,7 +38,7 @@ def test_a_wrong_format_is_refused_with_the_apis_reason(demo):
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{tmp}/d.qcow2", "1G"], check=True)
         data = open(f"{tmp}/d.qcow2", "rb").read()
-    response = demo.post("/images/upload", data={
+    response = demo.post(f"/images/upload?csrf_token={demo.csrf}", data={
         "name": f"img-{uuid.uuid4().hex[:6]}", "disk_format": "raw",
         "disk": (io.BytesIO(data), "d.qcow2")}, content_type="multipart/form-data")
     assert response.status_code == 302
@@ -43,6 +47,6 @@ def test_a_wrong_format_is_refused_with_the_apis_reason(demo):
 
 
 def test_upload_needs_a_file(demo):
-    response = demo.post("/images/upload", data={"name": "x", "disk_format": "raw"},
+    response = demo.post(f"/images/upload?csrf_token={demo.csrf}", data={"name": "x", "disk_format": "raw"},
                          content_type="multipart/form-data")
     assert response.status_code == 400

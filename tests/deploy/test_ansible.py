@@ -147,6 +147,20 @@ def check_backends_refuse_strangers(root: Path) -> None:
     assert "NOAUTH" in ping.stdout + ping.stderr, ping.stdout + ping.stderr
 
 
+def check_dashboard_proxy(root: Path) -> None:
+    """The dashboard answers through its proxy (nginx, workers as the service
+    user), which refuses a body over 1 MiB on its Content-Length, before reading
+    it; gunicorn listens only on its unix socket."""
+    with socket.create_connection(("127.0.0.1", PORTS["dashboard"]), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200") and b"Server: nginx" in answer, answer
+    with socket.create_connection(("127.0.0.1", PORTS["dashboard"]), timeout=10) as sock:
+        sock.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2097152\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    assert (root / "var" / "dashboard" / "gunicorn.sock").is_socket()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="deploys system services: needs root")
 def test_all_in_one_deploy_is_idempotent_and_serves_instances():
     busy = [p for p in PORTS.values() if not port_free(p)]
@@ -191,6 +205,7 @@ def test_all_in_one_deploy_is_idempotent_and_serves_instances():
         assert f"ExecStart={root}/opt/venv/bin/python -m control.api.server" in api_unit
         check_units(root / "units")
         check_backends_refuse_strangers(root)
+        check_dashboard_proxy(root)
 
         start = time.monotonic()
         cloudctl = CloudCtl(root, password)

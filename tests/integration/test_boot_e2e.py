@@ -1,6 +1,8 @@
 """The walking skeleton, end to end: a real guest boots under QEMU through the
 whole control plane and is deleted without leaving anything behind."""
 
+import grp
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -71,6 +73,51 @@ def test_create_boot_console_delete(api, cloud, store):
     assert created.id not in [i.id for i in api.instances.ListInstances(
         pb.ListInstancesRequest()).instances]
     assert store.get(keys.allocation(created.id)) is None
+
+
+def test_tenant_files_are_private_on_the_hosts(api, cloud):
+    """A tenant's files (instance disk, config drive with its user data, console log,
+    the cached image it boots from, the uploaded images on the API's host) are 0600,
+    in directories no other local user can list, and the guest still boots: libvirt
+    lends the files to QEMU's user while the guest runs."""
+    created = api.instances.CreateInstance(pb.CreateInstanceRequest(
+        name="private-files", flavor="tiny", user_data=b"#cloud-config\npassword: secret\n"))
+    try:
+        active = api.wait_status(created.id, {"ACTIVE", "ERROR"})
+        assert active.status == "ACTIVE", active.fault.message
+        wait_console(api, created.id, rf"CLOUD-BOOT-OK instance_id={created.id} ")
+
+        def mode(path: Path) -> int:
+            return path.stat().st_mode & 0o7777
+
+        agent = cloud.root / "agent"
+        instance = agent / "instances" / created.id
+        qemu_group = grp.getgrgid(agent.stat().st_gid).gr_name
+        for directory in (agent, agent / "instances", instance, agent / "_base"):
+            # QEMU's group may pass through (it opens what libvirt hands it); no one lists.
+            assert (mode(directory), directory.stat().st_uid) == (0o710, 0), directory
+            assert directory.stat().st_gid == agent.stat().st_gid
+        assert qemu_group == "libvirt-qemu"  # Debian's, as libvirt reports it
+        for name in ("disk.qcow2", "config.iso", "console.log"):
+            assert mode(instance / name) == 0o600, name
+        # The cached image: the disk's backing file, its kernel and initrd (and any other).
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(instance / "disk.qcow2")],
+            check=True, capture_output=True, text=True).stdout)
+        base = Path(info["full-backing-filename"])
+        assert base.parent == agent / "_base" and mode(base) == 0o600
+        cached = [f for f in (agent / "_base").iterdir() if not f.name.endswith(".part")]
+        assert len(cached) >= 3
+        assert {f: mode(f) for f in cached} == {f: 0o600 for f in cached}
+
+        images = cloud.root / "images"
+        assert mode(images) == 0o700
+        stored = [f for d in images.iterdir() for f in d.iterdir()]
+        assert stored and all(mode(f) == 0o600 for f in stored), stored
+        assert all(mode(d) == 0o700 for d in images.iterdir())
+    finally:
+        api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=created.id))
+        assert api.wait_gone(created.id)
 
 
 def test_repeated_request_id_returns_the_first_instance(api):

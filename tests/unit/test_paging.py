@@ -2,7 +2,7 @@
 
 import pytest
 
-from control.api.paging import MAX_PAGE_SIZE, page
+from control.api.paging import MAX_PAGE_SIZE, MAX_TOKEN_LENGTH, page
 from control.errors import InvalidArgument
 
 
@@ -54,3 +54,22 @@ def test_bad_tokens_and_sizes_are_invalid_argument():
         page("L", [1.5, 2.5], lambda i: (i, "x"), 1, token)
     with pytest.raises(InvalidArgument):
         page("L", ["a"], key, -1, "")
+
+
+def test_deeply_nested_or_huge_tokens_are_invalid_argument():
+    import base64
+    for raw in (b"[" * 100_000, b"[" * 3000, b'["L",' + b"[" * 2000 + b"]" * 2001):
+        token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        with pytest.raises(InvalidArgument, match="invalid page_token"):
+            page("L", ["a", "b"], key, 1, token)
+    # Longer than any token the API hands out, even when it decodes fine.
+    long = base64.urlsafe_b64encode(b'["L",["' + b"a" * 100_000 + b'"]]').decode()
+    with pytest.raises(InvalidArgument, match="invalid page_token"):
+        page("L", ["a", "b"], key, 1, long)
+    # The bound leaves room for any key a list pages by: a timestamp, a 63-character name
+    # and a UUID, even with every character escaped.
+    items = [("2024-01-01T00:00:00.000000+00:00", "\u00e9" * 63 + str(n), "0" * 36)
+             for n in range(2)]
+    first, token = page("ListInstances" * 4, items, lambda i: i, 1, "")
+    assert len(token) < MAX_TOKEN_LENGTH / 2
+    assert page("ListInstances" * 4, items, lambda i: i, 1, token) == ([items[1]], "")

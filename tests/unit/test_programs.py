@@ -70,7 +70,7 @@ def test_ansible_roles_install_their_share_of_the_list():
     compute = module.program_packages(PROGRAM_LIST.read_text(), "compute")
     assert {"libvirt-daemon-system", "qemu-system-x86", "qemu-utils"} <= set(compute)
     assert "etcd-server" not in compute and "chromium" not in compute
-    for role in ("compute", "control", "etcd", "redis"):
+    for role in ("compute", "control", "etcd", "redis", "dashboard"):
         tasks = (REPO / f"ansible/roles/{role}/tasks/main.yml").read_text()
         assert f"program_packages('{role}'" in tasks, f"the {role} role installs its own package list"
 
