@@ -107,11 +107,12 @@ class ApiInterceptor(grpc.ServerInterceptor):
                 raise errors.PermissionDenied("the agent listener serves host calls only")
             elif not policy.is_public(method):
                 caller = self.authenticate(bearer_token(metadata))
-                needed = policy.required_role(method)
+                action = policy.action_of(method)
+                needed = policy.role_for(action)
                 if not caller.has_role(needed):
                     raise errors.PermissionDenied(
                         f"role {caller.role} may not call {method.rsplit('/', 1)[1]} "
-                        f"(needs {needed})")
+                        f"({action or 'an unlisted action'} needs {needed})")
                 return _caller.set(caller)
             return None
 

@@ -114,5 +114,6 @@ def test_every_usage_rpc_is_open_to_readers():
     from control import policy
 
     service = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
-    rules = {m.name: policy.RULES.get(f"/{service.full_name}/{m.name}") for m in service.methods}
+    rules = {m.name: policy.ACTIONS.get(policy.action_of(f"/{service.full_name}/{m.name}"))
+             for m in service.methods}
     assert rules == {"GetProjectUsage": "reader", "ListUsageRecords": "reader"}
