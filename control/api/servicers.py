@@ -196,7 +196,10 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
         if not instance.host:
             return compute_pb2.ConsoleOutput(output="")
-        address = self.plane.hosts.get(instance.host).address
+        try:
+            address = self.plane.hosts.get(instance.host).address
+        except KeyError:
+            raise NotFound(f"host of instance {request.id_or_name!r} is gone") from None
         output = self.plane.agents.console(address, instance.id,
                                            request.max_bytes or CONSOLE_DEFAULT_BYTES)
         return compute_pb2.ConsoleOutput(output=output.decode("utf-8", errors="replace"))
