@@ -137,6 +137,25 @@ def transition(current: State, event: Event) -> State:
         raise InvalidTransition(f"cannot {event} an instance that is {current.vm}{task}") from None
 
 
+# The operations a user asks for, each the event it starts (rename and reading
+# the console change no state: they are always allowed).
+OPERATIONS: dict[str, Event] = {"start": Event.START, "stop": Event.STOP, "reboot": Event.REBOOT,
+                                "scale": Event.SCALE, "resize": Event.RESIZE, "delete": Event.DELETE}
+
+
+def allowed_operations(state: State) -> list[str]:
+    """The operations legal now, in OPERATIONS' order: what the API would accept
+    (clients show these instead of rules of their own)."""
+    found = []
+    for name, event in OPERATIONS.items():
+        try:
+            transition(state, event)
+        except InvalidTransition:
+            continue
+        found.append(name)
+    return found
+
+
 def status(state: State) -> str:
     """The one word a user sees, as in Nova: BUILD, ACTIVE, SHUTOFF, REBOOT, RESIZE,
     ERROR, DELETING, DELETED."""

@@ -14,7 +14,7 @@ from control.models import Fault, Flavor, Host, Image, Instance
 from control.placement import Provider
 from control.quota import QuotaValues
 from control.server_groups import ServerGroup
-from control.states import status
+from control.states import allowed_operations, status
 
 
 def _ts(seconds: float | None) -> Timestamp | None:
@@ -92,7 +92,7 @@ def instance(i: Instance) -> pb.Instance:
         disk_gb=i.resources.disk_gb, image=i.image, host=i.host, addresses=i.addresses,
         group=i.group, max_vcpus=i.max_vcpus, max_memory_mb=i.max_memory_mb, key_name=i.key_name,
         created_at=_ts(i.created_at), updated_at=_ts(i.updated_at),
-        launched_at=_ts(i.launched_at))
+        launched_at=_ts(i.launched_at), allowed_actions=allowed_operations(i.state))
     if i.fault:
         msg.fault.CopyFrom(fault(i.fault))
     msg.attempts.extend(fault(a) for a in i.attempts)

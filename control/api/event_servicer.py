@@ -50,8 +50,9 @@ _HOST_KEY = re.compile(re.escape(keys.PREFIX) + r"/hosts/([^/]+)")
 
 STATE_FIELDS = {"status", "vm_state", "task_state", "power_state"}
 SIZE_FIELDS = {"vcpus", "memory_mb", "disk_gb", "flavor"}
-# Instance fields that change with (almost) every write, not a change in itself.
-IGNORED_INSTANCE_FIELDS = {"updated_at"}
+# Instance fields that change with (almost) every write, not a change in itself,
+# or follow from the state fields (allowed_actions).
+IGNORED_INSTANCE_FIELDS = {"updated_at", "allowed_actions"}
 # Host record fields whose change is an UPDATED event (heartbeats rewrite only
 # last_heartbeat; liveness is judged apart).
 HOST_FIELDS = ("address", "enabled", "disabled_reason", "zone", "traits", "vcpus", "memory_mb",

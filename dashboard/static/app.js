@@ -89,16 +89,13 @@
       const data = await getJSON(table.dataset.source);
       const signature = (i) => i.sig;  // what the row shows, age aside (made by the server)
       const render = (i) => {
+        // The buttons of what the API accepts now (allowed_actions, from its state machine).
         const actions = el("td", { class: "actions" });
-        if (!i.task_state && i.status !== "DELETING") {
-          if (i.status === "ACTIVE") {
-            actions.append(actionButton(i.url + "/stop", "Stop", `Stop ${i.name}?`));
-            actions.append(actionButton(i.url + "/reboot", "Reboot", `Reboot ${i.name}?`));
-          } else if (i.status === "SHUTOFF") {
-            actions.append(actionButton(i.url + "/start", "Start"));
-          }
-        }
-        if (i.status !== "DELETING") {
+        const allowed = new Set(i.allowed_actions);
+        if (allowed.has("stop")) actions.append(actionButton(i.url + "/stop", "Stop", `Stop ${i.name}?`));
+        if (allowed.has("reboot")) actions.append(actionButton(i.url + "/reboot", "Reboot", `Reboot ${i.name}?`));
+        if (allowed.has("start")) actions.append(actionButton(i.url + "/start", "Start"));
+        if (allowed.has("delete")) {
           actions.append(actionButton(i.url + "/delete", "Delete", `Delete ${i.name}? This cannot be undone.`, "danger"));
         }
         return el("tr", { dataset: { id: i.id, sig: signature(i) } },

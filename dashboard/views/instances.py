@@ -18,7 +18,8 @@ from dashboard.helpers import age, back, timestamp
 
 bp = Blueprint("instances", __name__)
 
-SHOWN = ["name", "status", "task_state", "power_state", "flavor", "image", "host", "addresses"]
+SHOWN = ["name", "status", "task_state", "power_state", "flavor", "image", "host", "addresses",
+         "allowed_actions"]
 # Console and stats are side panels: their errors are a note in the panel (an instance
 # still building has neither), except these, which are about the page itself.
 PAGE_ERRORS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
@@ -37,6 +38,8 @@ def instance_dict(i: pb.Instance, images: dict[str, str]) -> dict[str, Any]:
         "launched_at": timestamp(i.launched_at),
         "fault": f"{i.fault.phase}: {i.fault.message}" if i.HasField("fault") else "",
         "url": url_for("instances.detail", ref=i.id),
+        # What the API accepts now (the state machine's answer): the buttons shown.
+        "allowed_actions": list(i.allowed_actions),
     }
     # What a list row shows (age aside): the page's script redraws a row when it changes.
     data["sig"] = hashlib.sha256(json.dumps([data[k] for k in SHOWN]).encode()).hexdigest()[:16]

@@ -49,3 +49,31 @@ def test_illegal_moves_raise(state, event):
 def test_status_words():
     assert status(INITIAL) == "BUILD"
     assert status(State(VmState.ERROR)) == "ERROR"
+
+
+@pytest.mark.parametrize("state, allowed", [
+    (State(VmState.ACTIVE), ["stop", "reboot", "scale", "resize", "delete"]),
+    (State(VmState.STOPPED), ["start", "scale", "resize", "delete"]),
+    (State(VmState.BUILDING, TaskState.SPAWNING), ["delete"]),
+    (State(VmState.ACTIVE, TaskState.POWERING_OFF), ["delete"]),
+    (State(VmState.ERROR), ["delete"]),
+    (State(VmState.ACTIVE, TaskState.DELETING), []),
+])
+def test_allowed_operations_are_the_state_machines(state, allowed):
+    from control.states import OPERATIONS, allowed_operations
+
+    assert allowed_operations(state) == allowed
+    for name, event in OPERATIONS.items():  # exactly what transition() accepts
+        if name not in allowed:
+            with pytest.raises(InvalidTransition):
+                transition(state, event)
+
+
+def test_instances_on_the_wire_carry_their_allowed_actions():
+    from control.api.convert import instance
+    from control.models import Instance, Resources
+
+    stopped = Instance(id="i", project="p", name="n", flavor="tiny", image="img",
+                       resources=Resources(vcpus=1, memory_mb=256, disk_gb=1),
+                       vm_state=VmState.STOPPED, task_state=TaskState.NONE)
+    assert list(instance(stopped).allowed_actions) == ["start", "scale", "resize", "delete"]
