@@ -159,8 +159,9 @@ class Renderer:
                "Generated from `proto/cloudapi/v1/*.proto` by `make docs` "
                "(`docs/gen_api_docs.py`): edit the comments in the protos, not this file.", "",
                "Every RPC but `IdentityService.Login` needs a token (`authorization: Bearer "
-               "<token>` metadata); `HostService` takes the agents' secret instead. The API "
-               "server also serves gRPC health checking and server reflection (`grpcurl` works).",
+               "<token>` metadata); `HostService` is served only on the agents' listener, over "
+               "mutual TLS (each host's certificate). The API server also serves gRPC health "
+               "checking and, unless `reflection_enabled` is off, server reflection (`grpcurl`).",
                "", *self._limits_intro(), "", "## Contents", ""]
         for f in self.files:
             out.append(f"- [{f.name}](#{_anchor(f.name)})")
