@@ -217,6 +217,8 @@ def _etcd_errors() -> Iterator[None]:
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "space exceeded" in (exc.details() or ""):
             raise Unavailable("the cloud's state store is full (etcd NOSPACE alarm): it accepts no "
                               "writes until an admin frees space (cloudctl store status)") from exc
+        if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # a compacted or future revision
+            raise OutOfRange(f"state store: {exc.details()}") from exc
         raise
 
 
