@@ -263,8 +263,7 @@ class Reconciler:
         step is a compare-and-swap, a copy that loses one leaves the claim and
         guest to the winner, and the agent runs one spawn of an instance at a
         time, the second finding the guest running)."""
-        open_actions = [r.key for r in self.store.list(keys.actions(instance.project, instance.id))
-                        if r.value.get("end") is None]
+        open_actions = self._open_actions(instance)
         try:
             self.plane.queue.send(BUILD_INSTANCE, instance.id, open_actions[0] if open_actions else "")
         except Unavailable as exc:
@@ -306,6 +305,11 @@ class Reconciler:
             if record.value.get("end") is None:
                 actions.finish(self.store, record.key, message)
 
+    def _open_actions(self, instance: Instance) -> list[str]:
+        """The keys of the instance's actions not finished yet, oldest first."""
+        return [r.key for r in self.store.list(keys.actions(instance.project, instance.id))
+                if r.value.get("end") is None]
+
     def _finish_delete(self, snap: Snapshot, instance: Instance, report: Report) -> None:
         if not instance.host or not self._host_up(snap, instance.host):
             log.warning("instance %s: delete past its deadline and host %r is down or gone: "
@@ -317,7 +321,10 @@ class Reconciler:
         last = self._resent.get(instance.id, 0.0)
         if time.time() - last > self.config.delete_deadline_s:
             try:
-                self.plane.queue.send(DELETE_INSTANCE, instance.id, "")
+                # With its action, which the task finishes (the newest open one: the delete).
+                open_actions = self._open_actions(instance)
+                self.plane.queue.send(DELETE_INSTANCE, instance.id,
+                                      open_actions[-1] if open_actions else "")
             except Unavailable as exc:
                 log.warning("instance %s: cannot re-send its delete: %s", instance.id, exc)
                 return
