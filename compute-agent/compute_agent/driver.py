@@ -135,8 +135,10 @@ class ComputeDriver(ABC):
 
     @abstractmethod
     def stop(self, instance_id: str, timeout_s: int) -> str:
-        """Shut the guest down cleanly, powering it off after timeout_s. Stopping
-        a stopped instance succeeds. DriverError if it does not exist."""
+        """Shut the guest down cleanly (asking again while it does not react: a
+        guest still booting may not hear the first request), powering it off
+        after timeout_s. Stopping a stopped instance succeeds. DriverError if it
+        does not exist, or is destroyed meanwhile."""
 
     @abstractmethod
     def start(self, instance_id: str) -> str:

@@ -86,19 +86,20 @@ def make_private(path: Path, gid: int) -> None:
     path.chmod(PRIVATE_DIR_MODE)
 
 
-def detect_virt_type(setting: str) -> str:
+def detect_virt_type(setting: str, kvm_device: str = "/dev/kvm",
+                     cpuinfo: str = "/proc/cpuinfo") -> str:
     """kvm or qemu. `auto` picks kvm only when /dev/kvm opens *and* the CPU
     advertises vmx/svm: without them (nested virtualization off) /dev/kvm may
-    exist and a KVM guest still hangs."""
+    exist and a KVM guest still hangs. (The paths are parameters for tests.)"""
     if setting in ("kvm", "qemu"):
         return setting
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
+        fd = os.open(kvm_device, os.O_RDWR)
         os.close(fd)
     except OSError:
         return "qemu"
     flags = set()
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
         for line in f:
             if line.startswith("flags"):
                 flags.update(line.split(":", 1)[1].split())
@@ -319,11 +320,22 @@ class LibvirtDriver(ComputeDriver):
         domain = self._require(instance_id)
         try:
             if domain.isActive():
-                domain.shutdown()  # ACPI power button: the guest shuts down cleanly
-                if not self._wait_off(domain, timeout_s):
-                    log.info("%s did not shut down in %ss: powering off", instance_id, timeout_s)
-                    domain.destroy()
+                # The ACPI power button: the guest shuts down cleanly. Pressed again
+                # every SHUTDOWN_RETRY_S (as Nova's shutdown_retry_interval): a press
+                # while the guest boots, before anything in it listens, is lost.
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    domain.shutdown()
+                    if self._wait_off(domain, min(SHUTDOWN_RETRY_S, deadline - time.monotonic())):
+                        break
+                    if time.monotonic() >= deadline:
+                        log.info("%s did not shut down in %ss: powering off", instance_id,
+                                 timeout_s)
+                        domain.destroy()
+                        break
         except libvirt.libvirtError as exc:
+            if self._domain(instance_id) is None:  # destroyed meanwhile (a delete)
+                raise DriverError(f"instance {instance_id} is not on this host") from exc
             if domain.isActive():
                 raise DriverError(f"stop failed: {exc}") from exc
         return self.power_state(instance_id)
@@ -503,6 +515,7 @@ def _entitled_kib(domain: libvirt.virDomain) -> int:
 
 
 REBOOT_SHUTDOWN_TIMEOUT_S = 30
+SHUTDOWN_RETRY_S = 3
 DEFLATE_BEFORE_RESET_WAIT_S = 3
 
 
