@@ -3,8 +3,9 @@ and the secrets kept in etcd.
 
 Every refused call is also checked to change nothing, and every refusal has a
 counterpart that must succeed (the owner, or the admin), so each test can fail.
-At most two guests boot in this module (flavor tiny): project A's instance, and
-the "victim" that A creates with its private flavor and deletes again.
+At most three guests boot in this module (flavor tiny): project A's instance, the
+"victim" that A creates with its private flavor and deletes again, and the instance
+of a re-created project that reuses a request id.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def delete_instance(owner: ApiClient, instance_id: str) -> None:
     except grpc.RpcError as exc:
         if exc.code() != NOT_FOUND:
             raise
-    assert owner.wait_gone(instance_id, timeout_s=180), f"instance {instance_id} not deleted"
+    owner.wait_gone(instance_id)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +228,7 @@ def _owner_reads_console(c: ApiClient, w: World) -> None:
 def _owner_deletes(c: ApiClient, w: World) -> None:
     deleting = _delete(c, w.victim.name)
     assert deleting.id == w.victim.id and deleting.task_state == "deleting"
-    assert c.wait_gone(w.victim.id, timeout_s=180)
+    assert c.wait_gone(w.victim.id)
 
 
 def _owner_gets_flavor(c: ApiClient, w: World) -> None:
@@ -749,6 +750,22 @@ def test_recreated_project_does_not_inherit_request_ids(cloud, admin, store, und
     store.put(keys.request(project, "req-1"), {"instance_id": "0" * 8, "instance": {"name": "secret"}})
     admin.identity.DeleteProject(ipb.DeleteProjectRequest(name=project))
     assert store.list(keys.project_data(project)) == []
+
+    # The same name again, a member of it, and a create that reuses the request id.
+    admin.identity.CreateProject(ipb.CreateProjectRequest(name=project))
+    undo(lambda: admin.identity.DeleteProject(ipb.DeleteProjectRequest(name=project)))
+    name, password = create_user(admin, project)
+    undo(lambda: admin.identity.DeleteUser(ipb.DeleteUserRequest(name=name)))
+    member = client(cloud, name, password)
+    request = pb.CreateInstanceRequest(name=fresh("new"), flavor="tiny", request_id="req-1")
+    created = member.instances.CreateInstance(request)
+    undo(lambda: delete_instance(member, created.id))
+    assert (created.name, created.project, created.status) == (request.name, project, "BUILD")
+    assert created.id != "0" * 8
+    # The request id is the new project's own now: sent again, it answers with this instance.
+    assert member.instances.CreateInstance(request).id == created.id
+    assert [i.id for i in member.instances.ListInstances(pb.ListInstancesRequest()).instances] \
+        == [created.id]
 
 
 def test_admin_role_only_in_the_admin_project(admin, world):

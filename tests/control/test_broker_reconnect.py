@@ -19,6 +19,7 @@ from control.celery_app import create_celery_app
 from control.config import ControlConfig, url_password
 from control.metrics import redis_client
 from localcloud.processes import free_port, port_open, wait_until
+from tests.conftest import until
 from tests.control.broker_worker import TASK
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,9 +81,11 @@ def test_worker_outlives_a_redis_restart_during_a_task(broker, tmp_path):
     try:
         app.send_task(TASK, args=["during", 3])
         assert wait_file(marks / "during.started"), "the worker took no task"
-        time.sleep(0.3)  # the worker waits (BRPOP) for its next task
+        # The worker waits (BRPOP) for its next task while it runs this one.
+        until(lambda: any(c.get("cmd") == "brpop" for c in redis_client(url).client_list()), 10,
+              "the worker blocked in BRPOP")
         redis.kill()
-        time.sleep(1)
+        time.sleep(1)  # deliberate: Redis stays down for 1 s, the worker's connection lost
         redis.start()
         app.send_task(TASK, args=["after", 0])
         assert wait_file(marks / "after.done"), \

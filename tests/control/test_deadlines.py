@@ -152,7 +152,7 @@ def test_retry_loops_stop_once_the_deadline_has_passed():
     try:
         deadlines.check()
         assert 0 < deadlines.remaining() <= 0.05
-        time.sleep(0.06)
+        time.sleep(0.06)  # deliberate: the 0.05 s deadline passes
         with pytest.raises(errors.DeadlineExceeded):
             deadlines.check("the create of 'x'")
     finally:

@@ -17,7 +17,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import events_pb2 as epb
 
 from control import keys
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import new_tenant
 
 Event = epb.Event
@@ -93,14 +93,20 @@ def of(events, instance_id):
     return [e for e in events if e.kind == Event.INSTANCE and e.instance.id == instance_id]
 
 
-def idle(client, instance_id, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while True:
+def idle(client, instance_id, timeout_s=20):
+    """The instance once settled (fake driver: measured under 1 s); fails after timeout_s."""
+    def settled():
         current = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
-        if (current.status in ("ACTIVE", "ERROR", "SHUTOFF") and not current.task_state) \
-                or time.monotonic() > deadline:
-            return current
-        time.sleep(0.05)
+        return current.status in ("ACTIVE", "ERROR", "SHUTOFF") and not current.task_state and current
+    return until(settled, timeout_s, f"instance {instance_id} settled", every_s=0.05)
+
+
+def heartbeats(store, host: str, count: int, timeout_s: float = 10) -> None:
+    """Wait until the agent of `host` has rewritten its record `count` times
+    (heartbeat_interval_s 1: measured ~1 s each)."""
+    seen = {store.get(keys.host(host)).value["last_heartbeat"]}
+    until(lambda: seen.add(store.get(keys.host(host)).value["last_heartbeat"]) or len(seen) > count,
+          timeout_s, f"{count} heartbeats of {host}", every_s=0.05)
 
 
 def expect_error(code, call):
@@ -252,9 +258,14 @@ def test_tenants_never_see_each_others_events(ev_cloud):
     expect_error(grpc.StatusCode.NOT_FOUND, lambda: first(admin, project="no-such-project"))
     theirs = c1.instances.CreateInstance(pb.CreateInstanceRequest(name="theirs", flavor="tiny"))
     spy = Watcher(c0, instance_id=theirs.id)
+    owner = Watcher(c1, instance_id=theirs.id)
     idle(c1, theirs.id)
     c1.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=theirs.id))
     assert c1.wait_gone(theirs.id)
+    owner.wait(lambda ev: any(e.type == Event.DELETED for e in ev), what="the owner's DELETED")
+    owner.stop()
+    # Deliberate: nothing may reach the spy; 0.5 s more after the owner's own
+    # stream had every event of it (both streams are fed by the same API watch).
     time.sleep(0.5)
     assert [TYPE(e.type) for e in spy.stop()] == ["SYNCED"]
 
@@ -263,7 +274,7 @@ def test_admin_sees_host_events_and_no_heartbeat_noise(ev_cloud):
     cloud, store, admin = ev_cloud
     watcher = Watcher(admin, kinds=[Event.HOST])
     watcher.wait(lambda ev: ev, what="SYNCED")
-    time.sleep(3.5)  # three heartbeats (1 s interval) rewrite the host record
+    heartbeats(store, cloud.host_name, 3)  # each rewrites the host record: no event
     assert [TYPE(e.type) for e in watcher.events] == ["SYNCED"]
 
     host = cloud.host_name
@@ -285,7 +296,7 @@ def test_admin_sees_host_events_and_no_heartbeat_noise(ev_cloud):
     events = watcher.wait(lambda ev: sum(e.type == Event.HOST_UP for e in ev) == 2, what="HOST_UP")
     store.update(keys.host(host), lambda r: store_txn(
         r, {k: v for k, v in r.value.items() if k != "up"}))
-    time.sleep(2.5)
+    heartbeats(store, host, 2)  # a record without "up", then heartbeats: no event
     events = watcher.stop()
 
     summary = [(TYPE(e.type), e.host.name, tuple(e.changed)) for e in events[1:]]
@@ -389,17 +400,19 @@ def test_closed_streams_leave_no_threads_or_watches(ev_cloud):
         assert next(iter(call)).type == Event.SYNCED
         call.cancel()
 
+    watches = etcd_watchers(cloud)
     for _ in range(3):
         cycle()
-    time.sleep(1.5)
-    threads, watches = api_threads(cloud), etcd_watchers(cloud)
+    # The streams' etcd watches are closed after the call ends: wait for that.
+    until(lambda: etcd_watchers(cloud) <= watches, 10, "the warm-up streams' watches closed")
+    threads = api_threads(cloud)
     for _ in range(20):  # more than event_max_streams: each stream gives its slot back
         cycle()
-    time.sleep(1.5)
     # A leak would add one per cycle (20); the slack is for the API's other work
     # (heartbeats arriving meanwhile may grow gRPC's worker pool by one).
-    assert api_threads(cloud) <= threads + 2, (threads, api_threads(cloud))
-    assert etcd_watchers(cloud) <= watches + 2, (watches, etcd_watchers(cloud))
+    until(lambda: api_threads(cloud) <= threads + 2 and etcd_watchers(cloud) <= watches + 2, 10,
+          lambda: f"API threads {api_threads(cloud)} <= {threads} + 2 and "
+                  f"etcd watchers {etcd_watchers(cloud)} <= {watches} + 2")
     print(f"\nAPI threads {threads} -> {api_threads(cloud)}; "
           f"etcd watchers {watches} -> {etcd_watchers(cloud)} after 20 open/close cycles")
 
@@ -418,8 +431,14 @@ def test_streams_beyond_the_limit_are_refused(ev_cloud):
     assert "event streams" in details
     for w in open_:
         w.stop()
-    time.sleep(0.5)
-    assert first(third).type == Event.SYNCED
+
+    def accepted():
+        try:
+            return first(third).type == Event.SYNCED
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+            return False
+    until(accepted, 5, "a stream slot given back")
 
 
 def test_cloudctl_events_watch(ev_cloud, tmp_path):

@@ -7,7 +7,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
 from control.placement import Placement
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import delete_all, new_tenant
 
 
@@ -18,15 +18,13 @@ def fake_cloud():
     stop_cloud(cloud, "life")
 
 
-def idle(client, instance_id):
-    """Wait until no operation is in flight."""
-    import time
-    deadline = time.monotonic() + 60
-    while True:
+def idle(client, instance_id, timeout_s: float = 20):
+    """The instance once no operation is in flight (fake driver: measured under
+    1 s); fails after timeout_s."""
+    def done():
         current = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
-        if not current.task_state or time.monotonic() > deadline:
-            return current
-        time.sleep(0.05)
+        return not current.task_state and current
+    return until(done, timeout_s, f"instance {instance_id} idle", every_s=0.05)
 
 
 def expect(code, call):

@@ -197,7 +197,8 @@ def test_copy_sent_while_the_original_spawns_leaves_the_guest_running(redrive_cl
     assert shown.status == "ACTIVE", shown.fault.message
     assert redriven(cloud, instance_id) >= 1, "no copy was sent while it spawned"
     active_at = time.monotonic()
-    # The copies finish within a spawn's time; the guest must outlive them.
+    # The copies finish within a spawn's time; the guest must outlive them (deliberate:
+    # checked for SPAWN_S + 3 s).
     while time.monotonic() - active_at < SPAWN_S + 3:
         assert power(plane, cloud, instance_id) == "running", "the copy destroyed the guest"
         time.sleep(0.5)
@@ -214,7 +215,7 @@ def test_builds_are_not_sent_again_right_after_an_etcd_outage(redrive_cloud, no_
     cloud, store, api, plane = redrive_cloud
     instance_id = create(api, "etcd")
     cloud.procs.kill("etcd")
-    time.sleep(3)  # past the interval (2 s): the build looks stalled
+    time.sleep(3)  # deliberate: etcd down past the interval (2 s), the build looks stalled
     cloud.start_etcd()
     back = time.time()
     sent = until(lambda: redriven_at(cloud, instance_id), 10, "the redrive")

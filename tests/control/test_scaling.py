@@ -157,13 +157,13 @@ def test_stops_at_quota_says_why_and_never_exceeds_max(scaling_cloud):
 
     group = until(look, 30, "a quota refusal")
     assert "quota exceeded for instances" in group.last_error and "limit 2" in group.last_error
-    time.sleep(2)  # more passes of the controller: still 2
+    time.sleep(2)  # deliberate: nothing may change in 2 more passes of the controller
     group = get(client, "q")
     assert (group.current, group.status, most[0]) == (2, "SCALING", 2)
 
     admin.quotas.SetQuota(ipb.SetQuotaRequest(project=project, instances=10))
     settled(client, "q", 3, watch=watch)
-    time.sleep(1.5)
+    time.sleep(1.5)  # deliberate: no fourth member in the controller's next passes
     watch(get(client, "q"))
     assert most[0] == 3  # max_size, even with quota to spare
     delete_group(client, "q")
@@ -289,11 +289,13 @@ def test_the_leader_lock_lets_one_loop_act(scaling_cloud):
         return count
 
     one = LeaderLoop(store, name, work("one"), interval_s=0.2, ttl_s=2, holder="one").start()
-    time.sleep(0.3)
+    until(lambda: acted["one"], 5, "the first loop leading")
     two = LeaderLoop(store, name, work("two"), interval_s=0.2, ttl_s=2, holder="two").start()
     try:
-        time.sleep(1.5)
-        assert acted["one"] >= 5 and acted["two"] == 0
+        # Five more passes of the leader (0.2 s apart): the second loop never acts.
+        passes = acted["one"]
+        until(lambda: acted["one"] >= passes + 5, 5, "five more passes of the first loop")
+        assert acted["two"] == 0
         one.stop(release=False)  # as if it crashed: its lease runs out by itself
         stopped = time.monotonic()
         until(lambda: acted["two"] > 0, 10, "the second loop taking over")

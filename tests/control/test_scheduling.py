@@ -16,7 +16,7 @@ from control import keys
 from control.models import Host, Resources
 from control.placement import Placement
 from control.store import Txn
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import delete_all, new_tenant
 
 
@@ -153,13 +153,14 @@ def test_failing_host_is_skipped_and_the_instance_lands_elsewhere(fake_cloud, te
     cloud, store, admin = fake_cloud
     bad = f"bad-{uuid.uuid4().hex[:6]}"
     cloud.add_agent(bad, driver="fake", fake_fail_spawn=True)
-    deadline = time.monotonic() + 30
-    while store.get(keys.provider(bad)) is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until(lambda: store.get(keys.provider(bad)), 30, f"registration of {bad}")  # measured ~2 s
     # The failing host has the most free memory, so every first attempt goes there.
     good = cloud.host_name
     admin.hosts.SetInventory(pb.SetInventoryRequest(name=good, resource_class="MEMORY_MB", reserved=4096))
-    time.sleep(1)  # the worker's host table follows etcd by watch; let it catch up
+    # The API's and the worker's host tables follow etcd by watch: once the API's
+    # preview picks the failing host, the worker's table has had the same news.
+    until(lambda: tenant.instances.PreviewPlacement(pb.CreateInstanceRequest(
+        name="r", flavor="tiny")).host == bad, 10, "the reserved memory seen")
     try:
         created = [tenant.instances.CreateInstance(pb.CreateInstanceRequest(name=f"r{i}", flavor="tiny"))
                    for i in range(4)]
@@ -232,9 +233,8 @@ def test_anti_affinity_group_of_four_on_three_hosts(fake_cloud, tenant, tmp_path
     hosts = [f"{zone}-h{i}" for i in range(3)]
     for name in hosts:
         cloud.add_agent(name, driver="fake")
-    deadline = time.monotonic() + 30
-    while any(store.get(keys.provider(h)) is None for h in hosts) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until(lambda: all(store.get(keys.provider(h)) for h in hosts), 30,
+          "registration of the three hosts")  # measured ~2 s
     for name in hosts:
         admin.hosts.UpdateHost(pb.UpdateHostRequest(name=name, zone=zone))
     flavor = f"f-{zone}"
@@ -307,9 +307,8 @@ def test_aggregates_give_their_hosts_traits_and_a_zone(fake_cloud, tenant, tmp_p
     run("aggregate", "create", aggregate, "--zone", f"zone-{suffix}", "--trait", "nvme")
     run("aggregate", "add-host", aggregate, cloud.host_name)
     try:
-        deadline = time.monotonic() + 5  # the API's table learns it through its watch
-        while tenant.instances.PreviewPlacement(request).host == "" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The API's table learns it through its watch.
+        until(lambda: tenant.instances.PreviewPlacement(request).host, 5, "a host for the trait")
         assert tenant.instances.PreviewPlacement(request).host == cloud.host_name
         shown = admin.hosts.GetHost(pb.GetHostRequest(name=cloud.host_name))
         assert "nvme" in shown.traits and shown.zone == f"zone-{suffix}"

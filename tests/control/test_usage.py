@@ -107,14 +107,14 @@ def history(usage_cloud):
              ("resized", lambda: client.instances.ResizeInstance(pb.ResizeInstanceRequest(
                  id_or_name="vm", flavor="medium")))]
     for mark, call in steps:
-        time.sleep(PAUSE_S)
+        time.sleep(PAUSE_S)  # deliberate: each state lasts PAUSE_S, metered as such
         before = time.time()
         call()
         done = idle(client, vm.id)
         assert not done.HasField("fault"), done.fault.message
         windows[mark] = (before, time.time())
         marks[mark] = boundary(client, vm.id)
-    time.sleep(PAUSE_S)
+    time.sleep(PAUSE_S)  # deliberate, as above
     deleting = time.time()
     client.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=vm.id))
     assert client.wait_gone(vm.id)

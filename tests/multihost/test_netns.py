@@ -11,7 +11,6 @@ link brings it back."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,8 +37,9 @@ def host(store, name: str) -> Host | None:
 def lab():
     """The cloud, its namespaces and their agents; all removed afterwards, even
     when setting up failed halfway."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
+    # iproute2's `ip` comes from scripts/programs.txt: without it the lab fails to start.
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
     net = NetnsLab(1 + FAKE_HOSTS)
     cloud = None
     names: list[str] = []
@@ -76,7 +76,7 @@ def _delete_instances(cloud) -> None:
         for instance in api.instances.ListInstances(pb.ListInstancesRequest(page_size=100)).instances:
             api.instances.DeleteInstance(pb.DeleteInstanceRequest(id_or_name=instance.id))
         for instance in api.instances.ListInstances(pb.ListInstancesRequest(page_size=100)).instances:
-            api.wait_gone(instance.id, 60)
+            api.wait_gone(instance.id)
     except Exception as exc:  # the cloud may be the thing that failed
         print(f"deleting instances: {exc}")
 
@@ -102,7 +102,7 @@ def test_hosts_register_from_their_namespaces_and_instances_spread(lab):
     with ThreadPoolExecutor(len(names)) as pool:
         created = list(pool.map(lambda i: api.instances.CreateInstance(pb.CreateInstanceRequest(
             name=f"spread-{i}", flavor="tiny", group="spread")), range(len(names))))
-    landed = [api.wait_status(i.id, {"ACTIVE", "ERROR"}, 180) for i in created]
+    landed = [api.wait_status(i.id, {"ACTIVE", "ERROR"}, 30) for i in created]  # measured 4.9 s
     assert all(i.status == "ACTIVE" for i in landed), [i.fault.message for i in landed]
     hosts = {i.host for i in landed}
     print(f"\n{len(landed)} instances on {len(hosts)} hosts: "
@@ -110,7 +110,7 @@ def test_hosts_register_from_their_namespaces_and_instances_spread(lab):
     assert hosts == set(names)  # anti-affinity: one on each (and none on the disabled root host)
     real = next(i for i in landed if i.host == names[0])
     started = time.monotonic()
-    wait_console(api, real.id, rf"CLOUD-BOOT-OK instance_id={real.id} ", 150)
+    wait_console(api, real.id, rf"CLOUD-BOOT-OK instance_id={real.id} ", 60)  # measured 18.8 s
     print(f"the real guest on {names[0]} booted to its console marker in "
           f"{time.monotonic() - started:.1f}s after ACTIVE")
 
@@ -140,7 +140,7 @@ def test_cutting_a_hosts_link_marks_it_down_and_restoring_brings_it_back(lab):
     assert victim not in preview.candidates and "down" in preview.summary, preview
     avoided = [api.instances.CreateInstance(pb.CreateInstanceRequest(
         name=f"avoid-{i}", flavor=zone)) for i in range(4)]
-    landed = [api.wait_status(i.id, {"ACTIVE", "ERROR"}, 60) for i in avoided]
+    landed = [api.wait_status(i.id, {"ACTIVE", "ERROR"}, 10) for i in avoided]  # fake: 0.14 s
     assert all(i.status == "ACTIVE" for i in landed), [i.fault.message for i in landed]
     assert victim not in {i.host for i in landed}
 
@@ -156,4 +156,4 @@ def test_cutting_a_hosts_link_marks_it_down_and_restoring_brings_it_back(lab):
     # And the control plane reaches its agent again (the call goes into its namespace).
     back = api.instances.CreateInstance(pb.CreateInstanceRequest(
         name="back", flavor=zone))
-    assert api.wait_status(back.id, {"ACTIVE", "ERROR"}, 60).status == "ACTIVE"
+    assert api.wait_status(back.id, {"ACTIVE", "ERROR"}, 10).status == "ACTIVE"  # fake: 0.12 s
