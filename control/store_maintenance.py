@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from control.errors import OutOfRange
 from control.leader import LeaderLoop
 from control.store import MemberStatus, Store
 
@@ -74,7 +75,10 @@ class StoreMaintenance:
         alarm if the data now fits. Every step is safe to repeat."""
         revision = self.store.revision()
         log.warning("etcd NOSPACE alarm: compacting history up to revision %d", revision)
-        self.store.compact(revision)
+        try:
+            self.store.compact(revision)
+        except OutOfRange:  # compacted there already (a full store takes no new revision)
+            log.info("etcd history already compacted up to revision %d", revision)
         done = [f"compacted to {revision}"]
         done += [self._defragment(m) for m in leader_last(self.store.member_statuses())
                  if not m.error]

@@ -70,7 +70,9 @@ def test_churn_is_compacted_and_defragmented_away(small_store_cloud):
         store.commit(Txn().put(f"/churn/{cycle % 2}", CHUNK))
         store.commit(Txn().delete(f"/churn/{cycle % 2}"))
     grown = db_size(admin)
-    assert grown > before + 15 * MiB, (before, grown)
+    # Measured 15.3-21.1 MiB of growth: less when etcd's 2 s compaction runs
+    # during the churn (its pages are then reused), as on a loaded machine.
+    assert grown > before + 8 * MiB, (before, grown)
     # Measured: back under 2 MiB above the start 3-5 s after the churn
     # (compaction after 2 s, then the next 1 s maintenance pass).
     until(lambda: db_size(admin) < before + 4 * MiB, 20, "defragmentation after compaction")
