@@ -61,17 +61,19 @@ def test_admins_see_the_store_and_members_do_not(small_store_cloud, tmp_path):
 
 
 def test_churn_is_compacted_and_defragmented_away(small_store_cloud):
-    """Writing and deleting 20 MB (the issue's keypair import/delete cycles,
-    straight into etcd) grows the file; etcd compacts the history after 2 s
-    and the API's maintenance pass defragments it back."""
+    """Writing and deleting 25 MB (the issue's keypair import/delete cycles,
+    straight into etcd) grows the file; etcd compacts the history every 2 s
+    and the API's maintenance pass (every 1 s) defragments it back."""
     _, store, admin = small_store_cloud
     before = db_size(admin)
-    for cycle in range(20):
+    grown = before
+    for cycle in range(25):
         store.commit(Txn().put(f"/churn/{cycle % 2}", CHUNK))
         store.commit(Txn().delete(f"/churn/{cycle % 2}"))
-    grown = db_size(admin)
-    # Measured 15.3-21.1 MiB of growth: less when etcd's 2 s compaction runs
-    # during the churn (its pages are then reused), as on a loaded machine.
+        grown = max(grown, db_size(admin))  # the peak: it may be compacted and shrink meanwhile
+    # Measured peaks 15-21 MiB above the start with 20 cycles, 42-47 with 40
+    # (8.6 MiB at the end of one loaded run: compacted and defragmented during
+    # the churn, hence the peak). 25 cycles stay well under the 64 MiB quota.
     assert grown > before + 8 * MiB, (before, grown)
     # Measured: back under 2 MiB above the start 3-5 s after the churn
     # (compaction after 2 s, then the next 1 s maintenance pass).
