@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from control.errors import InvalidArgument, OutOfRange, ResourceExhausted
+from control.errors import InvalidArgument, OutOfRange
 from control.store import Change, ChangeFeed, MemberStatus, Record, RevisionCompacted, Store, Txn
 
 MAX_TXN_OPS = 128                # etcd's --max-txn-ops default
@@ -96,12 +96,7 @@ class MemoryChangeFeed(ChangeFeed):
     def _offer(self, batch: builtins.list[Change]) -> None:
         if self._closed.is_set() or self._failed:
             return
-        if self._queue.qsize() >= self.max_pending:
-            self._fail(ResourceExhausted(
-                f"the watcher fell more than {self.max_pending} updates behind; "
-                "watch again from the last revision it got"))
-            return
-        self._queue.put(batch)
+        self._deliver(batch)
 
 
 @dataclass

@@ -110,6 +110,10 @@ class ChangeFeed:
                 json.loads(prev_kv.value) if prev_kv is not None and prev_kv.value else None))
         if not batch:
             return
+        self._deliver(batch)
+
+    def _deliver(self, batch: builtins.list[Change]) -> None:
+        """Queue a batch for `get`, or fail the feed if its reader fell too far behind."""
         if self._queue.qsize() >= self.max_pending:
             self._fail(ResourceExhausted(
                 f"the watcher fell more than {self.max_pending} updates behind; "

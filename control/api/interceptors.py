@@ -63,6 +63,12 @@ def bearer_token(metadata: dict[str, str]) -> str:
     return value[len("Bearer "):].strip() if value.startswith("Bearer ") else ""
 
 
+def rewrap(handler, make, call):
+    """A method handler like `handler` (same (de)serializers) that runs `call`."""
+    return make(call, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 class ApiInterceptor(grpc.ServerInterceptor):
     """For each call, streaming or not: request id (from `x-request-id`
     metadata, or a new one); the caller from the bearer token, checked against
@@ -176,19 +182,15 @@ class ApiInterceptor(grpc.ServerInterceptor):
                         _caller.reset(token)
             return call
 
-        def handler_of(make, call):
-            return make(call, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-
         if handler.unary_unary:
-            return handler_of(grpc.unary_unary_rpc_method_handler, one_response(handler.unary_unary))
+            return rewrap(handler, grpc.unary_unary_rpc_method_handler, one_response(handler.unary_unary))
         if handler.stream_unary:
-            return handler_of(grpc.stream_unary_rpc_method_handler,
+            return rewrap(handler, grpc.stream_unary_rpc_method_handler,
                               one_response(handler.stream_unary, streaming_request=True))
         if handler.unary_stream:
-            return handler_of(grpc.unary_stream_rpc_method_handler,
+            return rewrap(handler, grpc.unary_stream_rpc_method_handler,
                               response_stream(handler.unary_stream))
-        return handler_of(grpc.stream_stream_rpc_method_handler,
+        return rewrap(handler, grpc.stream_stream_rpc_method_handler,
                           response_stream(handler.stream_stream))
 
 
@@ -210,13 +212,9 @@ def _anonymous_stream(handler, method: str, guard: StreamGuard):
                 guard.close(stream)
         return call
 
-    def handler_of(make, call):
-        return make(call, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
-
     if handler.unary_stream:
-        return handler_of(grpc.unary_stream_rpc_method_handler, guarded(handler.unary_stream, False))
+        return rewrap(handler, grpc.unary_stream_rpc_method_handler, guarded(handler.unary_stream, False))
     if handler.stream_stream:
-        return handler_of(grpc.stream_stream_rpc_method_handler,
+        return rewrap(handler, grpc.stream_stream_rpc_method_handler,
                           guarded(handler.stream_stream, True))
     return handler  # no public call streams its requests for one answer

@@ -39,6 +39,7 @@ from cloudapi.v1 import agent_pb2, compute_pb2, events_pb2, identity_pb2, scalin
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from control.api.interceptors import rewrap
 from control.errors import InvalidArgument
 from control.guest_data import MAX_USER_DATA_BYTES
 from control.identity import MAX_DESCRIPTION, MAX_PASSWORD
@@ -529,17 +530,13 @@ class LimitsInterceptor(grpc.ServerInterceptor):
                 return inner(_checked(request_iterator, table), context)
             return call
 
-        def handler_of(make, call):
-            return make(call, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-
         if handler.unary_unary:
-            return handler_of(grpc.unary_unary_rpc_method_handler, one(handler.unary_unary))
+            return rewrap(handler, grpc.unary_unary_rpc_method_handler, one(handler.unary_unary))
         if handler.unary_stream:
-            return handler_of(grpc.unary_stream_rpc_method_handler, one(handler.unary_stream))
+            return rewrap(handler, grpc.unary_stream_rpc_method_handler, one(handler.unary_stream))
         if handler.stream_unary:
-            return handler_of(grpc.stream_unary_rpc_method_handler, each(handler.stream_unary))
-        return handler_of(grpc.stream_stream_rpc_method_handler, each(handler.stream_stream))
+            return rewrap(handler, grpc.stream_unary_rpc_method_handler, each(handler.stream_unary))
+        return rewrap(handler, grpc.stream_stream_rpc_method_handler, each(handler.stream_stream))
 
 
 def _checked(requests: Iterator[Message], table: dict[str, Limit]) -> Iterator[Message]:
