@@ -5,7 +5,7 @@ ROOT := $(abspath .)
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 IMAGE_DIR := $(ROOT)/images/build
-GEN := proto/gen/cloudapi/v1
+GEN := client/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
 .PHONY: up down status test test-faults unit bench bench-placement bench-soak lint proto image deps venv lock clean docs \
@@ -60,8 +60,8 @@ bench-placement: deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	MYPYPATH=proto/gen $(VENV)/bin/mypy --ignore-missing-imports --no-strict-optional \
-	  control compute-agent/compute_agent localcloud dashboard
+	MYPYPATH=client $(VENV)/bin/mypy --ignore-missing-imports --no-strict-optional \
+	  control client/cloudclient compute-agent/compute_agent localcloud dashboard
 
 deps: .stamps/deps
 .stamps/deps: scripts/install-deps.sh scripts/programs.txt
@@ -76,17 +76,18 @@ $(VENV)/.installed: requirements.lock .stamps/deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	touch $@
-$(VENV)/.project: $(VENV)/.installed $(GEN)/.generated pyproject.toml
+$(VENV)/.project: $(VENV)/.installed $(GEN)/.generated pyproject.toml client/pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps -e client
 	touch $@
 
 # Generated stubs are not committed: this is the one step that makes them.
 proto: $(GEN)/.generated
 $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen \
-	  --pyi_out=proto/gen $(PROTOS)
-	touch proto/gen/cloudapi/__init__.py $(GEN)/__init__.py $@
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \
+	  --pyi_out=client $(PROTOS)
+	touch client/cloudapi/__init__.py $(GEN)/__init__.py $@
 
 # The API reference (docs/api.md) from the protos' comments; lists (and fails on)
 # any service, RPC or field without one.
@@ -102,7 +103,7 @@ lock: venv
 	$(PY) -m pip freeze --exclude-editable | grep -v '^pip==' > requirements.lock
 
 clean: down
-	rm -rf .cloud .stamps proto/gen $(IMAGE_DIR)
+	rm -rf .cloud .stamps client/cloudapi $(IMAGE_DIR)
 
 # Ansible deployment (ansible/README.md): ansible-core and ansible-lint in their
 # own venv (pinned in ansible/requirements.lock; kept apart from the project's).

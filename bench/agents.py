@@ -172,9 +172,10 @@ def percentiles(values: list[float]) -> dict:
 def run(agents: int, seconds: float) -> dict:
     import subprocess
 
-    from control import keys, pki
+    from control import pki
     from control.models import Host
-    from control.store import Store
+    from control.store import keys
+    from control.store.etcd import Store
     from localcloud.cloud import LocalCloud, Ports
     from localcloud.processes import wait_until
 

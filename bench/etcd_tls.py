@@ -1,4 +1,4 @@
-"""What mutual TLS to etcd costs the control plane's Store (control/store.py):
+"""What mutual TLS to etcd costs the control plane's Store (control/store/etcd.py):
 two one-member etcds side by side, one in plain text, one with the Ansible
 unit's TLS flags (https, --client-cert-auth, certificates of control/pki.py's
 etcd CA), each given the same calls in alternating rounds:
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from control import pki  # noqa: E402
-from control.store import EtcdTls, Store  # noqa: E402
+from control.store.etcd import EtcdTls, Store  # noqa: E402
 from localcloud.processes import free_port, wait_until  # noqa: E402
 
 CALLS = 200

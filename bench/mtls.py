@@ -30,9 +30,9 @@ import grpc  # noqa: E402
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 
 from control import errors, pki  # noqa: E402
+from control.api.agents import HostServicer  # noqa: E402
 from control.api.host_auth import create_agent_server  # noqa: E402
 from control.api.interceptors import ApiInterceptor  # noqa: E402
-from control.api.servicers import HostServicer  # noqa: E402
 from control.config import ControlConfig  # noqa: E402
 from control.plane import build_control_plane  # noqa: E402
 from localcloud.cloud import LocalCloud, Ports  # noqa: E402

@@ -53,8 +53,9 @@ def growth_per_hour(samples: list[dict], start: float, end: float) -> float | No
 
 
 def run(agents: int, seconds: float, history: str, sample_s: float) -> dict:
-    from control import keys, pki
-    from control.store import Store
+    from control import pki
+    from control.store import keys
+    from control.store.etcd import Store
     from localcloud.cloud import LocalCloud, Ports
     from localcloud.processes import wait_until
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 
 class ControlConfig(BaseModel):
     # etcd client endpoints, "host:port": one, or every member of a cluster (one
-    # is used; when it fails, the next: control/store.py).
+    # is used; when it fails, the next: control/store/etcd.py).
     etcd_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_timeout_s: float = 3.0
     # Mutual TLS to etcd (all three, or none): the CA of the members'
@@ -125,21 +125,21 @@ class ControlConfig(BaseModel):
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Metrics (control/metrics.py, kept in Redis): agents report their instances'
+    # Metrics (control/metering/metrics.py, kept in Redis): agents report their instances'
     # counters every metrics_interval_s (0: not at all); series are kept
     # metrics_retention_s; averages default to the last metrics_window_s.
     metrics_interval_s: int = 10
     metrics_window_s: int = 60
     metrics_retention_s: int = 600
-    # Scaling groups (control/scaling.py): the API server converges them every
-    # scaling_interval_s, in one replica at a time (control/leader.py).
+    # Scaling groups (control/autoscaling/groups.py): the API server converges them every
+    # scaling_interval_s, in one replica at a time (control/store/leader.py).
     scaling_enabled: bool = True
     scaling_interval_s: float = 5.0
-    # The reconciler (control/reconciler.py): compares desired and observed state
+    # The reconciler (control/reconcile/reconciler.py): compares desired and observed state
     # every reconcile_interval_s (and at start), in one API replica at a time.
     reconciler_enabled: bool = True
     reconcile_interval_s: float = 10.0
-    # The periodic jobs' etcd lease locks (control/leader.py): a replica that
+    # The periodic jobs' etcd lease locks (control/store/leader.py): a replica that
     # dies holding one is replaced within this (at least 3 intervals of its job)
     # plus one interval. Shorter: faster takeover, more lease renewals.
     leader_lease_s: float = Field(default=10.0, ge=2.0)
@@ -150,7 +150,7 @@ class ControlConfig(BaseModel):
     # A build with no progress for this long has its task sent again, and again
     # every as long while it makes none, until its deadline: its task may be
     # lost with Redis, or held by a worker killed (-9) (Redis gives that back
-    # only after the visibility timeout). Copies are safe (control/tasks.py).
+    # only after the visibility timeout). Copies are safe (control/compute/tasks.py).
     # Unset: a sixth of the build deadline (30 s by default; a build's steps
     # are seconds apart). 0: never (the build fails at its deadline).
     build_redrive_after_s: float | None = None
@@ -159,7 +159,7 @@ class ControlConfig(BaseModel):
     # A domain on a host that no instance owns is destroyed this long after it
     # was first reported.
     orphan_grace_s: float = 60.0
-    # etcd's size (control/store_maintenance.py): its --quota-backend-bytes (the
+    # etcd's size (control/store/maintenance.py): its --quota-backend-bytes (the
     # same value as etcd's flag: the API shows use against it), how much free
     # space makes a defragmentation worthwhile, and how often that is checked
     # (and the NOSPACE alarm, which any replica then clears once space is freed).

@@ -1,4 +1,4 @@
-"""The records kept in etcd, as typed models. Stored as JSON by control.store."""
+"""The records kept in etcd, as typed models. Stored as JSON by control.store.etcd."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from control.compute.states import INITIAL, Event, PowerState, State, TaskState, VmState, transition
 from control.errors import InvalidArgument
-from control.states import INITIAL, Event, PowerState, State, TaskState, VmState, transition
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,63}")
 
@@ -102,7 +102,7 @@ class Host(BaseModel):
     traits: list[str] = Field(default_factory=list)
     registered_at: float = Field(default_factory=time.time)
     last_heartbeat: float = Field(default_factory=time.time)
-    # False once the reconciler found its heartbeats stopped (control/reconciler.py);
+    # False once the reconciler found its heartbeats stopped (control/reconcile/reconciler.py);
     # true again with its next heartbeat. Down hosts get no new instances.
     up: bool = True
 
@@ -127,7 +127,7 @@ class Fault(BaseModel):
 
 
 class Metered(BaseModel):
-    """The usage interval an instance is in now (control/metering.py): what it
+    """The usage interval an instance is in now (control/metering/usage.py): what it
     is billed as since `since_ms`. Closed into an immutable usage record by the
     same transaction that changes any of these."""
 
@@ -162,7 +162,7 @@ class Instance(BaseModel):
     # Hosts where a spawn of this instance failed (each one is tried once).
     attempts: list[Fault] = Field(default_factory=list)
     group: str = ""  # server group name, in the instance's project
-    scaling_group: str = ""  # the scaling group it is a member of (control/scaling.py)
+    scaling_group: str = ""  # the scaling group it is a member of (control/autoscaling/groups.py)
     key_name: str = ""  # keypair for the guest, in the instance's project
     # Live scale-up headroom (the domain's maximums) and a scale in flight.
     max_vcpus: int = 0

@@ -10,27 +10,27 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from control.agent_client import AgentClient, channel_credentials, host_at
-from control.aggregates import Aggregates
-from control.catalog import Catalog
+from control.autoscaling.groups import ScalingGroups
 from control.celery_app import create_celery_app
+from control.compute.agent_client import AgentClient, channel_credentials, host_at
+from control.compute.flavors import Catalog
+from control.compute.instances import Instances
+from control.compute.keypairs import Keypairs
+from control.compute.lifecycle import Lifecycle
+from control.compute.scale_out import ScaleOut
+from control.compute.server_groups import ServerGroups
 from control.config import ControlConfig
-from control.hosts import Hosts
-from control.identity import Identity
-from control.image_store import ImageStore
-from control.images import Images
-from control.instances import Instances
-from control.keypairs import Keypairs
-from control.lifecycle import Lifecycle
-from control.metrics import Metrics
-from control.placement import Placement
+from control.identity.accounts import Identity
+from control.identity.quotas import Quotas, QuotaValues
+from control.images.catalog import Images
+from control.images.files import ImageStore
+from control.metering.metrics import Metrics
+from control.placement.aggregates import Aggregates
+from control.placement.allocations import Placement
+from control.placement.hosts import Hosts
+from control.placement.scheduler import Scheduler
 from control.queue import TaskQueue
-from control.quota import Quotas, QuotaValues
-from control.scale_out import ScaleOut
-from control.scaling import ScalingGroups
-from control.scheduler import Scheduler
-from control.server_groups import ServerGroups
-from control.store import EtcdTls, Store
+from control.store.etcd import EtcdTls, Store
 
 
 @dataclass

@@ -6,9 +6,9 @@ import argparse
 import logging
 import socket
 
+from control.compute.tasks import register_tasks
 from control.config import load_config
 from control.plane import build_control_plane
-from control.tasks import register_tasks
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
+from cloudclient.client import CloudClient
 from flask import abort, current_app, session
-
-from control.client import CloudClient
 
 _request_token: ContextVar[str] = ContextVar("dashboard_api_token", default="")
 

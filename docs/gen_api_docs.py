@@ -98,7 +98,7 @@ def _cell(text: str) -> str:
 
 def _limits():
     """The request size limits (control/api/limits.py)."""
-    sys.path[:0] = [str(ROOT), str(PROTO_ROOT / "gen")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "client")]
     from control.api import limits
 
     return limits

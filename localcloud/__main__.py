@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from control.client import read_config, write_config
+from cloudclient.client import read_config, write_config
+
 from localcloud.cloud import LocalCloud
 
 REPO = Path(__file__).resolve().parent.parent

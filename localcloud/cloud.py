@@ -87,7 +87,7 @@ class LocalCloud:
     redis_sentinel: bool = False
     # etcd keeps this much history (--auto-compaction-retention: event streams
     # resume from any revision within it) and refuses writes past this size
-    # (--quota-backend-bytes; control/store_maintenance.py frees space).
+    # (--quota-backend-bytes; control/store/maintenance.py frees space).
     etcd_history: str = "1h"
     etcd_quota_bytes: int = 2 * 2**30
 
@@ -192,7 +192,7 @@ class LocalCloud:
 
     def client(self, user: str = DEMO_USER, project: str = ""):
         """A CloudClient logged in as `user` (admin or the demo user)."""
-        from control.client import CloudClient
+        from cloudclient.client import CloudClient
 
         client = CloudClient(self.endpoint)
         client.login(user, self.password(user), project)
@@ -276,7 +276,7 @@ class LocalCloud:
 
     def _etcd_answers(self, port: int = 0) -> bool:
         """Whether the member at `port` answers a linearizable read (it has a leader)."""
-        from control.store import Store  # the venv's client, only once etcd is wanted
+        from control.store.etcd import Store  # the venv's client, only once etcd is wanted
 
         store = Store([f"127.0.0.1:{port or self.ports.etcd}"], timeout_s=1)
         try:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from control.client import CloudClient
+from cloudclient.client import CloudClient
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "images" / "build"
@@ -156,7 +155,7 @@ def start_cloud(name: str, **settings):
     try:
         cloud.up()
         store = make_store(cloud)
-        from control import keys
+        from control.store import keys
         from localcloud.processes import wait_until
         wait_until(lambda: store.get(keys.host(cloud.host_name)) is not None, 60,
                    "registration of the compute agent")
@@ -167,7 +166,7 @@ def start_cloud(name: str, **settings):
 
 
 def make_store(cloud):
-    from control.store import Store
+    from control.store.etcd import Store
 
     return Store(cloud.etcd_endpoints, timeout_s=3)
 

@@ -18,7 +18,7 @@ PROGRAM_LIST = REPO / "scripts" / "programs.txt"
 
 # Where programs are run from. images/rootfs is left out: it runs inside the
 # guest, on the guest's busybox, not on the host.
-PYTHON_DIRS = ("control", "compute-agent", "dashboard", "localcloud", "tests", "bench", "examples",
+PYTHON_DIRS = ("control", "client", "compute-agent", "dashboard", "localcloud", "tests", "bench", "examples",
                "docs", "scripts", "ansible")
 SHELL_FILES = ("scripts/*.sh", "images/*.sh", ".ci/run")
 ANSIBLE_FILES = ("ansible/**/*.yml", "ansible/**/*.j2")
@@ -261,8 +261,9 @@ def all_uses() -> list[Use]:
     uses: list[Use] = []
     for directory in PYTHON_DIRS:
         for path in sorted((REPO / directory).rglob("*")):
-            if path.is_file() and not any(part.startswith(".") or part == "gen" for part in
-                                          path.relative_to(REPO).parts):
+            relative = path.relative_to(REPO)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts) \
+                    and relative.parts[:2] != ("client", "cloudapi"):  # generated stubs
                 if path.suffix == ".py" or (path.suffix == "" and path.read_bytes()[:2] == b"#!"):
                     if path.suffix == ".py" or b"python" in path.read_bytes()[:40]:
                         uses += python_uses(path)

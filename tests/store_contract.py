@@ -1,7 +1,7 @@
 """The state store's contract: what the control plane relies on from
-control/store.py, written once and run against every implementation:
+control/store/etcd.py, written once and run against every implementation:
 tests/control/test_store_contract.py (real etcd) and
-tests/unit/test_memory_store.py (control/memory_store.py, no daemons).
+tests/unit/test_memory_store.py (control/store/memory.py, no daemons).
 
 A test module subclasses StoreContract and gives it a `backend` fixture: the
 store under test and how lease time passes for it (real sleeps for etcd, a
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from control.errors import InvalidArgument, OutOfRange
-from control.store import Change, ChangeFeed, Record, RevisionCompacted, Store, Txn
+from control.store.etcd import Change, ChangeFeed, Record, RevisionCompacted, Store, Txn
 
 
 @dataclass

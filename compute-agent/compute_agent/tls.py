@@ -72,7 +72,7 @@ def control_channel(config: AgentConfig, tls: TlsFiles) -> grpc.Channel:
 
 # Several endpoints: pick_first over all of them, and UNAVAILABLE calls (the
 # replica died under them) retried for about 3 s. What the agent sends (heartbeats,
-# reports, metrics) is safe to send twice. A copy of control/endpoints.py.
+# reports, metrics) is safe to send twice. A copy of client/cloudclient/endpoints.py.
 _SERVICE_CONFIG = {"loadBalancingConfig": [{"pick_first": {}}],
                    "methodConfig": [{"name": [{}], "retryPolicy": {
                        "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",

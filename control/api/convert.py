@@ -6,15 +6,15 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from control.actions import Action
-from control.aggregates import Aggregate, effective
-from control.identity import Caller, Project, User
-from control.keypairs import Keypair
+from control.compute.actions import Action
+from control.compute.keypairs import Keypair
+from control.compute.server_groups import ServerGroup
+from control.compute.states import allowed_operations, status
+from control.identity.accounts import Caller, Project, User
+from control.identity.quotas import QuotaValues
 from control.models import Fault, Flavor, Host, Image, Instance
-from control.placement import Provider
-from control.quota import QuotaValues
-from control.server_groups import ServerGroup
-from control.states import allowed_operations, status
+from control.placement.aggregates import Aggregate, effective
+from control.placement.allocations import Provider
 
 
 def _ts(seconds: float | None) -> Timestamp | None:

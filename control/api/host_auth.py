@@ -19,9 +19,9 @@ from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control import errors
+from control.api.agents import HostServicer
 from control.api.interceptors import ApiInterceptor
 from control.api.limits import LimitsInterceptor, agent_listener_services, server_options
-from control.api.servicers import HostServicer
 from control.config import ControlConfig
 from control.pki import ROLE_HOST, Identity, identity_of
 from control.plane import ControlPlane

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import grpc
 
-from control import deadlines, errors, policy
+from control import deadlines, errors
 from control.api.streams import StreamGuard, StreamOwner, peer_address, touching
-from control.identity import Caller
+from control.identity import policy
+from control.identity.accounts import Caller
 
 log = logging.getLogger("control.api")
 
@@ -37,6 +38,12 @@ def current_caller() -> Caller:
     """The authenticated caller of the RPC being served."""
     return _caller.get()
 
+
+
+
+def caller_project(context: grpc.ServicerContext) -> str:
+    """The project the caller's token acts in: every tenant query is scoped to it."""
+    return current_caller().project
 
 def status_code(exc: errors.CloudError) -> grpc.StatusCode:
     for cls, code in CODES:

@@ -40,10 +40,10 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescr
 from google.protobuf.message import Message
 
 from control.api.interceptors import rewrap
+from control.compute.guest_data import MAX_USER_DATA_BYTES
 from control.errors import InvalidArgument
-from control.guest_data import MAX_USER_DATA_BYTES
-from control.identity import MAX_DESCRIPTION, MAX_PASSWORD
-from control.images import MAX_CMDLINE
+from control.identity.accounts import MAX_DESCRIPTION, MAX_PASSWORD
+from control.images.catalog import MAX_CMDLINE
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -84,12 +84,12 @@ KEYWORD = Limit(32)           # one of a few words: a role, policy, format, part
 SHA256 = Limit(64)            # hex digest
 OS = Limit(64)                # an image's operating system, e.g. linux, debian-12
 FREE_TEXT = Limit(255)        # a short note: a host's disabled_reason, hypervisor version
-DESCRIPTION = Limit(MAX_DESCRIPTION)  # control.identity: a project's description
-PASSWORD = Limit(MAX_PASSWORD)        # control.identity
-CMDLINE = Limit(MAX_CMDLINE)          # control.images: a kernel command line
+DESCRIPTION = Limit(MAX_DESCRIPTION)  # control.identity.accounts: a project's description
+PASSWORD = Limit(MAX_PASSWORD)        # control.identity.accounts
+CMDLINE = Limit(MAX_CMDLINE)          # control.images.catalog: a kernel command line
 # OpenSSH keys: RSA at most 16384 bits (about 2.8 KB in base64); room for a comment.
 SSH_PUBLIC_KEY = Limit(16 * KiB)
-USER_DATA = Limit(MAX_USER_DATA_BYTES)  # 64 KiB, as Nova (control.guest_data)
+USER_DATA = Limit(MAX_USER_DATA_BYTES)  # 64 KiB, as Nova (control.compute.guest_data)
 # One message of an image upload; cloudctl sends 1 MiB (control.client.UPLOAD_CHUNK_BYTES).
 IMAGE_CHUNK = Limit(1 * MiB)
 

@@ -26,29 +26,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from control.api.event_servicer import EventServicer
+from control.api.events import EventServicer
+from control.api.flavors import FlavorServicer
 from control.api.host_auth import create_agent_server
+from control.api.hosts import HostAdminServicer
+from control.api.identity import IdentityServicer
+from control.api.images import ImageServicer
+from control.api.instances import InstanceServicer
 from control.api.interceptors import ApiInterceptor
+from control.api.keypairs import KeypairServicer
 from control.api.limits import LimitsInterceptor, public_services, server_options
-from control.api.scaling_servicer import MetricsServicer, ScalingGroupServicer
-from control.api.servicers import (
-    FlavorServicer,
-    HostAdminServicer,
-    IdentityServicer,
-    ImageServicer,
-    InstanceServicer,
-    KeypairServicer,
-    QuotaServicer,
-    ServerGroupServicer,
-)
+from control.api.quotas import QuotaServicer
+from control.api.scaling import MetricsServicer, ScalingGroupServicer
+from control.api.server_groups import ServerGroupServicer
 from control.api.streams import StreamGuard
-from control.api.usage_servicer import UsageServicer
+from control.api.usage import UsageServicer
+from control.autoscaling.groups import start_controller
 from control.config import ControlConfig, load_config
 from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
-from control.reconciler import start_reconciler
-from control.scaling import start_controller
-from control.store_maintenance import start_store_maintenance
+from control.reconcile.reconciler import start_reconciler
+from control.store.maintenance import start_store_maintenance
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     scaling = start_controller(plane.scaling, plane.store, config.scaling_interval_s,
                                config.leader_lease_s) \
         if config.scaling_enabled else None
-    # The reconciler likewise (control/reconciler.py): its first pass runs now.
+    # The reconciler likewise (control/reconcile/reconciler.py): its first pass runs now.
     reconciler = start_reconciler(plane) if config.reconciler_enabled else None
-    # etcd's defragmentation and recovery from a full store (control/store_maintenance.py).
+    # etcd's defragmentation and recovery from a full store (control/store/maintenance.py).
     maintenance = start_store_maintenance(plane.store, config) \
         if config.store_maintenance_enabled else None
 

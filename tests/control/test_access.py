@@ -22,12 +22,12 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
+from cloudclient.client import CloudClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control import keys
-from control.client import CloudClient
-from control.identity import hash_token
-from control.store import Txn
+from control.identity.accounts import hash_token
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import ApiClient
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

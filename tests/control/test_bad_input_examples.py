@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from control import errors
 from control.api.interceptors import MAX_ERROR_CHARS, bounded
-from control.store import Txn
+from control.store.etcd import Txn
 
 
 def code_and_details(call) -> tuple[grpc.StatusCode, str]:

@@ -17,7 +17,7 @@ import pytest
 
 from control.celery_app import create_celery_app
 from control.config import ControlConfig, url_password
-from control.metrics import redis_client
+from control.metering.metrics import redis_client
 from localcloud.processes import free_port, port_open, wait_until
 from tests.conftest import until
 from tests.control.broker_worker import TASK

@@ -18,7 +18,7 @@ def cloudctl(cloud, tmp_path):
            "CLOUD_CONFIG": str(tmp_path / "absent.toml"), "COLUMNS": "200"}
 
     def run(*args, check=True):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=300)
         if check and result.returncode != 0:
             raise AssertionError(f"cloudctl {' '.join(args)} failed:\n{result.stderr}")
@@ -73,7 +73,7 @@ def test_errors_are_one_line_and_non_zero(cloudctl):
 
 def test_unreachable_endpoint_says_so(cloudctl, tmp_path):
     env = {**os.environ, "CLOUD_ENDPOINT": "127.0.0.1:1"}
-    result = subprocess.run([sys.executable, "-m", "control.cli", "flavor", "list"], env=env,
+    result = subprocess.run([sys.executable, "-m", "cloudclient.cli", "flavor", "list"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr and "127.0.0.1:1" in result.stderr
@@ -95,7 +95,7 @@ def test_login_logout_and_token_issue(cloud, tmp_path):
     env.update({"CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(config)})
 
     def run(*args, extra=None):
-        return subprocess.run([sys.executable, "-m", "control.cli", *args], env={**env, **(extra or {})},
+        return subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env={**env, **(extra or {})},
                               capture_output=True, text=True, timeout=60)
 
     refused = run("instance", "list")
@@ -129,7 +129,7 @@ def test_admin_commands(cloud, tmp_path):
            "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "CLOUD_PROJECT": ""}
 
     def run(*args, check=True):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert not check or result.returncode == 0, result.stderr
         return result
@@ -184,7 +184,7 @@ def test_image_create_show_list_delete(cloudctl, tmp_path):
 
 
 def test_create_with_user_data_file(cloudctl, store, tmp_path):
-    from control import keys
+    from control.store import keys
     script = tmp_path / "init.sh"
     script.write_bytes(b"#!/bin/sh\necho from the cli\n")
     made = json.loads(cloudctl("instance", "create", "--flavor", "tiny", "--name", "cli-ud",

@@ -1,4 +1,4 @@
-"""The control plane's etcd client over mutual TLS (control/store.py, the etcd CA
+"""The control plane's etcd client over mutual TLS (control/store/etcd.py, the etcd CA
 of control/pki.py), against a real etcd started with the flags of the Ansible
 unit (https client and peer URLs, --client-cert-auth, the etcd CA trusted):
 the Store works with the control plane's etcd certificate; with no client
@@ -19,7 +19,7 @@ import pytest
 from control import pki
 from control.config import ControlConfig
 from control.errors import Unavailable
-from control.store import EtcdTls, Store
+from control.store.etcd import EtcdTls, Store
 from localcloud.processes import free_port, wait_until
 
 

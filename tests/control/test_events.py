@@ -16,7 +16,7 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import events_pb2 as epb
 
-from control import keys
+from control.store import keys
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import new_tenant
 
@@ -316,7 +316,7 @@ def test_admin_sees_host_events_and_no_heartbeat_noise(ev_cloud):
 
 
 def store_txn(record, value):
-    from control.store import Txn
+    from control.store.etcd import Txn
     return Txn().expect(record).put(record.key, value)
 
 
@@ -449,7 +449,7 @@ def test_cloudctl_events_watch(ev_cloud, tmp_path):
     cloud, _, admin = ev_cloud
     env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_USERNAME": "admin",
            "CLOUD_PASSWORD": cloud.password("admin"), "CLOUD_CONFIG": str(tmp_path / "none.toml")}
-    watch = subprocess.Popen([sys.executable, "-m", "control.cli", "events", "watch", "--kind",
+    watch = subprocess.Popen([sys.executable, "-m", "cloudclient.cli", "events", "watch", "--kind",
                               "host", "--timeout", "6", "-o", "json"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     synced = json.loads(watch.stdout.readline())
@@ -462,7 +462,7 @@ def test_cloudctl_events_watch(ev_cloud, tmp_path):
     assert [(e["type"], e["changed"]) for e in events] == [("HOST_UPDATED", ["traits"])] * 2
     # Resuming after the first prints only the second, as text.
     first_position = f"{events[0]['revision']}:{events[0]['index']}"
-    text = subprocess.run([sys.executable, "-m", "control.cli", "events", "watch", "--kind", "host",
+    text = subprocess.run([sys.executable, "-m", "cloudclient.cli", "events", "watch", "--kind", "host",
                            "--after", first_position, "--timeout", "3"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert text.returncode == 0, text.stderr

@@ -5,8 +5,8 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
-from control.store import Txn
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import login, start_cloud, stop_cloud
 
 

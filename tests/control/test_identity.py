@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from control import keys
 from control.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from control.identity import Identity, hash_token
+from control.identity.accounts import Identity, hash_token
+from control.store import keys
 from tests.conftest import until
 
 

@@ -12,7 +12,7 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
-from control import keys
+from control.store import keys
 from tests.conftest import IMAGE_DIR
 
 

@@ -13,8 +13,8 @@ from cloudapi.v1 import compute_pb2 as pb
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from control import keys
-from control.keypairs import parse_public_key
+from control.compute.keypairs import parse_public_key
+from control.store import keys
 
 
 def name() -> str:
@@ -86,7 +86,7 @@ def test_cli_keypairs(cloud, tmp_path):
            "CLOUD_USERNAME": "demo", "CLOUD_PASSWORD": cloud.password("demo"), "COLUMNS": "200"}
 
     def run(*args):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout

@@ -6,7 +6,7 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
-from control.placement import Placement
+from control.placement.allocations import Placement
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import delete_all, new_tenant
 
@@ -170,7 +170,7 @@ def test_cli_lifecycle(fake_cloud, tmp_path):
            "COLUMNS": "200"}
 
     def run(*args):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout
@@ -189,7 +189,7 @@ def test_cli_lifecycle(fake_cloud, tmp_path):
     history = json.loads(run("instance", "actions", "c2", "-o", "json"))
     assert [a["action"] for a in history] == ["create", "stop", "start", "reboot", "scale", "rename"]
     assert all(a["result"] == "success" and a["user"] == f"{project}-cli" for a in history)
-    refused = subprocess.run([sys.executable, "-m", "control.cli", "instance", "scale", "c2", "--vcpus",
+    refused = subprocess.run([sys.executable, "-m", "cloudclient.cli", "instance", "scale", "c2", "--vcpus",
                               "99"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
     run("instance", "delete", "c2", "--wait")

@@ -10,9 +10,10 @@ import pytest
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys, pki
-from control.agent_client import AgentClient
+from control import pki
+from control.compute.agent_client import AgentClient
 from control.errors import Unavailable
+from control.store import keys
 
 
 def read(path) -> bytes:

@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 
-from control import keys
 from control.config import ControlConfig
 from control.errors import ResourceExhausted
 from control.models import Allocation, Host, Resources
-from control.placement import Placement
-from control.scheduler import Request, Scheduler
-from control.store import Txn
+from control.placement.allocations import Placement
+from control.placement.scheduler import Request, Scheduler
+from control.store import keys
+from control.store.etcd import Txn
 
 CONFIG = ControlConfig(reserved_host_memory_mb=512, cpu_allocation_ratio=4.0, ram_allocation_ratio=1.0)
 TINY = Resources(vcpus=1, memory_mb=256, disk_gb=1)

@@ -20,10 +20,10 @@ from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import scaling_pb2 as spb
 from cloudapi.v1 import usage_pb2 as upb
 
-from control import keys
 from control.errors import InvalidTransition
-from control.identity import Identity
-from control.store import Txn
+from control.identity.accounts import Identity
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import ApiClient, login, make_store, start_cloud, stop_cloud, until
 from tests.control.test_events import Watcher, describe, idle
 from tests.control.test_quota import new_tenant

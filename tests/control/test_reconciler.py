@@ -1,4 +1,4 @@
-"""The reconciler (control/reconciler.py), running in a real API server every
+"""The reconciler (control/reconcile/reconciler.py), running in a real API server every
 second against fake-driver hosts: hosts down and up, a build whose task was
 lost, drifted quota usage and host usage, a stray allocation, allocations lost
 by instances that still run (or are stopped), a domain no instance owns, and a
@@ -13,14 +13,14 @@ import uuid
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.compute.states import TaskState, VmState
 from control.config import load_config
+from control.identity.quotas import QuotaValues
 from control.models import Allocation, Host, Instance, Resources
-from control.placement import Provider
+from control.placement.allocations import Provider
 from control.plane import build_control_plane
-from control.quota import QuotaValues
-from control.states import TaskState, VmState
-from control.store import Txn
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import FAULT_SETTINGS, claims_problems, unlimited
 

@@ -1,4 +1,4 @@
-"""The reconciler's deadlines (control/reconciler.py, check_deadlines) in a real
+"""The reconciler's deadlines (control/reconcile/reconciler.py, check_deadlines) in a real
 cloud (etcd, Redis, a Celery worker, the API running its reconciler every
 0.5 s) on fake-driver hosts, with short deadlines:
 
@@ -21,15 +21,15 @@ import pytest
 from cloudapi.v1 import agent_pb2
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
-from control.actions import Action
+from control.compute.actions import Action
 from control.config import load_config
-from control.metrics import redis_client
+from control.identity.quotas import QuotaValues
+from control.metering.metrics import redis_client
 from control.models import Allocation, Host, Resources
-from control.placement import RESOURCE_CLASSES, Provider
+from control.placement.allocations import RESOURCE_CLASSES, Provider
 from control.plane import build_control_plane
 from control.queue import DELETE_INSTANCE
-from control.quota import QuotaValues
+from control.store import keys
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import claims_problems
 

@@ -1,4 +1,4 @@
-"""Re-driving stalled builds (control/reconciler.py, build_redrive_after_s) with
+"""Re-driving stalled builds (control/reconcile/reconciler.py, build_redrive_after_s) with
 its default setting: a build whose task Redis lost is sent again from etcd and
 reaches ACTIVE, and two copies of one build task running at once (the original
 slow, not dead) leave one guest and one claim behind, never none.
@@ -19,13 +19,13 @@ import pytest
 from cloudapi.v1 import agent_pb2
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.compute.states import Event, TaskState, VmState
+from control.compute.tasks import InstanceWork
 from control.config import load_config
-from control.metrics import redis_client
+from control.metering.metrics import redis_client
 from control.models import Instance
 from control.plane import build_control_plane
-from control.states import Event, TaskState, VmState
-from control.tasks import InstanceWork
+from control.store import keys
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import claims_problems
 
@@ -230,8 +230,8 @@ def test_copy_whose_spawn_fails_after_the_other_finished_keeps_its_claim(redrive
     """Two copies spawning: the other copy's spawn succeeded (ACTIVE), then this
     copy's spawn fails. It must not give back the claim of the running instance
     (it used to release first, then find it could not reschedule)."""
-    from control.agent_client import SpawnFailed
-    from control.states import PowerState
+    from control.compute.agent_client import SpawnFailed
+    from control.compute.states import PowerState
 
     cloud, store, api, plane = redrive_cloud
     instance_id = create(api, "twofail")

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
-from control.keypairs import parse_public_key
+from control.compute.keypairs import parse_public_key
+from control.store import keys
 
 
 def status(call) -> tuple[grpc.StatusCode, str]:
@@ -25,7 +25,7 @@ def status(call) -> tuple[grpc.StatusCode, str]:
 
 def huge_rsa_key(modulus_bytes: int = 716_000) -> str:
     """A well-formed OpenSSH ssh-rsa public key of about 955 KB: the control plane's
-    parser (control.keypairs) accepts it, as it did the reported one."""
+    parser (control.compute.keypairs) accepts it, as it did the reported one."""
     def string(b: bytes) -> bytes:
         return struct.pack(">I", len(b)) + b
 

@@ -19,8 +19,8 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import scaling_pb2 as spb
 
-from control import keys
-from control.leader import LeaderLock, LeaderLoop
+from control.store import keys
+from control.store.leader import LeaderLock, LeaderLoop
 from localcloud.processes import wait_until
 from tests.conftest import REPO, login, start_cloud, stop_cloud, until
 from tests.control.test_quota import new_tenant
@@ -342,7 +342,7 @@ def test_cloudctl_group_commands(scaling_cloud, tmp_path):
            "CLOUD_CONFIG": str(tmp_path / "absent.toml"), "COLUMNS": "200"}
 
     def cloudctl(*args):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"cloudctl {' '.join(args)}:\n{result.stderr}"
         return result

@@ -12,10 +12,10 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
 from control.models import Host, Resources
-from control.placement import Placement
-from control.store import Txn
+from control.placement.allocations import Placement
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.control.test_quota import delete_all, new_tenant
 
@@ -131,7 +131,7 @@ def test_cli_dry_run_capacity_and_hosts(fake_cloud, tmp_path):
            "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "COLUMNS": "200"}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 
     dry = run("instance", "create", "--flavor", "small", "--name", "dry1", "--dry-run")
@@ -299,7 +299,7 @@ def test_aggregates_give_their_hosts_traits_and_a_zone(fake_cloud, tenant, tmp_p
            "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "COLUMNS": "200"}
 
     def run(*args):
-        result = subprocess.run([sys.executable, "-m", "control.cli", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from control.store import Store
+from control.store.etcd import Store
 from localcloud.cloud import LocalCloud, Ports
 from tests.store_contract import Backend, StoreContract
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control.store import Txn
+from control.store.etcd import Txn
 from tests.conftest import login, start_cloud, stop_cloud, until
 
 MiB = 2**20
@@ -46,11 +46,11 @@ def test_admins_see_the_store_and_members_do_not(small_store_cloud, tmp_path):
 
     env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_USERNAME": "admin",
            "CLOUD_PASSWORD": cloud.password("admin"), "CLOUD_CONFIG": str(tmp_path / "none.toml")}
-    shown = subprocess.run([sys.executable, "-m", "control.cli", "store", "status", "-o", "json"],
+    shown = subprocess.run([sys.executable, "-m", "cloudclient.cli", "store", "status", "-o", "json"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["quota_bytes"] == str(QUOTA)
-    table = subprocess.run([sys.executable, "-m", "control.cli", "store", "status"], env=env,
+    table = subprocess.run([sys.executable, "-m", "cloudclient.cli", "store", "status"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert "alarms: none" in table.stdout and "64.0 MiB" in table.stdout, table.stdout
 

@@ -1,5 +1,5 @@
-"""A stuck etcd watch stream (control/store.py) must not fail every later watch:
-the scheduler's host table (control/scheduler.py) is built on watches. Real
+"""A stuck etcd watch stream (control/store/etcd.py) must not fail every later watch:
+the scheduler's host table (control/placement/scheduler.py) is built on watches. Real
 etcd (the session cloud's); a stuck stream is made with a real socket that
 accepts connections and never answers."""
 
@@ -14,9 +14,9 @@ import pytest
 from pyetcd import etcdrpc
 from pyetcd.watch import Watcher
 
-from control import keys
 from control.errors import Unavailable
-from control.store import Store
+from control.store import keys
+from control.store.etcd import Store
 
 
 def silent_listener() -> tuple[socket.socket, int]:

@@ -289,7 +289,7 @@ def test_cloudctl_usage_show(history, usage_cloud):
            "CLOUD_CONFIG": "/nonexistent/cloudctl.toml", "COLUMNS": "200"}
 
     def cloudctl(*args):
-        result = subprocess.run([sys.executable, "-m", "control.cli", "usage", *args], env=env,
+        result = subprocess.run([sys.executable, "-m", "cloudclient.cli", "usage", *args], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout

@@ -70,7 +70,7 @@ def test_users_and_roles(admin_web, admin, cloud):
                                                     "user-project": project, "user-role": "reader"})
     assert response.status_code == 200
     password = re.search(r'data-testid="generated-password">([^<]+)<', response.get_data(as_text=True))[1]
-    from control.client import CloudClient
+    from cloudclient.client import CloudClient
     CloudClient(cloud.endpoint).login(user, password, project)
     admin_web.post(f"/admin/users/{user}/roles/add", data={"role-project": project, "role-role": "member"})
     roles = next(u for u in admin.identity.ListUsers(ipb.ListUsersRequest()).users if u.name == user).roles

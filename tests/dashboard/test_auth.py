@@ -7,8 +7,8 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
+from cloudclient.client import CloudClient
 
-from control.client import CloudClient
 from dashboard.sessions import SessionStore
 from tests.dashboard.conftest import Web, csrf_in
 

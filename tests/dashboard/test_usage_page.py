@@ -179,9 +179,9 @@ def test_admin_picks_a_project(admin_web, ran):
 def test_the_page_is_fast_with_2000_usage_records(app, cloud, admin, store):
     """2,000 closed records (200 deleted instances, 10 intervals each, two flavors),
     written to etcd as the control plane writes them: the page and the CSV stay fast."""
-    from control import keys
-    from control.metering import UsageRecord
-    from control.store import Txn
+    from control.metering.usage import UsageRecord
+    from control.store import keys
+    from control.store.etcd import Txn
 
     tenant = make_tenant(cloud, admin, "many")
     t0 = int((datetime.now(UTC) - timedelta(days=1)).timestamp() * 1000)

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.compute.states import TaskState, VmState
 from control.models import Allocation, Instance
-from control.placement import RESOURCE_CLASSES, Provider, amounts
-from control.states import TaskState, VmState
+from control.placement.allocations import RESOURCE_CLASSES, Provider, amounts
+from control.store import keys
 from tests.conftest import until
 
 # Knobs the fault clouds share: the reconciler every second, short deadlines.

@@ -20,8 +20,8 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
 from control.models import Host
+from control.store import keys
 from tests.conftest import OUTPUT, login, start_cloud, stop_cloud, until
 from tests.faults.checks import (
     FAULT_SETTINGS,

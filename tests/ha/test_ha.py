@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from control import keys
-from control.store import Store
+from control.store import keys
+from control.store.etcd import Store
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import delete_everything, unlimited
 from tests.ha.helpers import (

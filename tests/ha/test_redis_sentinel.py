@@ -20,7 +20,7 @@ import redis
 from cloudapi.v1 import scaling_pb2
 from redis.sentinel import Sentinel
 
-from control.metrics import redis_client
+from control.metering.metrics import redis_client
 from localcloud.cloud import SENTINEL_MASTER
 from localcloud.processes import wait_until
 from tests.conftest import ApiClient, login, start_cloud, stop_cloud, until
@@ -123,11 +123,11 @@ def test_redis_master_killed(sentinel_cloud):
     watch = sentinels(cloud)
     old = watch.discover_master(SENTINEL_MASTER)
     assert old == ("127.0.0.1", cloud.ports.redis)
-    # Writes through the metrics' own client (control/metrics.py), as the API makes them.
+    # Writes through the metrics' own client (control/metering/metrics.py), as the API makes them.
     metrics_redis = redis_client(cloud.redis_url, SENTINEL_MASTER)
     writes = Probe(lambda: metrics_redis.set("smallcloud:ha-probe", time.time()))
     # Creates through one replica: a client given one endpoint does not retry
-    # (control/endpoints.py), so a refusal would show.
+    # (client/cloudclient/endpoints.py), so a refusal would show.
     # Each create is accepted within 8 s (the slowest took 1.4-2.4 s, measured:
     # the API held it through the failover). A create's enqueue is retried for
     # at most half its remaining deadline, which Creates sets to what is left

@@ -5,7 +5,7 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.store import keys
 from tests.conftest import login, start_cloud, stop_cloud
 
 

@@ -4,7 +4,7 @@ import grpc
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.store import keys
 
 
 def project_keys(store) -> list[str]:

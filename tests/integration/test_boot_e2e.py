@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.store import keys
 
 
 def domain_exists(uuid: str) -> bool:

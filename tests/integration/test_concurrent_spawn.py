@@ -10,10 +10,10 @@ import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from control import keys
 from control.config import load_config
 from control.models import Image, Instance, Resources
 from control.plane import build_control_plane
+from control.store import keys
 
 
 def domain_state(instance_id: str) -> str:

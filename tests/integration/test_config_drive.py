@@ -13,7 +13,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from compute_agent import config_drive
 
-from control import keys
+from control.store import keys
 
 SCRIPT = b"""#!/bin/sh
 echo "hello from user-data $(hostname)"

@@ -23,11 +23,11 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
-from control import keys
-from control.actions import history as action_history
+from control.compute.actions import history as action_history
 from control.models import Host
-from control.placement import Placement
-from control.store import Txn
+from control.placement.allocations import Placement
+from control.store import keys
+from control.store.etcd import Txn
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.guest_console import GuestConsole
 

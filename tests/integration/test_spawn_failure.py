@@ -5,7 +5,7 @@ import subprocess
 
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
+from control.store import keys
 from tests.conftest import IMAGE_DIR
 
 

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cloudapi.v1 import compute_pb2 as pb
 
-from control import keys
 from control.models import Host
+from control.store import keys
 from tests.conftest import login, start_cloud, stop_cloud, until
 from tests.faults.checks import unlimited
 from tests.integration.test_boot_e2e import wait_console

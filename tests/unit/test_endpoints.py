@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from control.endpoints import channel_target, split
+from cloudclient.endpoints import channel_target, split
 
 
 def test_one_endpoint_is_used_as_given():

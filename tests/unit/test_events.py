@@ -1,13 +1,13 @@
-"""Which store changes become which events (control/api/event_servicer.py): only
+"""Which store changes become which events (control/api/events.py): only
 what a consumer sees, never heartbeats alone; and what each watch covers."""
 
 from cloudapi.v1 import events_pb2 as epb
 
-from control import keys
-from control.api.event_servicer import Scope, host_event, instance_event
+from control.api.events import Scope, host_event, instance_event
+from control.compute.states import PowerState, TaskState, VmState
 from control.models import Host, Instance, Resources
-from control.states import PowerState, TaskState, VmState
-from control.store import Change
+from control.store import keys
+from control.store.etcd import Change
 
 Event = epb.Event
 DOWN_AFTER = 30.0

@@ -2,9 +2,10 @@
 
 import pytest
 
-from control import guest_data, keys
+from control.compute import guest_data
 from control.errors import InvalidArgument
-from control.store import Txn
+from control.store import keys
+from control.store.etcd import Txn
 
 ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
@@ -38,7 +39,7 @@ def test_user_data_round_trips_compressed():
 
     class FakeStore:
         def get(self, key):
-            from control.store import Record
+            from control.store.etcd import Record
             return Record(key, txn.puts[key], 1) if key in txn.puts else None
 
     assert guest_data.load_user_data(FakeStore(), "demo", ID) == data
@@ -60,9 +61,9 @@ def test_user_data_key_is_outside_the_instance_listing():
 def test_spawn_goes_on_without_a_keypair_deleted_since_the_create(caplog):
     from types import SimpleNamespace
 
-    from control.keypairs import Keypairs
+    from control.compute.keypairs import Keypairs
+    from control.compute.tasks import InstanceWork
     from control.models import Instance, Resources
-    from control.tasks import InstanceWork
 
     class EmptyStore:
         def get(self, key):

@@ -3,7 +3,7 @@ directories only the API's user opens, whatever the process's umask."""
 
 import os
 
-from control.image_store import ImageStore
+from control.images.files import ImageStore
 
 
 def mode(path) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from control import errors
 from control.api.interceptors import ApiInterceptor
-from control.identity import Caller
+from control.identity.accounts import Caller
 
 SERVICE = "cloudapi.v1.ImageService"  # any service the policy knows: members may call these
 

@@ -1,6 +1,6 @@
 import pytest
 
-from control import keys
+from control.store import keys
 
 
 def test_instances_are_namespaced_by_project():

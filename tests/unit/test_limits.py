@@ -20,9 +20,9 @@ from control import errors
 from control.api import limits
 from control.api.interceptors import ApiInterceptor
 from control.api.limits import LIMITS, Limit, check
-from control.identity import Caller
+from control.identity.accounts import Caller
 
-GEN = Path(__file__).resolve().parents[2] / "proto" / "gen" / "cloudapi" / "v1"
+GEN = Path(__file__).resolve().parents[2] / "client" / "cloudapi" / "v1"
 
 
 def refused(message) -> str:
@@ -113,9 +113,12 @@ def test_entries_naming_no_field_or_of_the_wrong_kind_are_problems():
 
 
 def test_limits_agree_with_the_validators_below_the_api():
-    from control import guest_data, identity, images
-    from control.client import UPLOAD_CHUNK_BYTES
-    from control.instances import REQUEST_ID_PATTERN
+    from cloudclient.client import UPLOAD_CHUNK_BYTES
+
+    from control.compute import guest_data
+    from control.compute.instances import REQUEST_ID_PATTERN
+    from control.identity import accounts as identity
+    from control.images import catalog as images
     from control.models import validate_name
 
     validate_name("n" * limits.NAME.length)

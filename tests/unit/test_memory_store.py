@@ -1,5 +1,5 @@
 """The store contract (tests/store_contract.py) against the in-memory store
-(control/memory_store.py), and what only it has: a clock tests move by hand.
+(control/store/memory.py), and what only it has: a clock tests move by hand.
 No daemons: the whole file runs in well under a second."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import inspect
 import pytest
 
 from control.errors import ResourceExhausted
-from control.memory_store import ManualClock, MemoryStore
-from control.store import Change, Store, Txn
+from control.store.etcd import Change, Store, Txn
+from control.store.memory import ManualClock, MemoryStore
 from tests.store_contract import Backend, StoreContract
 
 

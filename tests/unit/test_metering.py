@@ -1,15 +1,15 @@
 """Usage metering's one rule (meter_into) and its sums, without a store."""
 
-from control import keys
-from control.metering import (
+from control.compute.states import Event, TaskState, VmState
+from control.metering.usage import (
     UsageRecord,
     meter_into,
     month_start_ms,
     summarize,
 )
 from control.models import Instance, Resources
-from control.states import Event, TaskState, VmState
-from control.store import Txn
+from control.store import keys
+from control.store.etcd import Txn
 
 T0 = 1_700_000_000.0
 
@@ -111,7 +111,7 @@ def test_months():
 def test_every_usage_rpc_is_open_to_readers():
     from cloudapi.v1 import usage_pb2
 
-    from control import policy
+    from control.identity import policy
 
     service = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
     rules = {m.name: policy.ACTIONS.get(policy.action_of(f"/{service.full_name}/{m.name}"))

@@ -1,6 +1,6 @@
 from cloudapi.v1 import compute_pb2, identity_pb2
 
-from control import policy
+from control.identity import policy
 
 
 def public_methods():

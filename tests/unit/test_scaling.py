@@ -4,9 +4,10 @@ tracking rule with its cooldowns, the replacement backoff; keys and policy rows.
 import pytest
 from cloudapi.v1 import scaling_pb2
 
-from control import keys, policy
-from control.metrics import RawSample, derive
-from control.scaling import MAX_BACKOFF_S, TargetPolicy, backoff_s, target_tracking
+from control.autoscaling.groups import MAX_BACKOFF_S, TargetPolicy, backoff_s, target_tracking
+from control.identity import policy
+from control.metering.metrics import RawSample, derive
+from control.store import keys
 
 
 def sample(t: float, cpu_s: float, vcpus: int = 2, read: int = 0, write: int = 0,

@@ -1,7 +1,7 @@
 import pytest
 
+from control.compute.states import INITIAL, Event, State, TaskState, VmState, status, transition
 from control.errors import InvalidTransition
-from control.states import INITIAL, Event, State, TaskState, VmState, status, transition
 
 
 def test_build_path_reaches_active():
@@ -60,7 +60,7 @@ def test_status_words():
     (State(VmState.ACTIVE, TaskState.DELETING), []),
 ])
 def test_allowed_operations_are_the_state_machines(state, allowed):
-    from control.states import OPERATIONS, allowed_operations
+    from control.compute.states import OPERATIONS, allowed_operations
 
     assert allowed_operations(state) == allowed
     for name, event in OPERATIONS.items():  # exactly what transition() accepts

@@ -1,7 +1,7 @@
-"""When the store maintenance defragments and clears NOSPACE (control/store_maintenance.py)."""
+"""When the store maintenance defragments and clears NOSPACE (control/store/maintenance.py)."""
 
-from control.store import MemberStatus
-from control.store_maintenance import Policy, leader_last
+from control.store.etcd import MemberStatus
+from control.store.maintenance import Policy, leader_last
 
 MiB = 2**20
 POLICY = Policy(quota_bytes=1000 * MiB, defrag_min_free_bytes=64 * MiB)

@@ -1,0 +1,3 @@
+from cloudclient.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""Compute hosts as the control plane sees them: registration, heartbeats, and
+what the agents observe of their instances (power state, addresses)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from control.compute.states import PowerState, TaskState, VmState
+from control.errors import NotFound
+from control.models import Host, Instance, Resources, validate_name
+from control.store import keys
+from control.store.etcd import Store, Txn
+
+log = logging.getLogger(__name__)
+
+
+class Hosts:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def register(self, name: str, address: str, inventory: Resources, virt_type: str,
+                 hypervisor: str) -> Host:
+        key = keys.host(name)
+
+        def change(record):
+            host = Host(**record.value).model_copy(update={
+                "address": address, "inventory": inventory, "virt_type": virt_type,
+                "hypervisor": hypervisor, "last_heartbeat": time.time(), "up": True})
+            return Txn().expect(record).put(key, host.model_dump())
+
+        if self.store.update(key, change) is None:
+            host = Host(name=name, address=address, inventory=inventory, virt_type=virt_type,
+                        hypervisor=hypervisor)
+            if not self.store.put_if_absent(key, host.model_dump()):
+                self.store.update(key, change)  # registered concurrently: update it
+        log.info("host %s registered at %s with %s", name, address, inventory)
+        return self.get(name)
+
+    def get(self, name: str) -> Host:
+        record = self.store.get(keys.host(name)) if name and "/" not in name else None
+        if record is None:
+            raise KeyError(name)
+        return Host(**record.value)
+
+    def update(self, name: str, enabled: bool | None = None, disabled_reason: str = "",
+               zone: str | None = None, add_traits: list[str] | None = None,
+               remove_traits: list[str] | None = None) -> Host:
+        """An admin's change: maintenance (disable/enable), zone, traits."""
+        key = keys.host(name)
+
+        def change(record):
+            host = Host(**record.value)
+            updates: dict[str, object] = {}
+            if enabled is not None:
+                updates["enabled"] = enabled
+                updates["disabled_reason"] = "" if enabled else disabled_reason
+            if zone is not None:
+                updates["zone"] = validate_name(zone, "zone")
+            traits = (set(host.traits) | {validate_name(t, "trait") for t in add_traits or ()}) \
+                - set(remove_traits or ())
+            updates["traits"] = sorted(traits)
+            return Txn().expect(record).put(key, host.model_copy(update=updates).model_dump())
+
+        if self.store.update(key, change) is None:
+            raise NotFound(f"host {name!r} not found")
+        return self.get(name)
+
+    def all(self) -> list[Host]:
+        return [Host(**r.value) for r in self.store.list(keys.hosts())]
+
+    def heartbeat(self, name: str, observations: list[tuple[str, str, list[str]]],
+                  observed_at: float = 0.0) -> bool:
+        """Record that host `name` is alive and what it sees of its instances.
+
+        observations: (instance_id, power_state, addresses). Returns False if
+        the host is not registered (the agent should register again).
+        """
+        key = keys.host(name)
+        was_down: list[bool] = []
+
+        def beat(record):
+            was_down[:] = [record.value.get("up") is False]
+            return Txn().expect(record).put(key, {**record.value, "last_heartbeat": time.time(),
+                                                  "up": True})
+
+        if self.store.update(key, beat) is None:
+            return False
+        if was_down and was_down[0]:
+            log.warning("host %s is up again (heartbeats resumed)", name)
+        for instance_id, power_state, addresses in observations:
+            self._observe(name, instance_id, PowerState(power_state), addresses,
+                          observed_at or time.time())
+        return True
+
+    def _observe(self, host: str, instance_id: str, power: PowerState,
+                 addresses: list[str], observed_at: float) -> None:
+        index = self.store.get(keys.instance_index(instance_id))
+        if index is None:
+            self._stray(host, instance_id, observed_at)  # no instance owns it
+            return
+        key = keys.instance(index.value["project"], instance_id)
+        elsewhere: list[bool] = []
+
+        def change(record):
+            instance = Instance(**record.value)
+            if instance.host != host or instance.vm_state is VmState.ERROR:
+                # Its instance is on another host, or failed (and holds nothing).
+                elsewhere[:] = [observed_at >= instance.updated_at]
+                return None
+            # While an operation is in flight its task owns the power state; and
+            # a look taken before the instance last changed tells nothing new.
+            if instance.task_state is not TaskState.NONE or observed_at < instance.updated_at:
+                return None
+            if instance.power_state == power and instance.addresses == addresses:
+                return None
+            observed = instance.model_copy(update={"power_state": power, "addresses": addresses})
+            return Txn().expect(record).put(key, observed.model_dump(mode="json"))
+
+        if self.store.update(key, change) is None:
+            self._stray(host, instance_id, observed_at)  # deleted since the index was read
+        elif elsewhere and elsewhere[0]:
+            self._stray(host, instance_id, observed_at)
+
+    def _stray(self, host: str, instance_id: str, observed_at: float) -> None:
+        """Note a domain that `host` runs and no instance owns. The reconciler
+        destroys it once it has been there longer than orphan_grace_s (a delete
+        finishing just after the look was taken is not a stray for long)."""
+        try:
+            key = keys.stray(host, instance_id)
+        except ValueError:
+            return
+        if self.store.put_if_absent(key, {"host": host, "instance_id": instance_id,
+                                          "first_seen": observed_at}):
+            log.warning("host %s runs %s, which no instance owns", host, instance_id)
+
+    def mark_down(self, name: str, down_after_s: float) -> bool:
+        """Mark a host down if its last heartbeat is older than down_after_s
+        (re-checked under compare-and-swap). Returns whether it was marked."""
+        key = keys.host(name)
+        marked: list[bool] = []
+
+        def change(record):
+            host = Host(**record.value)
+            if not host.up or time.time() - host.last_heartbeat < down_after_s:
+                return None
+            marked[:] = [True]
+            return Txn().expect(record).put(key, {**record.value, "up": False})
+
+        self.store.update(key, change)
+        return bool(marked)
