@@ -27,11 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from control import keys  # noqa: E402
 from control.config import ControlConfig  # noqa: E402
 from control.models import Allocation, Host, Resources  # noqa: E402
 from control.placement.allocations import InventoryItem, Placement, Provider  # noqa: E402
 from control.placement.scheduler import Request, Scheduler  # noqa: E402
+from control.store import keys  # noqa: E402
 from control.store.etcd import Store, Txn  # noqa: E402
 from localcloud.cloud import LocalCloud, Ports  # noqa: E402
 

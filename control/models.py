@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from control.compute.states import INITIAL, Event, PowerState, State, TaskState, VmState, transition
 from control.errors import InvalidArgument
+from control.resources import INSTANCE_CLASSES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,63}")
 
@@ -23,9 +24,15 @@ def validate_name(name: str, what: str = "name") -> str:
 
 
 class Resources(BaseModel):
+    """An instance's size: what it asks of its compute host."""
+
     vcpus: int = 0
     memory_mb: int = 0
     disk_gb: int = 0
+
+    def amounts(self) -> dict[str, int]:
+        """The size as amounts per resource class (control/resources.py)."""
+        return {c.name: getattr(self, c.field) for c in INSTANCE_CLASSES}
 
     def __add__(self, other: Resources) -> Resources:
         return Resources(vcpus=self.vcpus + other.vcpus, memory_mb=self.memory_mb + other.memory_mb,
@@ -111,12 +118,26 @@ class Host(BaseModel):
 
 
 class Allocation(BaseModel):
-    """The share of one host that one instance holds."""
+    """What one consumer holds: an instance's share of its compute host, and any
+    consumer's shares of other providers (address pools, storage pools). All of
+    it is claimed, and released, in one transaction (control/placement/allocations.py)."""
 
-    instance_id: str
+    instance_id: str  # the consumer: an instance's id, or any other consumer's
     project: str
-    host: str
-    resources: Resources
+    host: str = ""  # its compute host ("" until placed, or for a consumer that has none)
+    resources: Resources = Field(default_factory=Resources)  # its share of `host`
+    # Shares of other providers: provider -> resource class -> amount. Records
+    # written before there were other providers have none.
+    others: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    def by_provider(self) -> dict[str, dict[str, int]]:
+        """Every share, per provider: the host's and the others'."""
+        shares = {name: dict(amounts) for name, amounts in self.others.items()}
+        if self.host:
+            on_host = shares.setdefault(self.host, {})
+            for rc, amount in self.resources.amounts().items():
+                on_host[rc] = on_host.get(rc, 0) + amount
+        return shares
 
 
 class Fault(BaseModel):

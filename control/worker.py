@@ -9,6 +9,7 @@ import socket
 from control.compute.tasks import register_tasks
 from control.config import load_config
 from control.plane import build_control_plane
+from control.store.schema import SchemaTooNew, migrate_at_start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +21,11 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(args.config)
     plane = build_control_plane(config)
+    # Tasks read and write records: in this release's shapes, before the first.
+    try:
+        migrate_at_start(plane.store)
+    except SchemaTooNew as exc:
+        raise SystemExit(f"cloud-worker: not starting: {exc}") from None
     register_tasks(plane.celery, plane)
     # Threads, not forked processes: gRPC channels do not survive fork().
     plane.celery.worker_main(["worker", "--pool=threads",

@@ -316,10 +316,12 @@ class LocalCloud:
             conf = self._config_once(name, "sentinel.conf", [
                 f"port {port}", "bind 127.0.0.1", f"dir {self.root / name}", "daemonize no",
                 f"requirepass {self.password('redis')}",
-                # Quorum 2 of 3; a master silent for 1 s is down (tests want it short).
+                # Quorum 2 of 3; a master silent for 3 s is down: short, for a quick
+                # failover, yet 3 times the 1 s that let a busy 2-core machine's live
+                # master be judged down (failover measured in tests/ha/test_redis_sentinel.py).
                 f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2",
                 f"sentinel auth-pass {SENTINEL_MASTER} {self.password('redis')}",
-                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000",
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 3000",
                 f"sentinel failover-timeout {SENTINEL_MASTER} 3000",
                 f"sentinel parallel-syncs {SENTINEL_MASTER} 1"])
             self.procs.start(name, ["redis-server", str(conf), "--sentinel"])
@@ -378,10 +380,10 @@ class LocalCloud:
         seeds a new cloud)."""
         for name, api, agent_api in self.api_replica_ports():
             config = self.config_path if name == "api" else self.root / f"cloud-{name}.toml"
-            self.procs.start(name, [self.python, "-m", "control.api.server",
-                                    "--config", str(config)])
+            pid = self.procs.start(name, [self.python, "-m", "control.api.server",
+                                          "--config", str(config)])
             wait_until(functools.partial(self._api_answers, api, agent_api), 60,
-                       f"the API server ({name})")
+                       f"the API server ({name})", pid=pid)
 
     def _api_answers(self, api: int, agent_api: int) -> bool:
         return port_open(api) and port_open(agent_api, self.agent_api_host)
@@ -394,9 +396,9 @@ class LocalCloud:
                                     "--name", f"{name}@{self.host_name}"])
 
     def start_agent(self) -> None:
-        self.procs.start("agent", [self.python, "-m", "compute_agent.server",
-                                   "--config", str(self.config_path)])
-        wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent")
+        pid = self.procs.start("agent", [self.python, "-m", "compute_agent.server",
+                                         "--config", str(self.config_path)])
+        wait_until(lambda: port_open(self.ports.agent), 60, "the compute agent", pid=pid)
 
     @property
     def dashboard_socket(self) -> Path:

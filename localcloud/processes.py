@@ -24,9 +24,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
+               pid: int | None = None) -> None:
+    """Until check() is true, for at most timeout_s. With the pid of the daemon
+    being waited for, a daemon that exits (say its port was taken meanwhile)
+    fails at once instead of after the whole timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            raise RuntimeError(f"{what} exited before it was ready (see its log)")
         try:
             if check():
                 return

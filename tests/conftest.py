@@ -58,6 +58,14 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+def log_wait(started: float, timeout_s: float, what) -> None:
+    """With WAIT_LOG=<file>, append how long a wait took against its bound, with
+    the test's name: how the bounds beside the waits were measured."""
+    path = os.environ.get("WAIT_LOG")
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(path, "a") as log:
+            log.write(f"{time.monotonic() - started:.2f}\t{timeout_s}\t{test}\t{str(what)[:80]}\n")
 
 
 def _instance_summary(instance) -> str:
@@ -81,10 +89,12 @@ class ApiClient(CloudClient):
         (AssertionError) after timeout_s, saying what the instance last was."""
         from cloudapi.v1 import compute_pb2 as pb
 
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         while True:
             current = self.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
             if current.status in statuses:
+                log_wait(started, timeout_s, f"{instance_id} {current.status}")
                 return current
             if time.monotonic() > deadline:
                 raise AssertionError(f"instance {instance_id} not {'/'.join(sorted(statuses))} after "
@@ -96,12 +106,14 @@ class ApiClient(CloudClient):
         (AssertionError) after timeout_s, saying what the instance last was."""
         from cloudapi.v1 import compute_pb2 as pb
 
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         while True:
             try:
                 current = self.instances.GetInstance(pb.GetInstanceRequest(id_or_name=instance_id))
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log_wait(started, timeout_s, f"{instance_id} gone")
                     return True
                 raise
             if time.monotonic() > deadline:
@@ -115,10 +127,12 @@ def until(check, timeout_s: float = 30, what="", every_s: float = 0.1):
     test (AssertionError) after timeout_s, with what check() last returned.
     `what` names the condition; a callable `what` is called for the message
     (to show the state at that moment)."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
         result = check()
         if result:
+            log_wait(started, timeout_s, what() if callable(what) else (what or check))
             return result
         if time.monotonic() >= deadline:
             label = what() if callable(what) else (what or check)

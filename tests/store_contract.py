@@ -184,6 +184,39 @@ class StoreContract:
         assert store.update(prefix + "a", lambda r: None) == record
         assert store.update(prefix + "missing", lambda r: Txn().put(r.key, {})) is None
 
+    def test_update_of_a_key_it_only_compares_keeps_its_revision(self, backend: Backend,
+                                                                  prefix: str):
+        """A change that writes other keys under the key's compare (a claim guarded by
+        an instance record) leaves the key as it was: its own mod_revision, not the
+        store's new revision."""
+        store, key = backend.store, prefix + "guard"
+        store.put(key, {"n": 1})
+        before = store.get(key)
+        record = store.update(key, lambda r: Txn().expect(r).put(prefix + "other", {"n": 2}))
+        assert record == before == store.get(key)
+        assert store.revision() > before.mod_revision
+
+    def test_update_that_deletes_the_key_returns_none(self, backend: Backend, prefix: str):
+        store, key = backend.store, prefix + "gone"
+        for delete in (lambda r: Txn().expect(r).delete(r.key),
+                       lambda r: Txn().expect(r).delete_prefix(prefix)):
+            store.put(key, {"n": 1})
+            assert store.update(key, delete) is None and store.get(key) is None
+
+    def test_apply_returns_what_the_change_decided(self, backend: Backend, prefix: str):
+        store, key = backend.store, prefix + "a"
+        store.put(key, {"n": 1})
+        applied = store.apply(key, lambda r: (Txn().expect(r).put(key, {"n": 2}), "grown"))
+        assert applied is not None and applied.committed and applied.result == "grown"
+        assert applied.record == store.get(key) and applied.record.value == {"n": 2}
+        kept = store.apply(key, lambda r: (None, r.value["n"]))
+        assert kept is not None and not kept.committed and kept.result == 2
+        assert kept.record == applied.record
+        deleted = store.apply(key, lambda r: (Txn().expect(r).delete(key), "deleted"))
+        assert deleted is not None and deleted.committed and deleted.record is None
+        assert deleted.result == "deleted"
+        assert store.apply(key, lambda r: (Txn().put(key, {}), "never")) is None
+
     def test_concurrent_compare_and_swap_loses_no_update(self, backend: Backend, prefix: str):
         store, key = backend.store, prefix + "counter"
         start = store.commit_at(Txn().put(key, {"n": 0}))

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from compute_agent.network import InterfaceDevice
+from compute_agent.storage import DiskDevice
+
 METADATA_NS = "https://smallcloud.dev/xmlns/instance/1"
+MAX_DATA_DISKS = 24  # virtio disks vdb to vdy (vda is the root disk)
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class DomainSpec:
     cmdline: str
     disk_path: str
     console_log: str
-    network: str
+    interfaces: tuple[InterfaceDevice, ...]  # what the networking implementation plugged
     config_drive: str | None = None   # ISO 9660 image for a read-only IDE cdrom (hdc)
+    data_disks: tuple[DiskDevice, ...] = ()  # volumes: vdb, vdc, ... in this order
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
@@ -92,9 +97,24 @@ def build_domain_xml(spec: DomainSpec) -> str:
         _sub(cdrom, "target", dev="hdc", bus="ide")
         _sub(cdrom, "readonly")
 
-    nic = _sub(devices, "interface", type="network")
-    _sub(nic, "source", network=spec.network)
-    _sub(nic, "model", type="virtio")
+    if len(spec.data_disks) > MAX_DATA_DISKS:
+        raise ValueError(f"at most {MAX_DATA_DISKS} data disks")
+    for n, data in enumerate(spec.data_disks):
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type=data.format, cache="none", discard="unmap")
+        _sub(disk, "source", file=data.path)
+        _sub(disk, "target", dev="vd" + chr(ord("b") + n), bus="virtio")
+        if data.serial:
+            _sub(disk, "serial", data.serial)
+
+    for interface in spec.interfaces:
+        if interface.type not in ("network", "bridge"):
+            raise ValueError(f"interface type must be network or bridge, not {interface.type!r}")
+        nic = _sub(devices, "interface", type=interface.type)
+        if interface.mac:
+            _sub(nic, "mac", address=interface.mac)
+        _sub(nic, "source", **{interface.type: interface.source})
+        _sub(nic, "model", type=interface.model)
 
     # A pty for interactive use; virtlogd copies everything to the log file.
     serial = _sub(devices, "serial", type="pty")

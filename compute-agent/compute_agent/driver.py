@@ -1,7 +1,11 @@
-"""The contract between the agent and a hypervisor (after Nova's virt driver).
+"""The virtualization contract: guests on this host (after Nova's virt driver).
 
-Every driver keeps these promises; tests/compute_agent/test_driver_contract.py
-checks them against each driver.
+A driver defines, starts, stops, reboots, scales, resizes, deletes and lists
+guests. It does not build the host's network or the guests' disks itself: it
+composes a networking implementation (network.py: plug/unplug a NIC) and a
+storage one (storage.py: root disk, config drive, attach/detach a data disk),
+each with a contract of its own. Every driver keeps these promises;
+tests/compute_agent/test_driver_contract.py checks them against each driver.
 """
 
 from __future__ import annotations
@@ -9,21 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from compute_agent.errors import DriverError
+from compute_agent.network import HostNetworking, NicSpec
+from compute_agent.storage import BlockDeviceSpec, ImageFiles, InstanceStorage
 
-class DriverError(Exception):
-    """The hypervisor refused or failed an operation."""
-
-
-@dataclass(frozen=True)
-class ImageFiles:
-    """An image's files on this host (see image_cache.py)."""
-
-    id: str
-    disk_path: str
-    disk_format: str = "qcow2"   # raw or qcow2: the base of the instance's qcow2 overlay
-    kernel_path: str = ""        # empty: boot the disk's own bootloader
-    initrd_path: str = ""
-    cmdline: str = ""
+__all__ = ["BalloonStatus", "ComputeDriver", "DriverError", "HostInventory", "ImageFiles",
+           "InstanceSpec", "Observation"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +36,14 @@ class InstanceSpec:
     hostname: str = ""
     public_keys: tuple[str, ...] = ()
     user_data: bytes = b""
+    # Empty: one NIC on the host's default network (as before NICs were listed).
+    nics: tuple[NicSpec, ...] = ()
+    # Data disks (volumes) beyond the root disk and the config drive, which every
+    # instance has; empty: none.
+    block_devices: tuple[BlockDeviceSpec, ...] = ()
+
+    def nics_or_default(self) -> tuple[NicSpec, ...]:
+        return self.nics or (NicSpec(),)
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,13 @@ class Observation:
 
 
 class ComputeDriver(ABC):
+    network: HostNetworking    # plugs the guests' NICs
+    storage: InstanceStorage   # holds the guests' disks
+
     @abstractmethod
     def init_host(self) -> None:
-        """Prepare the host (connections, networks). Safe to call again."""
+        """Prepare the host (connections; the network's and storage's ensure_host).
+        Safe to call again."""
 
     @abstractmethod
     def host_inventory(self) -> HostInventory: ...
@@ -82,17 +89,21 @@ class ComputeDriver(ABC):
 
     @abstractmethod
     def spawn(self, spec: InstanceSpec) -> str:
-        """Create and start the instance; return its power state.
+        """Create and start the instance; return its power state. Its NICs are
+        plugged (spec.nics_or_default()) and its disks prepared and attached
+        (root disk, config drive, spec.block_devices) through the driver's
+        network and storage.
 
         Idempotent: spawning an instance that already runs returns its state.
-        If this fails, any partial instance (domain, disk, files) is completely
-        cleaned up before DriverError is raised.
+        If this fails, any partial instance (domain, disk, files, NICs,
+        attachments) is completely cleaned up before DriverError is raised.
         """
 
     @abstractmethod
     def destroy(self, instance_id: str) -> bool:
-        """Stop and remove the instance and all its files. Destroying an instance
-        that does not exist succeeds. Returns whether it existed."""
+        """Stop and remove the instance, unplug its NICs, delete its files and
+        detach its volumes (their data stays). Destroying an instance that does
+        not exist succeeds. Returns whether it existed."""
 
     @abstractmethod
     def power_state(self, instance_id: str) -> str:

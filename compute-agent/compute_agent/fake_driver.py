@@ -1,6 +1,7 @@
 """A driver that keeps instances in memory, with the same contract as the real
 one: for scale tests with hundreds of hosts, never in place of libvirt in an
-integration test."""
+integration test. Like the real one it composes a network and a storage
+implementation: by default the fakes of their contracts (network.py, storage.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from compute_agent.driver import (
     InstanceSpec,
     Observation,
 )
+from compute_agent.network import FakeNetwork, HostNetworking
+from compute_agent.storage import FakeStorage, InstanceStorage
 
 
 class FakeDriver(ComputeDriver):
     def __init__(self, inventory: HostInventory | None = None, fail_spawn: bool = False,
-                 cpu_file: str = "", spawn_delay_s: float = 0.0):
+                 cpu_file: str = "", spawn_delay_s: float = 0.0,
+                 network: HostNetworking | None = None, storage: InstanceStorage | None = None):
+        self.network = network or FakeNetwork()
+        self.storage = storage or FakeStorage()
         self.inventory = inventory or HostInventory(vcpus=8, memory_mb=16384, disk_gb=200)
         self.fail_spawn = fail_spawn
         self.spawn_delay_s = spawn_delay_s  # how long a spawn takes (fault tests)
@@ -44,7 +50,8 @@ class FakeDriver(ComputeDriver):
         self._lock = threading.Lock()
 
     def init_host(self) -> None:
-        pass
+        self.storage.ensure_host()
+        self.network.ensure_host()
 
     def host_inventory(self) -> HostInventory:
         return self.inventory
@@ -59,17 +66,34 @@ class FakeDriver(ComputeDriver):
             raise DriverError("spawn failed: the fake driver was told to fail")
         if self.spawn_delay_s:
             time.sleep(self.spawn_delay_s)
+        try:
+            self._prepare(spec)
+        except Exception as exc:
+            self.destroy(spec.instance_id)
+            raise DriverError(f"spawn failed: {exc}") from exc
         with self._lock:
             self.instances[spec.instance_id] = spec
         self._restart(spec.instance_id)
         return "running"
+
+    def _prepare(self, spec: InstanceSpec) -> None:
+        """What the libvirt driver prepares before it defines a domain."""
+        self.storage.prepare_root(spec.instance_id, spec.image, spec.disk_gb)
+        self.storage.prepare_config_drive(spec.instance_id, spec.hostname, spec.public_keys,
+                                          spec.user_data)
+        for device in spec.block_devices:
+            self.storage.attach(spec.instance_id, device)
+        for index, nic in enumerate(spec.nics_or_default()):
+            self.network.plug(spec.instance_id, index, nic)
 
     def destroy(self, instance_id: str) -> bool:
         with self._lock:
             self.stopped.discard(instance_id)
             self.balloon.pop(instance_id, None)
             self._cpu_time.pop(instance_id, None)
-            return self.instances.pop(instance_id, None) is not None
+            existed = self.instances.pop(instance_id, None) is not None
+        existed = self.network.unplug_all(instance_id) or existed
+        return self.storage.delete_instance(instance_id) or existed
 
     def power_state(self, instance_id: str) -> str:
         if instance_id not in self.instances:
@@ -97,6 +121,7 @@ class FakeDriver(ComputeDriver):
             raise DriverError("stop the instance before a resize")
         if disk_gb < spec.disk_gb:
             raise DriverError("a disk can only grow")
+        self.storage.grow_root(instance_id, disk_gb)
         self.instances[instance_id] = replace(spec, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
                                               max_vcpus=max_vcpus, max_memory_mb=max_memory_mb)
         return "shutoff"
@@ -194,6 +219,8 @@ class FakeDriver(ComputeDriver):
             raise DriverError("beyond this instance's maximum")
         if disk_gb and disk_gb < spec.disk_gb:
             raise DriverError("a disk can only grow")
+        if disk_gb:
+            self.storage.grow_root(instance_id, disk_gb)
         self.instances[instance_id] = replace(spec, vcpus=vcpus or spec.vcpus,
                                               memory_mb=memory_mb or spec.memory_mb,
                                               disk_gb=disk_gb or spec.disk_gb)

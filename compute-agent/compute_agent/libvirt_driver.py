@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import grp
-import ipaddress
-import json
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,8 +13,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from compute_agent import config_drive
-from compute_agent.domain_xml import DomainSpec, build_domain_xml, network_xml, owner_of
+from compute_agent.domain_xml import DomainSpec, build_domain_xml, owner_of
 from compute_agent.driver import (
     BalloonStatus,
     ComputeDriver,
@@ -26,6 +22,10 @@ from compute_agent.driver import (
     InstanceSpec,
     Observation,
 )
+from compute_agent.libvirt_network import LibvirtNatNetwork
+from compute_agent.local_storage import LocalFileStorage, make_private
+from compute_agent.network import HostNetworking
+from compute_agent.storage import GiB, InstanceStorage
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +44,6 @@ _POWER_STATES = {
 }
 
 
-# Tenants' files on this host (instance disks, config drives, cached images) are
-# created 0600 by root: no other local user reads them. QEMU, which runs as its
-# own unprivileged user (libvirt-qemu on Debian), gets them from libvirt's DAC
-# security driver: with dynamic_ownership (on by default) libvirt chowns a
-# domain's disk, its backing file, config drive, kernel and initrd to QEMU's user
-# when it starts. With remember_owner (default) it gives the writable disk, kernel
-# and initrd back to root when the domain stops; read-only ones (the backing file,
-# the config drive) stay QEMU's, still 0600. QEMU must reach them by path, so
-# their directories are root's with QEMU's group, search-only for it (0710): it
-# opens the files it is handed, cannot list which instances or images the host
-# holds; other users get nothing. (Every guest's QEMU is the same user: keeping
-# one guest's QEMU from another's running disks is sVirt's job, not modes'.)
-PRIVATE_FILE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o710
-
-
 def dac_group(capabilities_xml: str, virt_type: str) -> int:
     """The group QEMU runs as, from libvirt's DAC security model in the host's
     capabilities (its label is "+uid:+gid"); 0 when libvirt has no DAC label
@@ -75,15 +59,6 @@ def dac_group(capabilities_xml: str, virt_type: str) -> int:
                     return int(group[1:])
                 return grp.getgrnam(group).gr_gid
     return 0
-
-
-def make_private(path: Path, gid: int) -> None:
-    """A directory on the way to tenants' files: ours, QEMU's group may pass through."""
-    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    # Not root (qemu:///session): QEMU runs as this user, the owner, and needs no group.
-    if path.stat().st_gid != gid and os.geteuid() == 0:
-        os.chown(path, -1, gid)
-    path.chmod(PRIVATE_DIR_MODE)
 
 
 def detect_virt_type(setting: str, kvm_device: str = "/dev/kvm",
@@ -107,16 +82,20 @@ def detect_virt_type(setting: str, kvm_device: str = "/dev/kvm",
 
 
 class LibvirtDriver(ComputeDriver):
+    """network and storage: by default the host's libvirt NAT network and qcow2
+    files in state_dir (the network_* settings are the NAT network's)."""
+
     def __init__(self, uri: str, state_dir: str, host_name: str, virt_type: str = "auto",
                  network_name: str = "cloud-net", network_bridge: str = "cloudbr0",
-                 network_cidr: str = "10.213.0.0/24"):
+                 network_cidr: str = "10.213.0.0/24", network: HostNetworking | None = None,
+                 storage: InstanceStorage | None = None):
         self.uri = uri
         self.state_dir = Path(state_dir)
         self.host_name = host_name
         self.virt_type = detect_virt_type(virt_type)
-        self.network_name = network_name
-        self.network_bridge = network_bridge
-        self.network_cidr = ipaddress.ip_network(network_cidr)
+        self.network = network or LibvirtNatNetwork(lambda: self.conn, self.state_dir / "network",
+                                                    network_name, network_bridge, network_cidr)
+        self.storage = storage or LocalFileStorage(self.state_dir, self.qemu_group)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         # Serialises the entitlement (scale) with live balloon moves (reclaim), so a
@@ -143,36 +122,8 @@ class LibvirtDriver(ComputeDriver):
         return self.qemu_gid
 
     def init_host(self) -> None:
-        # The image cache keeps its files in _base. Files an older agent left
-        # readable to everyone are made private too.
-        gid = self.qemu_group()
-        for path in (self.state_dir, self.state_dir / "instances", self.state_dir / "_base"):
-            make_private(path, gid)
-        for directory in (self.state_dir / "instances").iterdir():
-            if directory.is_dir():
-                make_private(directory, gid)
-                for name in ("disk.qcow2", "config.iso"):
-                    if (directory / name).exists():
-                        (directory / name).chmod(PRIVATE_FILE_MODE)
-        for cached in (self.state_dir / "_base").iterdir():
-            if cached.is_file():
-                cached.chmod(PRIVATE_FILE_MODE)
-        self.ensure_network()
-
-    def ensure_network(self) -> None:
-        """Make sure the host's NAT network for guests exists and is running."""
-        try:
-            network = self.conn.networkLookupByName(self.network_name)
-        except libvirt.libvirtError:
-            hosts = list(self.network_cidr.hosts())
-            xml = network_xml(self.network_name, self.network_bridge, gateway=str(hosts[0]),
-                              netmask=str(self.network_cidr.netmask),
-                              dhcp_start=str(hosts[1]), dhcp_end=str(hosts[-1]))
-            network = self.conn.networkDefineXML(xml)
-            log.info("defined network %s (%s)", self.network_name, self.network_cidr)
-        if not network.isActive():
-            network.create()
-        network.setAutostart(True)
+        self.storage.ensure_host()
+        self.network.ensure_host()
 
     def host_inventory(self) -> HostInventory:
         info = self.conn.getInfo()  # [model, memory MiB, cpus, ...]
@@ -215,33 +166,31 @@ class LibvirtDriver(ComputeDriver):
 
     def _spawn(self, spec: InstanceSpec, domain: libvirt.virDomain | None) -> str:
         if domain is None:
-            base = spec.image  # the image cache's files: read-only, shared by overlays
-            directory = self._instance_dir(spec.instance_id)
-            make_private(directory, self.qemu_group())
-            disk = directory / "disk.qcow2"
-            if not disk.exists():
-                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.disk_format,
-                                "-b", base.disk_path, str(disk), f"{spec.disk_gb}G"],
-                               check=True, capture_output=True, text=True)
-                disk.chmod(PRIVATE_FILE_MODE)  # libvirt lends it to QEMU while it runs
-            # Rebuilt on every define: a retried spawn may carry other keys or user data.
-            iso = directory / "config.iso"
-            config_drive.build(iso, spec.instance_id, spec.hostname, spec.public_keys,
-                               spec.user_data)
-            xml = build_domain_xml(DomainSpec(
-                uuid=spec.instance_id, display_name=spec.name, owner_host=self.host_name,
-                virt_type=self.virt_type, vcpus=spec.vcpus,
-                max_vcpus=max(spec.vcpus, spec.max_vcpus),
-                memory_mb=spec.memory_mb, max_memory_mb=max(spec.memory_mb, spec.max_memory_mb),
-                kernel=base.kernel_path, initrd=base.initrd_path,
-                cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}" if base.kernel_path
-                else "",
-                disk_path=str(disk), console_log=str(directory / "console.log"),
-                network=self.network_name, config_drive=str(iso)))
-            domain = self.conn.defineXML(xml)
+            domain = self.conn.defineXML(self.domain_xml(spec))
         domain.create()
         log.info("spawned %s (%s)", spec.instance_id, spec.name)
         return self.power_state(spec.instance_id)
+
+    def domain_xml(self, spec: InstanceSpec) -> str:
+        """Prepare the instance's disks and plug its NICs; the domain they make."""
+        base = spec.image
+        make_private(self._instance_dir(spec.instance_id), self.qemu_group())  # its console log
+        root = self.storage.prepare_root(spec.instance_id, base, spec.disk_gb)
+        # Rebuilt on every define: a retried spawn may carry other keys or user data.
+        drive = self.storage.prepare_config_drive(spec.instance_id, spec.hostname, spec.public_keys,
+                                                  spec.user_data)
+        data = tuple(self.storage.attach(spec.instance_id, device) for device in spec.block_devices)
+        nics = tuple(self.network.plug(spec.instance_id, index, nic)
+                     for index, nic in enumerate(spec.nics_or_default()))
+        return build_domain_xml(DomainSpec(
+            uuid=spec.instance_id, display_name=spec.name, owner_host=self.host_name,
+            virt_type=self.virt_type, vcpus=spec.vcpus, max_vcpus=max(spec.vcpus, spec.max_vcpus),
+            memory_mb=spec.memory_mb, max_memory_mb=max(spec.memory_mb, spec.max_memory_mb),
+            kernel=base.kernel_path, initrd=base.initrd_path,
+            cmdline=f"{base.cmdline} cloud.instance_id={spec.instance_id}" if base.kernel_path
+            else "",
+            disk_path=root.path, console_log=str(self._instance_dir(spec.instance_id) / "console.log"),
+            interfaces=nics, config_drive=drive.path, data_disks=data))
 
     def destroy(self, instance_id: str) -> bool:
         domain = self._domain(instance_id)
@@ -258,7 +207,9 @@ class LibvirtDriver(ComputeDriver):
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise DriverError(str(exc)) from exc
-        directory = self._instance_dir(instance_id)
+        existed = self.network.unplug_all(instance_id) or existed
+        existed = self.storage.delete_instance(instance_id) or existed
+        directory = self._instance_dir(instance_id)  # the console log, if storage left it
         if directory.exists():
             existed = True
             shutil.rmtree(directory, ignore_errors=True)
@@ -376,10 +327,9 @@ class LibvirtDriver(ComputeDriver):
                               f"{max_memory_mb} MiB")
         live = bool(domain.isActive())
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
-        disk = self._instance_dir(instance_id) / "disk.qcow2"
         if disk_gb:
-            current = domain.blockInfo("vda")[0] if live else _virtual_size(disk)
-            if disk_gb * 2**30 < current:
+            current = domain.blockInfo("vda")[0] if live else self.storage.root_size(instance_id)
+            if disk_gb * GiB < current:
                 raise DriverError("a disk can only grow")
         try:
             if vcpus:
@@ -387,13 +337,12 @@ class LibvirtDriver(ComputeDriver):
             if memory_mb:
                 with self._memory_lock:
                     domain.setMemoryFlags(memory_mb * 1024, flags)  # the balloon's target
-            if disk_gb and disk_gb * 2**30 > current:
+            if disk_gb and disk_gb * GiB > current:
                 if live:
-                    domain.blockResize("vda", disk_gb * 2**30, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                    domain.blockResize("vda", disk_gb * GiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
                 else:
-                    subprocess.run(["qemu-img", "resize", "-q", str(disk), f"{disk_gb}G"],
-                                   check=True, capture_output=True, text=True)
-        except (libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+                    self.storage.grow_root(instance_id, disk_gb)
+        except libvirt.libvirtError as exc:
             raise DriverError(f"scale failed: {exc}") from exc
         log.info("scaled %s: vcpus=%s memory_mb=%s disk_gb=%s (live=%s)", instance_id, vcpus,
                  memory_mb, disk_gb, live)
@@ -404,8 +353,7 @@ class LibvirtDriver(ComputeDriver):
         domain = self._require(instance_id)
         if domain.isActive():
             raise DriverError("stop the instance before a resize")
-        disk = self._instance_dir(instance_id) / "disk.qcow2"
-        if disk_gb * 2**30 < _virtual_size(disk):
+        if disk_gb * GiB < self.storage.root_size(instance_id):
             raise DriverError("a disk can only grow")
         root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
         vcpu = root.find("vcpu")
@@ -415,9 +363,8 @@ class LibvirtDriver(ComputeDriver):
             element.text, element.attrib["unit"] = str(mib), "MiB"
         try:
             self.conn.defineXML(etree.tostring(root, encoding="unicode"))
-            subprocess.run(["qemu-img", "resize", "-q", str(disk), f"{disk_gb}G"], check=True,
-                           capture_output=True, text=True)
-        except (libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+            self.storage.grow_root(instance_id, disk_gb)
+        except libvirt.libvirtError as exc:
             raise DriverError(f"resize failed: {exc}") from exc
         return self.power_state(instance_id)
 
@@ -518,8 +465,3 @@ REBOOT_SHUTDOWN_TIMEOUT_S = 30
 SHUTDOWN_RETRY_S = 3
 DEFLATE_BEFORE_RESET_WAIT_S = 3
 
-
-def _virtual_size(disk: Path) -> int:
-    info = subprocess.run(["qemu-img", "info", "--output=json", str(disk)], check=True,
-                          capture_output=True, text=True)
-    return int(json.loads(info.stdout)["virtual-size"])

@@ -17,15 +17,19 @@ from grpc_reflection.v1alpha import reflection
 
 from compute_agent.config import AgentConfig, load_config
 from compute_agent.driver import ComputeDriver, DriverError, InstanceSpec
+from compute_agent.guest_lister import GuestLister
 from compute_agent.image_cache import ImageCache
 from compute_agent.keyed_locks import KeyedLocks
+from compute_agent.network import NicSpec
 from compute_agent.reclaim import ReclaimLoop, ReclaimSettings
+from compute_agent.storage import BlockDeviceSpec
 from compute_agent.tls import ControlOnly, control_channel, server_credentials
 from compute_agent.tls import load as load_tls
 
 log = logging.getLogger(__name__)
 
 FULL_REPORT_EVERY = 5
+LIST_WAIT_S = 0.5  # well within any heartbeat interval (1 s in the tests, 2 s by default)
 IMAGE_FETCH_TIMEOUT_S = 600
 
 
@@ -54,7 +58,10 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
                 memory_mb=request.memory_mb, disk_gb=request.disk_gb,
                 max_vcpus=request.max_vcpus, max_memory_mb=request.max_memory_mb, image=files,
                 hostname=request.hostname, public_keys=tuple(request.public_keys),
-                user_data=request.user_data)
+                user_data=request.user_data,
+                nics=tuple(NicSpec(network_id=n.network_id, mac=n.mac) for n in request.nics),
+                block_devices=tuple(BlockDeviceSpec(volume_id=b.volume_id, size_gb=b.size_gb)
+                                    for b in request.block_devices))
             return agent_pb2.SpawnResponse(power_state=self.driver.spawn(spec))
         except DriverError as exc:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
@@ -117,7 +124,9 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
 
 class Reporter:
     """Registers the host with the control plane, then heartbeats with what the
-    driver sees of its instances. Keeps trying while the control plane is away."""
+    driver sees of its instances. Keeps trying while the control plane is away.
+    Metrics go from a thread of their own: each sample asks the hypervisor, which
+    may be slow to answer (see guest_lister.py), and must not hold a heartbeat back."""
 
     def __init__(self, config: AgentConfig, driver: ComputeDriver, address: str,
                  channel: grpc.Channel):
@@ -133,15 +142,22 @@ class Reporter:
         # Set by the control plane at registration; 0: no metrics reports.
         self.metrics_interval = 0.0
         self._metrics_sent = 0.0  # monotonic time of the last report
+        # A heartbeat waits this long for a fresh list of guests, then sends the last one.
+        self.guests = GuestLister(driver.list_instances, wait_s=LIST_WAIT_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self._metrics_thread = threading.Thread(target=self._run_metrics, name="metrics",
+                                                daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._metrics_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._metrics_thread.join(timeout=5)
+        self.guests.close()
 
     def register(self) -> None:
         inv = self.driver.host_inventory()
@@ -161,10 +177,15 @@ class Reporter:
     def heartbeat(self) -> None:
         """Report liveness, and of the instances only what changed since the last
         report (each one costs the control plane etcd reads); everything every
-        FULL_REPORT_EVERY beats, so an observation it set aside is sent again."""
-        observed_at = time.time()
-        seen = {o.instance_id: (o.power_state, tuple(o.addresses))
-                for o in self.driver.list_instances()}
+        FULL_REPORT_EVERY beats, so an observation it set aside is sent again.
+        The guests are as last seen (GuestLister): liveness never waits on libvirt."""
+        taken = self.guests.get()
+        if taken is None:  # the first look is not done: liveness alone, guests next time
+            self.stub.Heartbeat(agent_pb2.HeartbeatRequest(name=self.config.host_name),
+                                timeout=10)
+            return
+        observed_at, observations = taken
+        seen = {o.instance_id: (o.power_state, tuple(o.addresses)) for o in observations}
         full = self._beats % FULL_REPORT_EVERY == 0
         changed = seen if full else {i: s for i, s in seen.items() if self._reported.get(i) != s}
         self.stub.Heartbeat(agent_pb2.HeartbeatRequest(
@@ -199,6 +220,12 @@ class Reporter:
             name=self.config.host_name, samples=samples), timeout=10)
         return len(samples)
 
+    def _run_metrics(self) -> None:
+        while not self._stop.is_set():
+            if self.registered.is_set():
+                self._metrics_due()
+            self._stop.wait(self.metrics_interval or self.interval)
+
     def _metrics_due(self) -> None:
         if not self.metrics_interval or \
                 time.monotonic() - self._metrics_sent < self.metrics_interval - 0.05:
@@ -220,7 +247,6 @@ class Reporter:
                 if not self.registered.is_set():
                     self.register()
                 self.heartbeat()
-                self._metrics_due()
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     self.registered.clear()  # the control plane forgot us: register again

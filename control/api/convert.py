@@ -6,6 +6,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control.api.state_enums import to_wire
 from control.compute.actions import Action
 from control.compute.keypairs import Keypair
 from control.compute.server_groups import ServerGroup
@@ -72,7 +73,7 @@ def user(u: User, roles: dict[str, str]) -> ipb.User:
 
 def quota_values(v: QuotaValues) -> ipb.QuotaValues:
     return ipb.QuotaValues(instances=v.instances, vcpus=v.vcpus, memory_mb=v.memory_mb,
-                           disk_gb=v.disk_gb)
+                           disk_gb=v.disk_gb, resources=v.others())
 
 
 def image(i: Image) -> pb.Image:
@@ -85,9 +86,12 @@ def image(i: Image) -> pb.Image:
 
 
 def instance(i: Instance) -> pb.Instance:
+    shown = status(i.state)
     msg = pb.Instance(
-        id=i.id, name=i.name, project=i.project, status=status(i.state),
+        id=i.id, name=i.name, project=i.project, status=shown,
         vm_state=i.vm_state.value, task_state=i.task_state.value, power_state=i.power_state.value,
+        status_enum=to_wire(shown), vm_state_enum=to_wire(i.vm_state),
+        task_state_enum=to_wire(i.task_state), power_state_enum=to_wire(i.power_state),
         flavor=i.flavor, vcpus=i.resources.vcpus, memory_mb=i.resources.memory_mb,
         disk_gb=i.resources.disk_gb, image=i.image, host=i.host, addresses=i.addresses,
         group=i.group, max_vcpus=i.max_vcpus, max_memory_mb=i.max_memory_mb, key_name=i.key_name,

@@ -30,6 +30,7 @@ from cloudapi.v1 import events_pb2, events_pb2_grpc
 
 from control.api import convert
 from control.api.interceptors import current_caller
+from control.compute.states import TaskState, VmState
 from control.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from control.identity.accounts import Caller
 from control.models import Host, Instance
@@ -51,8 +52,9 @@ _HOST_KEY = re.compile(re.escape(keys.PREFIX) + r"/hosts/([^/]+)")
 STATE_FIELDS = {"status", "vm_state", "task_state", "power_state"}
 SIZE_FIELDS = {"vcpus", "memory_mb", "disk_gb", "flavor"}
 # Instance fields that change with (almost) every write, not a change in itself,
-# or follow from the state fields (allowed_actions).
-IGNORED_INSTANCE_FIELDS = {"updated_at", "allowed_actions"}
+# or follow from the state fields (allowed_actions, and the states as enums: a
+# change lists the string field, as it always has).
+IGNORED_INSTANCE_FIELDS = {"updated_at", "allowed_actions", *(f"{f}_enum" for f in STATE_FIELDS)}
 # Host record fields whose change is an UPDATED event (heartbeats rewrite only
 # last_heartbeat; liveness is judged apart).
 HOST_FIELDS = ("address", "enabled", "disabled_reason", "zone", "traits", "vcpus", "memory_mb",
@@ -144,8 +146,8 @@ def instance_event(change: Change, project: str, now: float) -> Event | None:
     if new is None:
         if old is None:
             return None
-        last = convert.instance(old)
-        last.status, last.vm_state, last.task_state = "DELETED", "deleted", ""
+        last = convert.instance(old.model_copy(
+            update={"vm_state": VmState.DELETED, "task_state": TaskState.NONE}))
         return Event(kind=Event.INSTANCE, type=Event.DELETED, project=project, instance=last,
                      time=_ts(now))
     shown = convert.instance(new)

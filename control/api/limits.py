@@ -127,6 +127,11 @@ LIMITS: dict[str, Limit] = {
     "SpawnRequest.hostname": NAME,
     "SpawnRequest.public_keys": many(SSH_PUBLIC_KEY, 16),
     "SpawnRequest.user_data": USER_DATA,
+    "SpawnRequest.nics": items(16),           # what one guest's PCI slots and a domain hold
+    "SpawnRequest.block_devices": items(16),
+    "Nic.network_id": ID,
+    "Nic.mac": Limit(17),                     # aa:bb:cc:dd:ee:ff
+    "BlockDevice.volume_id": ID,
     "ImageSource.id": ID,
     "ImageSource.cmdline": CMDLINE,
     "ImageSource.disk_format": KEYWORD,
@@ -250,6 +255,8 @@ LIMITS: dict[str, Limit] = {
     # QuotaService
     "GetQuotaRequest.project": NAME,
     "SetQuotaRequest.project": NAME,
+    "SetQuotaRequest.resources": items(64),       # named quotas set at once
+    "SetQuotaRequest.ResourcesEntry.key": NAME,   # a quota name (control/identity/quotas.py)
 
     # scaling.proto: MetricsService
     "GetInstanceMetricsRequest.id_or_name": ID_OR_NAME,

@@ -15,8 +15,10 @@ from cloudapi.v1 import (
 from control.api import convert
 from control.api.interceptors import current_caller
 from control.errors import InvalidArgument, NotFound
-from control.identity.quotas import FIELDS
+from control.identity.quotas import FIELDS, NAME, UNLIMITED
 from control.plane import ControlPlane
+
+INT32_MAX = 2**31 - 1
 
 
 class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
@@ -38,9 +40,15 @@ class QuotaServicer(identity_pb2_grpc.QuotaServiceServicer):
 
     def SetQuota(self, request, context):
         self.plane.identity.project(request.project)
-        changes = {f: getattr(request, f) for f in FIELDS if request.HasField(f)}
-        for field, value in changes.items():
-            if value < -1:
-                raise InvalidArgument(f"quota {field} must be -1 (unlimited) or more, not {value}")
+        # Other named resources first: an instance quota set by its own field wins.
+        changes = {**request.resources, **{f: getattr(request, f) for f in FIELDS if request.HasField(f)}}
+        for name, value in changes.items():
+            if not NAME.fullmatch(name):
+                raise InvalidArgument(f"invalid quota name {name!r}: 1 to 63 of a-z 0-9 _, "
+                                      "starting with a letter")
+            if value < UNLIMITED:
+                raise InvalidArgument(f"quota {name} must be -1 (unlimited) or more, not {value}")
+            if name in FIELDS and value > INT32_MAX:  # their wire fields are int32
+                raise InvalidArgument(f"quota {name} must be at most {INT32_MAX}, not {value}")
         self.plane.quotas.set_limits(request.project, changes)
         return self._quota(request.project)

@@ -47,6 +47,7 @@ from control.errors import Unavailable
 from control.plane import ControlPlane, build_control_plane
 from control.reconcile.reconciler import start_reconciler
 from control.store.maintenance import start_store_maintenance
+from control.store.schema import SchemaTooNew, migrate_at_start
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     server, port, plane = create_server(config)
     agent_server, agent_port = create_agent_server(config, plane)
+    # Stored records in this release's shapes before anything reads or writes them.
+    try:
+        migrate_at_start(plane.store)
+    except SchemaTooNew as exc:
+        raise SystemExit(f"cloud-api: not starting: {exc}") from None
     seed(plane)
     server.start()
     agent_server.start()

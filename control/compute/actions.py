@@ -7,6 +7,7 @@ for; the task that carries it out records the end."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +25,15 @@ class Action(BaseModel):
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Begin:
+    """An action to record with a change of an instance: what, and who asked."""
+
+    action: str
+    request_id: str = ""
+    user: str = ""
+
+
 def begin_into(txn: Txn, project: str, instance_id: str, action: str, request_id: str,
                user: str) -> str:
     """Add a new action to `txn`; return its key (for the task to finish it)."""
@@ -33,7 +43,11 @@ def begin_into(txn: Txn, project: str, instance_id: str, action: str, request_id
 
 
 def finish(store: Store, key: str, error: str = "") -> None:
+    """End an action, unless it has ended already (a task run twice, or an action
+    the reconciler ended first, keeps its first end)."""
     def change(record):
+        if record.value.get("end") is not None:
+            return None
         done = Action(**record.value).model_copy(update={
             "end": time.time(), "result": "error" if error else "success", "error": error})
         return Txn().expect(record).put(key, done.model_dump())

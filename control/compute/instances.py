@@ -13,7 +13,7 @@ import time
 import uuid
 
 from control import deadlines
-from control.compute import actions, guest_data
+from control.compute import actions, guest_data, records
 from control.compute.flavors import Catalog
 from control.compute.keypairs import Keypairs
 from control.compute.server_groups import ServerGroups, with_member, without_member
@@ -23,7 +23,6 @@ from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, U
 from control.identity.accounts import Caller
 from control.identity.quotas import Quotas, QuotaValues
 from control.images.catalog import Images
-from control.metering.usage import meter_into
 from control.models import Flavor, Image, Instance, validate_name
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.store import keys
@@ -142,10 +141,9 @@ class Instances:
         for attempt in range(QUOTA_ATTEMPTS):
             if attempt:
                 deadlines.check(f"the create of {name!r}")
-            txn = (Txn().expect_absent(keys.instance_name(project, name))
-                   .put(keys.instance(project, instance.id), data)
-                   .put(keys.instance_name(project, name), {"id": instance.id})
-                   .put(keys.instance_index(instance.id), {"project": project}))
+            txn = Txn()
+            action_key = records.create_into(txn, instance, actions.Begin(
+                "create", request_id, caller.username))
             guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
             if request_id:
                 txn.expect_absent(keys.request(project, request_id)).put(
@@ -155,13 +153,11 @@ class Instances:
             txn.expect(self.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if group:
                 txn.merge(with_member(self.groups.record(project, group), instance.id))
-            action_key = actions.begin_into(txn, project, instance.id, "create", request_id,
-                                            caller.username)
             if self.store.commit(txn):
                 break
             if (earlier := self._replay(project, request_id)) is not None:
                 return earlier  # the same request raced with itself
-            if self.store.get(keys.instance_name(project, name)) is not None:
+            if records.name_taken(self.store, project, name):
                 raise AlreadyExists(f"an instance named {name!r} already exists")
             # Another create in this project claimed quota first: read it again.
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
@@ -193,18 +189,15 @@ class Instances:
                             max_vcpus=max(flavor.vcpus, flavor.max_vcpus or c.default_max_vcpus),
                             max_memory_mb=max(flavor.memory_mb,
                                               flavor.max_memory_mb or c.default_max_memory_mb))
-        # Metered as building from its creation (a new instance has nothing to close).
-        return meter_into(Txn(), None, instance.model_copy(update={"updated_at": instance.created_at}),
-                          instance.created_at)
+        return records.new(instance)
 
     def _forget(self, instance: Instance, request_id: str = "") -> None:
         """Undo a create whose build could not be queued, quota claim included.
         Nothing is metered: the create failed, so its moment of BUILD is not billed."""
         project = instance.project
         for _ in range(QUOTA_ATTEMPTS):
-            txn = (Txn().delete(keys.instance(project, instance.id))
-                   .delete(keys.instance_name(project, instance.name))
-                   .delete(keys.instance_index(instance.id)))
+            txn = Txn()
+            records.forget_into(txn, instance)
             guest_data.delete_user_data_into(txn, project, instance.id)
             if request_id:
                 txn.delete(keys.request(project, request_id))
@@ -226,22 +219,23 @@ class Instances:
                 # Already asked: send the task again, in case the first one was lost.
                 self.queue.send(DELETE_INSTANCE, before.id)
                 return before
-            deleting = before.after(Event.DELETE)
-            key = keys.instance(project, before.id)
-            txn = Txn().expect(record)
-            deleting = meter_into(txn, before, deleting, deleting.updated_at)
-            txn.put(key, deleting.model_dump(mode="json"))
-            action_key = actions.begin_into(txn, project, before.id, "delete", request_id, user)
+            txn = Txn()
+            deleting = records.change_into(txn, record, Event.DELETE,
+                                           action=actions.Begin("delete", request_id, user))
             if self.store.commit(txn):
                 break
         else:
             raise Conflict(f"instance {id_or_name!r} is changing too often; try again")
         try:
-            self.queue.send(DELETE_INSTANCE, before.id, action_key)
+            self.queue.send(DELETE_INSTANCE, before.id, deleting.action_key)
         except Unavailable:
             # Put back the state it had, so no delete is left without a task.
-            self.store.update(key, lambda r: Txn().expect(r).put(
-                key, {**r.value, "task_state": before.task_state.value}))
-            self.store.commit(Txn().delete(action_key))
+            def revert(current: Record) -> Txn:
+                txn = Txn()
+                records.revert_into(txn, current, before)
+                return txn
+
+            self.store.update(record.key, revert)
+            self.store.commit(Txn().delete(deleting.action_key))
             raise
-        return deleting
+        return deleting.instance

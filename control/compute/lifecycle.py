@@ -10,17 +10,15 @@ import json
 import logging
 
 from control import deadlines
-from control.compute import actions
+from control.compute import actions, records
 from control.compute.instances import Instances
-from control.compute.states import Event, TaskState
+from control.compute.states import Event, TaskState, transition
 from control.errors import AlreadyExists, Conflict, InvalidArgument, Unavailable
 from control.identity.accounts import Caller
 from control.identity.quotas import Quotas, QuotaValues
-from control.metering.usage import meter_into
 from control.models import Fault, Instance, Resources, validate_name
 from control.placement.allocations import Placement
 from control.queue import INSTANCE_OPERATION, TaskQueue
-from control.store import keys
 from control.store.etcd import CAS_ATTEMPTS, Record, Store, Txn
 
 log = logging.getLogger(__name__)
@@ -41,34 +39,32 @@ class Lifecycle:
     def _operate(self, caller: Caller, id_or_name: str, event: Event, request_id: str,
                  options: dict[str, object], prepare=None) -> Instance:
         """Move the instance into `event`'s operation, record the action, queue the task.
-        `prepare(instance, txn)` adds claims to the transaction (scale)."""
+        `prepare(instance, txn)` adds claims to the transaction (scale) and returns
+        more changes of the instance."""
         for attempt in range(CAS_ATTEMPTS):
             if attempt:
                 deadlines.check(f"the {event.value} of {id_or_name!r}")
             record = self.instances.record(caller.project, id_or_name)
             instance = Instance(**record.value)
-            changed = instance.after(event, fault=None)
-            txn = Txn().expect(record)
-            if prepare is not None:
-                changed = prepare(instance, changed, txn)
-            changed = meter_into(txn, instance, changed, changed.updated_at)
-            txn.put(record.key, changed.model_dump(mode="json"))
-            action_key = actions.begin_into(txn, caller.project, instance.id, OPERATIONS[event],
-                                            request_id, caller.username)
+            transition(instance.state, event)  # a wrong state is told before bad sizes
+            txn = Txn()
+            changes = {"fault": None, **(prepare(instance, txn) if prepare else {})}
+            written = records.change_into(txn, record, event, changes, actions.Begin(
+                OPERATIONS[event], request_id, caller.username))
             if self.store.commit(txn):
                 break
         else:
             raise Conflict(f"instance {id_or_name!r} is changing too often; try again")
         try:
-            self.queue.send(INSTANCE_OPERATION, instance.id, event.value, action_key,
+            self.queue.send(INSTANCE_OPERATION, instance.id, event.value, written.action_key,
                             json.dumps(options))
         except Unavailable:
             # No task will run: undo, so nothing is left half-started.
-            undo_operation(self.store, self.quotas, self.placement, instance.id, action_key,
-                           "task queue (Redis) unavailable")
+            undo_operation(self.store, self.quotas, self.placement, instance.id,
+                           written.action_key, "task queue (Redis) unavailable")
             raise
         log.info("instance %s: %s requested", instance.id, event.value)
-        return changed
+        return written.instance
 
     def stop(self, caller: Caller, id_or_name: str, request_id: str = "") -> Instance:
         return self._operate(caller, id_or_name, Event.STOP, request_id, {})
@@ -86,7 +82,7 @@ class Lifecycle:
         if vcpus < 0 or memory_mb < 0 or disk_gb < 0:
             raise InvalidArgument("sizes must be positive")
 
-        def prepare(instance: Instance, changed: Instance, txn: Txn) -> Instance:
+        def prepare(instance: Instance, txn: Txn) -> dict[str, object]:
             current = instance.resources
             new = Resources(vcpus=vcpus or current.vcpus, memory_mb=memory_mb or current.memory_mb,
                             disk_gb=disk_gb or current.disk_gb)
@@ -102,7 +98,7 @@ class Lifecycle:
                 raise InvalidArgument("nothing to change: those are its sizes already")
             self.quotas.claim_into(txn, instance.project, QuotaValues.of(new - current, instances=0))
             self.placement.resize_into(txn, instance.id, new)
-            return changed.model_copy(update={"scaling_to": new})
+            return {"scaling_to": new}
 
         return self._operate(caller, id_or_name, Event.SCALE, request_id,
                              {"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}, prepare)
@@ -114,7 +110,7 @@ class Lifecycle:
         flavor = self.instances.catalog.flavor(flavor_name, caller.project, caller.is_admin)
         config = self.instances.config
 
-        def prepare(instance: Instance, changed: Instance, txn: Txn) -> Instance:
+        def prepare(instance: Instance, txn: Txn) -> dict[str, object]:
             if flavor.name == instance.flavor:
                 raise InvalidArgument(f"the instance is of flavor {flavor.name} already")
             if flavor.disk_gb < instance.resources.disk_gb:
@@ -124,11 +120,11 @@ class Lifecycle:
             self.quotas.claim_into(txn, instance.project,
                                    QuotaValues.of(new - instance.resources, instances=0))
             self.placement.resize_into(txn, instance.id, new)
-            return changed.model_copy(update={"scaling_to": new, "resize": {
+            return {"scaling_to": new, "resize": {
                 "flavor": flavor.name,
                 "max_vcpus": max(flavor.vcpus, flavor.max_vcpus or config.default_max_vcpus),
                 "max_memory_mb": max(flavor.memory_mb,
-                                     flavor.max_memory_mb or config.default_max_memory_mb)}})
+                                     flavor.max_memory_mb or config.default_max_memory_mb)}}
 
         return self._operate(caller, id_or_name, Event.RESIZE, request_id, {}, prepare)
 
@@ -142,17 +138,13 @@ class Lifecycle:
             instance = Instance(**record.value)
             if instance.name == new_name:
                 return instance
-            renamed = instance.model_copy(update={"name": new_name})
-            txn = (Txn().expect(record).expect_absent(keys.instance_name(project, new_name))
-                   .put(record.key, renamed.model_dump(mode="json"))
-                   .delete(keys.instance_name(project, instance.name))
-                   .put(keys.instance_name(project, new_name), {"id": instance.id}))
-            action_key = actions.begin_into(txn, project, instance.id, "rename", request_id,
-                                            caller.username)
+            txn = Txn()
+            renamed = records.rename_into(txn, record, new_name, actions.Begin(
+                "rename", request_id, caller.username))
             if self.store.commit(txn):
-                actions.finish(self.store, action_key)
-                return renamed
-            if self.store.get(keys.instance_name(project, new_name)) is not None:
+                actions.finish(self.store, renamed.action_key)
+                return renamed.instance
+            if records.name_taken(self.store, project, new_name):
                 raise AlreadyExists(f"an instance named {new_name!r} already exists")
         raise Conflict(f"instance {id_or_name!r} is changing too often; try again")
 
@@ -162,25 +154,20 @@ def undo_operation(store: Store, quotas: Quotas, placement: Placement, instance_
     """An operation that failed (or could not be queued) leaves the instance as it
     was: back to its stable state with the fault recorded, and a scale's claims
     on quota and host given back, in one transaction."""
-    index = store.get(keys.instance_index(instance_id))
-    if index is not None:
-        key = keys.instance(index.value["project"], instance_id)
+    def change(record: Record) -> tuple[Txn | None, None]:
+        instance = Instance(**record.value)
+        if instance.task_state in (TaskState.NONE, TaskState.DELETING):
+            return None, None
+        phase = instance.task_state.value
+        txn = Txn()
+        records.change_into(txn, record, Event.ABORTED, {
+            "scaling_to": None, "resize": None,
+            "fault": Fault(message=error, phase=phase, host=instance.host)})
+        if instance.scaling_to is not None:
+            quotas.claim_into(txn, instance.project,
+                              QuotaValues.of(instance.resources - instance.scaling_to, instances=0))
+            placement.resize_into(txn, instance_id, instance.resources)
+        return txn, None
 
-        def change(record: Record) -> Txn | None:
-            instance = Instance(**record.value)
-            if instance.task_state in (TaskState.NONE, TaskState.DELETING):
-                return None
-            phase = instance.task_state.value
-            undone = instance.after(Event.ABORTED, scaling_to=None, resize=None,
-                                    fault=Fault(message=error, phase=phase, host=instance.host))
-            txn = Txn().expect(record)
-            undone = meter_into(txn, instance, undone, undone.updated_at)
-            txn.put(key, undone.model_dump(mode="json"))
-            if instance.scaling_to is not None:
-                quotas.claim_into(txn, instance.project,
-                                  QuotaValues.of(instance.resources - instance.scaling_to, instances=0))
-                placement.resize_into(txn, instance_id, instance.resources)
-            return txn
-
-        store.update(key, change)
+    records.update(store, instance_id, change)
     actions.finish(store, action_key, error)

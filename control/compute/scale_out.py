@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from control import deadlines
-from control.compute import actions, guest_data
+from control.compute import actions, guest_data, records
 from control.compute.instances import CREATE_INSTANCES, Instances, recorded_request
 from control.errors import AlreadyExists, Conflict, InvalidArgument, ResourceExhausted, Unavailable
 from control.identity.accounts import Caller
@@ -101,13 +101,9 @@ class ScaleOut:
             made = made[:len(hosts)]
             action_keys = []
             for instance in made:
-                txn.expect_absent(keys.instance_name(project, instance.name))
-                txn.put(keys.instance(project, instance.id), instance.model_dump(mode="json"))
-                txn.put(keys.instance_name(project, instance.name), {"id": instance.id})
-                txn.put(keys.instance_index(instance.id), {"project": project})
+                action_keys.append(records.create_into(txn, instance, actions.Begin(
+                    "create", request_id, caller.username)))
                 guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
-                action_keys.append(actions.begin_into(txn, project, instance.id, "create",
-                                                      request_id, caller.username))
             self.quotas.claim_into(txn, project, _times(one, len(made)))
             txn.expect(self.instances.images.bootable(caller, image.id)[1])  # not deleted meanwhile
             if request_id:
@@ -118,7 +114,7 @@ class ScaleOut:
                 break
             if (earlier := self._replay(project, request_id)) is not None:
                 return earlier  # the same request raced with itself
-            taken = [n for n in names if self.store.get(keys.instance_name(project, n))]
+            taken = [n for n in names if records.name_taken(self.store, project, n)]
             if taken:
                 raise AlreadyExists(f"instances named {', '.join(taken)} already exist")
             self.scheduler.table.reread()  # a host or the quota moved meanwhile

@@ -47,6 +47,19 @@ class PowerState(StrEnum):
     CRASHED = "crashed"
 
 
+class Status(StrEnum):
+    """The one word a user sees (see `status`)."""
+
+    BUILD = "BUILD"
+    ACTIVE = "ACTIVE"
+    SHUTOFF = "SHUTOFF"
+    REBOOT = "REBOOT"
+    RESIZE = "RESIZE"
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
 class Event(StrEnum):
     SCHEDULED = "scheduled"        # a host was claimed; spawning starts
     SPAWNED = "spawned"            # the guest is running
@@ -156,17 +169,17 @@ def allowed_operations(state: State) -> list[str]:
     return found
 
 
-def status(state: State) -> str:
+def status(state: State) -> Status:
     """The one word a user sees, as in Nova: BUILD, ACTIVE, SHUTOFF, REBOOT, RESIZE,
     ERROR, DELETING, DELETED."""
     if state.task is TaskState.DELETING:
-        return "DELETING"
+        return Status.DELETING
     if state.vm is VmState.BUILDING:
-        return "BUILD"
+        return Status.BUILD
     if state.task is TaskState.REBOOTING:
-        return "REBOOT"
+        return Status.REBOOT
     if state.task in (TaskState.SCALING, TaskState.RESIZING):
-        return "RESIZE"
+        return Status.RESIZE
     if state.vm is VmState.STOPPED:
-        return "SHUTOFF"
-    return state.vm.value.upper()
+        return Status.SHUTOFF
+    return Status(state.vm.value.upper())

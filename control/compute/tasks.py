@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from control.compute import actions, guest_data
+from control.compute import actions, guest_data, records
 from control.compute.agent_client import AgentRefused, GuestConfig, SpawnFailed
 from control.compute.lifecycle import undo_operation
 from control.compute.server_groups import without_member
@@ -31,7 +31,6 @@ from control.errors import (
     Unavailable,
 )
 from control.identity.quotas import QuotaValues
-from control.metering.usage import meter_into
 from control.models import Allocation, Fault, Flavor, Instance
 from control.placement.scheduler import Request, flavor_request
 from control.plane import ControlPlane
@@ -71,10 +70,7 @@ class InstanceWork:
         self.plane = plane
 
     def _record(self, instance_id: str) -> Record | None:
-        index = self.plane.store.get(keys.instance_index(instance_id))
-        if index is None:
-            return None
-        return self.plane.store.get(keys.instance(index.value["project"], instance_id))
+        return records.by_id(self.plane.store, instance_id)
 
     def _advance(self, instance_id: str, event: Event, release_quota: bool = False,
                  **changes: object) -> Instance | None:
@@ -82,35 +78,27 @@ class InstanceWork:
         the same transaction if asked). None if the instance is gone, being
         deleted, or moved on meanwhile (the reconciler failed it): the delete or
         the reconciler wins over whatever was in flight."""
-        result: list[Instance] = []
-
-        def change(record: Record) -> Txn | None:
+        def change(record: Record) -> tuple[Txn | None, Instance | None]:
             instance = Instance(**record.value)
             if instance.task_state is TaskState.DELETING:
-                return None
+                return None, None
+            txn, more = Txn(), dict(changes)
+            if release_quota and instance.quota_held:
+                more["quota_held"] = False
+                self.plane.quotas.release_into(txn, instance.project,
+                                               QuotaValues.of(instance.resources))
             try:
-                new = instance.after(event, **changes)
+                return txn, records.change_into(txn, record, event, more).instance
             except InvalidTransition:
                 # Overtaken: the reconciler failed it past its deadline, or a
                 # redelivered task finished it first. Whoever moved it owns it now.
                 log.warning("instance %s: %s is no longer legal (it is %s/%s); leaving it",
                             instance_id, event.value, instance.vm_state.value,
                             instance.task_state.value)
-                return None
-            txn = Txn().expect(record)
-            if release_quota and instance.quota_held:
-                new = new.model_copy(update={"quota_held": False})
-                self.plane.quotas.release_into(txn, instance.project,
-                                               QuotaValues.of(instance.resources))
-            new = meter_into(txn, instance, new, new.updated_at)
-            result[:] = [new]
-            return txn.put(record.key, new.model_dump(mode="json"))
+                return None, None
 
-        index = self.plane.store.get(keys.instance_index(instance_id))
-        if index is None:
-            return None
-        self.plane.store.update(keys.instance(index.value["project"], instance_id), change)
-        return result[0] if result else None
+        applied = records.update(self.plane.store, instance_id, change)
+        return applied.result if applied else None
 
     def fail(self, instance_id: str, phase: str, message: str, **changes: object) -> None:
         log.warning("instance %s failed while %s: %s", instance_id, phase, message)
@@ -289,8 +277,12 @@ class InstanceWork:
             actions.finish(self.plane.store, action_key, "the instance was deleted")
             return
         instance = Instance(**record.value)
+        if instance.task_state is TaskState.DELETING:
+            # A delete overtook it: the action ends here (the delete has its own).
+            actions.finish(self.plane.store, action_key, "the instance is being deleted")
+            return
         if instance.task_state is not OPERATION_TASK_STATES[event]:
-            return  # done already (a redelivered task), or a delete overtook it
+            return  # done already (a redelivered task), or undone by the reconciler
         agents, config = self.plane.agents, self.plane.config
         try:
             address = self.plane.hosts.get(instance.host).address
@@ -347,12 +339,8 @@ class InstanceWork:
         self.plane.placement.release(instance_id)
 
         def change(current: Record) -> Txn:
-            latest = Instance(**current.value)
-            latest.after(Event.DELETED)  # checks the move is legal
-            txn = (Txn().expect(current).delete(current.key)
-                   .delete(keys.instance_name(instance.project, instance.name))
-                   .delete(keys.instance_index(instance_id)))
-            meter_into(txn, latest, None, time.time())  # its last usage interval ends here
+            txn = Txn()
+            latest = records.delete_into(txn, current, time.time())  # its last interval ends now
             guest_data.delete_user_data_into(txn, instance.project, instance_id)
             if latest.quota_held:
                 # A scale in flight has claimed its new sizes already.

@@ -1,50 +1,132 @@
-"""Project quotas: limits, and the usage that instances hold.
+"""Project quotas: limits, and the usage that instances (and any other named
+resource: networks, floating_ips, volume_gb, ...) hold.
 
-Usage is claimed in the same etcd transaction that creates the instance record
-(compare-and-swap on the project's usage record) and released in the one that
-deletes it or records its failed build. Never check-then-write.
+Quotas are by name: limits and usage are maps of quota name -> amount, so a new
+kind of resource gets a limit and is charged through these same functions
+(control/resources.py says which quota each resource class counts against).
+
+Usage is claimed in the same etcd transaction that creates what holds it (an
+instance record; compare-and-swap on the project's usage record) and released
+in the one that deletes it or records its failed build. Never check-then-write.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
 
 from control.errors import Conflict, ResourceExhausted
 from control.identity.accounts import check_project, expect_project_into
 from control.models import Resources
+from control.resources import INSTANCE_CLASSES, INSTANCES, quota_of
 from control.store import keys
 from control.store.etcd import Record, Store, Txn
 
 UNLIMITED = -1
-FIELDS = ("instances", "vcpus", "memory_mb", "disk_gb")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a quota's name, e.g. floating_ips
+# The quotas an instance counts against, in the order refusals check them.
+FIELDS = (INSTANCES, *(c.quota for c in INSTANCE_CLASSES))
 
 
 class QuotaValues(BaseModel):
-    instances: int = 0
-    vcpus: int = 0
-    memory_mb: int = 0
-    disk_gb: int = 0
+    """Amounts per quota name: a project's limits, its usage, or what something
+    asks. In usage and asks an absent name is 0; in limits it has no limit."""
+
+    resources: dict[str, int] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        # Also QuotaValues(instances=1, vcpus=2, ...): see _flat.
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        """Read the shape before named quotas, {"instances": 1, "vcpus": 2, ...}
+        (stored usage records, and keyword arguments): the instance quotas
+        default to 0 there, as that shape's fields did."""
+        if not isinstance(data, dict) or not data or (set(data) == {"resources"}
+                                                      and isinstance(data["resources"], dict)):
+            return data
+        named = data.get("resources")
+        flat = {k: v for k, v in data.items() if not (k == "resources" and isinstance(v, dict))}
+        return {"resources": {**dict.fromkeys(FIELDS, 0), **(named if isinstance(named, dict) else {}),
+                              **flat}}
+
+    # The instance quotas, as attributes (the wire's and the CLI's fields).
+    @property
+    def instances(self) -> int:
+        return self.get("instances")
+
+    @property
+    def vcpus(self) -> int:
+        return self.get("vcpus")
+
+    @property
+    def memory_mb(self) -> int:
+        return self.get("memory_mb")
+
+    @property
+    def disk_gb(self) -> int:
+        return self.get("disk_gb")
+
+    def get(self, name: str, default: int = 0) -> int:
+        return self.resources.get(name, default)
+
+    def others(self) -> dict[str, int]:
+        """The named quotas besides the instance ones (the wire's `resources` map)."""
+        return {n: v for n, v in self.resources.items() if n not in FIELDS}
 
     @classmethod
     def of(cls, resources: Resources, instances: int = 1) -> QuotaValues:
-        return cls(instances=instances, vcpus=resources.vcpus, memory_mb=resources.memory_mb,
-                   disk_gb=resources.disk_gb)
+        """What instances of size `resources` count against."""
+        return cls(resources={INSTANCES: instances, **{
+            c.quota: getattr(resources, c.field) for c in INSTANCE_CLASSES}})
+
+    @classmethod
+    def charge(cls, amounts: dict[str, int]) -> QuotaValues:
+        """What amounts per resource class (e.g. {"IPV4_ADDRESS": 1}) count against."""
+        charged: dict[str, int] = {}
+        for rc, amount in amounts.items():
+            charged[quota_of(rc)] = charged.get(quota_of(rc), 0) + amount
+        return cls(resources=charged)
 
     def __add__(self, other: QuotaValues) -> QuotaValues:
-        return QuotaValues(**{f: getattr(self, f) + getattr(other, f) for f in FIELDS})
+        names = dict.fromkeys([*self.resources, *other.resources])
+        return QuotaValues(resources={n: self.get(n) + other.get(n) for n in names})
 
     def __sub__(self, other: QuotaValues) -> QuotaValues:
-        return QuotaValues(**{f: getattr(self, f) - getattr(other, f) for f in FIELDS})
+        names = dict.fromkeys([*self.resources, *other.resources])
+        return QuotaValues(resources={n: self.get(n) - other.get(n) for n in names})
+
+    def __eq__(self, other: object) -> bool:
+        """As amounts: an absent name equals 0 (do not compare limits with this)."""
+        if not isinstance(other, QuotaValues):
+            return NotImplemented
+        return ({n: v for n, v in self.resources.items() if v}
+                == {n: v for n, v in other.resources.items() if v})
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
 
 def exceeded(project: str, limits: QuotaValues, usage: QuotaValues, ask: QuotaValues) -> str | None:
-    """Why `ask` does not fit, or None if it does."""
-    for f in FIELDS:
-        limit = getattr(limits, f)
-        if limit != UNLIMITED and getattr(usage, f) + getattr(ask, f) > limit:
-            return (f"quota exceeded for {f} in project {project}: limit {limit}, "
-                    f"in use {getattr(usage, f)}, asked {getattr(ask, f)}")
+    """Why `ask` does not fit, or None if it does. Each name asked is checked,
+    in the ask's order; a name without a limit is unlimited."""
+    for name, amount in ask.resources.items():
+        limit = limits.get(name, UNLIMITED)
+        if limit != UNLIMITED and usage.get(name) + amount > limit:
+            return (f"quota exceeded for {name} in project {project}: limit {limit}, "
+                    f"in use {usage.get(name)}, asked {amount}")
     return None
+
+
+def overrides(stored: dict[str, Any]) -> dict[str, int]:
+    """A project's stored limits: {"resources": {name: limit}}, or the shape
+    before named quotas, {name: limit} (only the overridden ones)."""
+    if set(stored) == {"resources"} and isinstance(stored["resources"], dict):
+        return dict(stored["resources"])
+    return dict(stored)
 
 
 class Quotas:
@@ -54,18 +136,20 @@ class Quotas:
 
     def limits(self, project: str) -> QuotaValues:
         record = self.store.get(keys.quota_limits(project))
-        return QuotaValues(**{**self.defaults.model_dump(), **(record.value if record else {})})
+        return QuotaValues(resources={**self.defaults.resources,
+                                      **(overrides(record.value) if record else {})})
 
     def usage(self, project: str) -> QuotaValues:
         record = self.store.get(keys.quota_usage(project))
         return QuotaValues(**record.value) if record else QuotaValues()
 
     def set_limits(self, project: str, changes: dict[str, int]) -> QuotaValues:
+        """Set limits by name (-1: unlimited); the other names keep theirs."""
         key = keys.quota_limits(project)
         for _ in range(8):
             record = self.store.get(key)
-            merged = {**(record.value if record else {}), **changes}
-            txn = Txn().put(key, merged)
+            merged = {**(overrides(record.value) if record else {}), **changes}
+            txn = Txn().put(key, QuotaValues(resources=merged).model_dump())
             txn.expect(record) if record else txn.expect_absent(key)
             guard = expect_project_into(self.store, txn, project)  # none for a deleted project
             if self.store.commit(txn):

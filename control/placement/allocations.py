@@ -1,15 +1,16 @@
-"""Placement: each host is a resource provider; each instance holds one
-allocation against one provider.
+"""Placement: resource providers, and the allocations consumers hold on them.
 
-A provider record (/cloud/placement/providers/{host}) holds the host's
-inventory per resource class (total, reserved, allocation_ratio) and its usage.
-Capacity = (total - reserved) x allocation_ratio. A claim is one etcd
-transaction that compares the provider's mod_revision (its generation), adds
-the allocation's resources to the usage and records the allocation; a loser
-re-reads and tries again, a bounded number of times. Releasing is the reverse,
-and releasing twice is harmless.
+A provider record (/cloud/placement/providers/{name}) is a compute host or a
+pool that is not a host (an address pool, a storage pool: control/resources.py),
+with inventory of any resource classes (total, reserved, allocation_ratio) and
+its usage. Capacity = (total - reserved) x allocation_ratio. A consumer's
+allocation (an instance's share of its host, plus shares of other providers)
+is claimed in one etcd transaction that compares the mod_revision (generation)
+of every provider it touches, adds the shares to their usage and records the
+allocation; a loser re-reads and tries again, a bounded number of times.
+Releasing is the reverse, and releasing twice is harmless.
 
-Choosing the provider is the scheduler's job (control/placement/scheduler.py): a read-only
+Choosing the host is the scheduler's job (control/placement/scheduler.py): a read-only
 query, separate from the claim.
 """
 
@@ -17,23 +18,30 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from control.config import ControlConfig
 from control.errors import Conflict, NotFound, ResourceExhausted
 from control.models import Allocation, Resources
+from control.resources import COMPUTE_HOST, INSTANCE_CLASSES
 from control.store import keys
 from control.store.etcd import CAS_ATTEMPTS, Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
-RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
-_FIELDS = {"VCPU": "vcpus", "MEMORY_MB": "memory_mb", "DISK_GB": "disk_gb"}
+# The classes an instance asks of its compute host (kept for callers that
+# audit hosts' usage; providers may hold any others).
+RESOURCE_CLASSES = tuple(c.name for c in INSTANCE_CLASSES)
 
 
 def amounts(resources: Resources) -> dict[str, int]:
-    """Resources as amounts per resource class."""
-    return {rc: getattr(resources, field) for rc, field in _FIELDS.items()}
+    """An instance's size as amounts per resource class."""
+    return resources.amounts()
+
+
+def added(usage: dict[str, int], delta: dict[str, int], sign: int = 1) -> dict[str, int]:
+    """`usage` with `delta` added (sign 1) or taken away (-1); other classes kept."""
+    return {**usage, **{rc: usage.get(rc, 0) + sign * amount for rc, amount in delta.items()}}
 
 
 class InventoryItem(BaseModel):
@@ -47,11 +55,23 @@ class InventoryItem(BaseModel):
 
 
 class Provider(BaseModel):
-    host: str
+    host: str  # the provider's name: a compute host's, or a pool's
+    # Records written before there were other kinds are compute hosts.
+    kind: str = COMPUTE_HOST
     inventory: dict[str, InventoryItem]
-    usage: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(RESOURCE_CLASSES, 0))
+    usage: dict[str, int] = Field(default_factory=dict)
     # Set by an admin: these reserved/allocation_ratio values survive agent reports.
     overridden: dict[str, bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _usage_of_every_class(self) -> Provider:
+        for rc in self.inventory:
+            self.usage.setdefault(rc, 0)
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.host
 
     def capacity(self, rc: str) -> int:
         item = self.inventory.get(rc)
@@ -62,6 +82,11 @@ class Provider(BaseModel):
 
     def lacking(self, need: dict[str, int]) -> list[str]:
         return [rc for rc, amount in need.items() if amount > self.free(rc)]
+
+    def why_lacking(self, need: dict[str, int]) -> str:
+        """Why `need` does not fit here ("" if it does)."""
+        return "; ".join(f"{self.kind} {self.host} lacks {rc}: free {self.free(rc)}, asked {need[rc]}"
+                         for rc in self.lacking(need))
 
 
 class Placement:
@@ -85,25 +110,33 @@ class Placement:
     def report_inventory(self, host: str, totals: Resources) -> Provider:
         """An agent's report of its host's totals. Reserved and ratios set by an
         admin are kept; the others follow the cloud's configuration."""
-        key = keys.provider(host)
-        defaults = self.default_inventory(totals)
+        return self.put_provider(host, COMPUTE_HOST, self.default_inventory(totals))
+
+    def put_provider(self, name: str, kind: str, inventory: dict[str, InventoryItem]) -> Provider:
+        """Create provider `name` of `kind` (a compute host, an address pool, ...), or
+        set these classes of its inventory; its usage, its other classes and the
+        reserved amounts and ratios an admin set are kept."""
+        key = keys.provider(name)
         for _ in range(CAS_ATTEMPTS):
             record = self.store.get(key)
             if record is None:
-                provider = Provider(host=host, inventory=defaults)
+                provider = Provider(host=name, kind=kind, inventory=inventory)
                 if self.store.put_if_absent(key, provider.model_dump()):
                     return provider
                 continue
             provider = Provider(**record.value)
-            for rc, item in defaults.items():
+            if provider.kind != kind:
+                raise Conflict(f"provider {name} is a {provider.kind}, not a {kind}")
+            for rc, item in inventory.items():
                 if provider.overridden.get(rc) and rc in provider.inventory:
                     kept = provider.inventory[rc]
                     item = item.model_copy(update={"reserved": kept.reserved,
                                                    "allocation_ratio": kept.allocation_ratio})
                 provider.inventory[rc] = item
+                provider.usage.setdefault(rc, 0)
             if self.store.commit(Txn().expect(record).put(key, provider.model_dump())):
                 return provider
-        raise Conflict(f"provider {host} is changing too often; try again")
+        raise Conflict(f"provider {name} is changing too often; try again")
 
     def set_inventory(self, host: str, rc: str, reserved: int | None = None,
                       allocation_ratio: float | None = None) -> Provider:
@@ -134,26 +167,45 @@ class Placement:
 
     # ---------------------------------------------------------------- claims
 
+    def _claim_txn(self, allocation: Allocation, seen: dict[str, tuple[Provider, int]]
+                   ) -> tuple[Txn, dict[str, Provider]] | None:
+        """The transaction claiming every share of `allocation` on the providers as
+        `seen` (name -> provider, revision), each compared at that revision, and
+        the providers after it; None if one of them has no room."""
+        alloc_key = keys.allocation(allocation.instance_id)
+        txn = Txn().expect_absent(alloc_key).put(alloc_key, allocation.model_dump())
+        claimed = {}
+        for name, need in allocation.by_provider().items():
+            provider, revision = seen[name]
+            if provider.lacking(need):
+                return None
+            claimed[name] = provider.model_copy(update={"usage": added(provider.usage, need)})
+            key = keys.provider(name)
+            txn.expect(Record(key, {}, revision)).put(key, claimed[name].model_dump())
+        return txn, claimed
+
     def try_claim(self, provider: Provider, revision: int, allocation: Allocation,
                   also: Txn | None = None) -> tuple[Provider, int] | None:
-        """One compare-and-swap: claim `allocation` on `provider` as it was at
-        `revision` (and commit `also` with it, e.g. a server group's record).
-        Returns the provider after the claim and its new revision, or None if
-        something changed since (the caller re-reads) or it has no room."""
-        need = amounts(allocation.resources)
-        if provider.lacking(need):
+        """One compare-and-swap: claim `allocation` on `provider` (its host) as it
+        was at `revision`, and its shares of other providers as they are now (and
+        commit `also` with it, e.g. a server group's record). Returns the host's
+        provider after the claim and its new revision, or None if something
+        changed since (the caller re-reads) or there is no room."""
+        allocation = allocation.model_copy(update={"host": provider.host})
+        seen = {provider.host: (provider, revision)}
+        for name in allocation.others:
+            if name not in seen and (found := self.provider(name)) is not None:
+                seen[name] = (found[0], found[1].mod_revision)
+        if set(allocation.by_provider()) - set(seen):
+            return None  # a pool it needs is gone
+        built = self._claim_txn(allocation, seen)
+        if built is None:
             return None
-        claimed = provider.model_copy(update={"usage": {
-            rc: provider.usage.get(rc, 0) + need.get(rc, 0) for rc in RESOURCE_CLASSES}})
-        key = keys.provider(provider.host)
-        alloc_key = keys.allocation(allocation.instance_id)
-        txn = (Txn().expect(Record(key, {}, revision)).expect_absent(alloc_key)
-               .put(key, claimed.model_dump())
-               .put(alloc_key, allocation.model_copy(update={"host": provider.host}).model_dump()))
+        txn, claimed = built
         if also is not None:
             txn.merge(also)
         new_revision = self.store.commit_at(txn)
-        return (claimed, new_revision) if new_revision is not None else None
+        return (claimed[provider.host], new_revision) if new_revision is not None else None
 
     def claim(self, host: str, allocation: Allocation) -> bool:
         """Claim on `host`, re-reading and retrying when another claim got there
@@ -174,6 +226,32 @@ class Placement:
             self.conflicts += 1
         raise Conflict(f"too many concurrent claims on host {host}; try again")
 
+    def claim_all(self, allocation: Allocation) -> bool:
+        """Claim every share of `allocation` (on its host, if it has one, and on its
+        other providers) in one transaction: all or none. Retries lost races.
+        Idempotent: if the consumer already holds an allocation, returns whether
+        it holds these shares. ResourceExhausted, saying which provider lacks
+        what, when one has no room; NotFound for a provider that does not exist."""
+        shares = allocation.by_provider()
+        for _ in range(CAS_ATTEMPTS):
+            existing = self.allocation(allocation.instance_id)
+            if existing is not None:
+                return existing.by_provider() == shares
+            seen = {}
+            for name in shares:
+                found = self.provider(name)
+                if found is None:
+                    raise NotFound(f"resource provider {name!r} not found")
+                seen[name] = (found[0], found[1].mod_revision)
+            built = self._claim_txn(allocation, seen)
+            if built is None:
+                raise ResourceExhausted("; ".join(
+                    why for name, need in shares.items() if (why := seen[name][0].why_lacking(need))))
+            if self.store.commit(built[0]):
+                return True
+            self.conflicts += 1
+        raise Conflict(f"too many concurrent claims for {allocation.instance_id}; try again")
+
     def allocation(self, instance_id: str) -> Allocation | None:
         record = self.store.get(keys.allocation(instance_id))
         return Allocation(**record.value) if record else None
@@ -182,7 +260,8 @@ class Placement:
         return [Allocation(**r.value) for r in self.store.list(keys.allocations())]
 
     def release(self, instance_id: str) -> None:
-        """Give back an instance's allocation. Releasing twice is harmless."""
+        """Give back every share a consumer (an instance) holds, in one
+        transaction. Releasing twice is harmless."""
         alloc_key = keys.allocation(instance_id)
         for _ in range(CAS_ATTEMPTS):
             alloc_record = self.store.get(alloc_key)
@@ -190,14 +269,14 @@ class Placement:
                 return
             allocation = Allocation(**alloc_record.value)
             txn = Txn().expect(alloc_record).delete(alloc_key)
-            found = self.provider(allocation.host)
-            if found is not None:
-                provider, record = found
-                need = amounts(allocation.resources)
-                usage = {rc: provider.usage.get(rc, 0) - need.get(rc, 0) for rc in RESOURCE_CLASSES}
-                txn.expect(record).put(record.key, {**provider.model_dump(), "usage": usage})
+            for name, held in allocation.by_provider().items():
+                found = self.provider(name)
+                if found is not None:  # a provider gone takes its usage with it
+                    provider, record = found
+                    txn.expect(record).put(record.key, {**provider.model_dump(),
+                                                        "usage": added(provider.usage, held, -1)})
             if self.store.commit(txn):
-                log.info("released %s on %s", instance_id, allocation.host)
+                log.info("released %s on %s", instance_id, ", ".join(allocation.by_provider()))
                 return
         raise Conflict(f"too many concurrent releases on {instance_id}; try again")
 
@@ -206,11 +285,12 @@ class Placement:
         if found is None:
             return Resources()
         usage = found[0].usage
-        return Resources(**{field: usage.get(rc, 0) for rc, field in _FIELDS.items()})
+        return Resources(**{c.field: usage.get(c.name, 0) for c in INSTANCE_CLASSES})
 
     def resize_into(self, txn: Txn, instance_id: str, resources: Resources) -> None:
         """Add to `txn` the change of an instance's allocation to `resources` on
-        its host, or raise ResourceExhausted if the growth does not fit there."""
+        its host, or raise ResourceExhausted if the growth does not fit there.
+        Its shares of other providers stay as they are."""
         alloc_record = self.store.get(keys.allocation(instance_id))
         if alloc_record is None:
             raise NotFound(f"instance {instance_id} holds no allocation")
@@ -220,12 +300,13 @@ class Placement:
             raise NotFound(f"host {allocation.host} has no inventory")
         provider, record = found
         before, after = amounts(allocation.resources), amounts(resources)
-        growth = {rc: max(0, after[rc] - before[rc]) for rc in RESOURCE_CLASSES}
+        change = {rc: after.get(rc, 0) - before.get(rc, 0) for rc in dict.fromkeys([*before, *after])}
+        growth = {rc: max(0, amount) for rc, amount in change.items()}
         if lacking := provider.lacking(growth):
             raise ResourceExhausted(
                 f"host {allocation.host} lacks {', '.join(lacking)} for this change: "
                 + ", ".join(f"{rc} free {provider.free(rc)}, asked {growth[rc]}" for rc in lacking))
-        usage = {rc: provider.usage.get(rc, 0) + after[rc] - before[rc] for rc in RESOURCE_CLASSES}
-        txn.expect(record).put(record.key, {**provider.model_dump(), "usage": usage})
+        txn.expect(record).put(record.key, {**provider.model_dump(),
+                                            "usage": added(provider.usage, change)})
         txn.expect(alloc_record).put(alloc_record.key, allocation.model_copy(
             update={"resources": resources}).model_dump())

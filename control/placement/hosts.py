@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import time
 
+from control.compute import records
 from control.compute.states import PowerState, TaskState, VmState
 from control.errors import NotFound
 from control.models import Host, Instance, Resources, validate_name
 from control.store import keys
-from control.store.etcd import Store, Txn
+from control.store.etcd import Record, Store, Txn
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,15 @@ class Hosts:
         the host is not registered (the agent should register again).
         """
         key = keys.host(name)
-        was_down: list[bool] = []
 
-        def beat(record):
-            was_down[:] = [record.value.get("up") is False]
+        def beat(record: Record) -> tuple[Txn, bool]:
             return Txn().expect(record).put(key, {**record.value, "last_heartbeat": time.time(),
-                                                  "up": True})
+                                                  "up": True}), record.value.get("up") is False
 
-        if self.store.update(key, beat) is None:
+        applied = self.store.apply(key, beat)
+        if applied is None:
             return False
-        if was_down and was_down[0]:
+        if applied.result:  # it was down
             log.warning("host %s is up again (heartbeats resumed)", name)
         for instance_id, power_state, addresses in observations:
             self._observe(name, instance_id, PowerState(power_state), addresses,
@@ -95,31 +95,26 @@ class Hosts:
 
     def _observe(self, host: str, instance_id: str, power: PowerState,
                  addresses: list[str], observed_at: float) -> None:
-        index = self.store.get(keys.instance_index(instance_id))
-        if index is None:
-            self._stray(host, instance_id, observed_at)  # no instance owns it
-            return
-        key = keys.instance(index.value["project"], instance_id)
-        elsewhere: list[bool] = []
-
-        def change(record):
+        def change(record: Record) -> tuple[Txn | None, bool]:
+            """The write, if any, and whether the domain is a stray."""
             instance = Instance(**record.value)
             if instance.host != host or instance.vm_state is VmState.ERROR:
                 # Its instance is on another host, or failed (and holds nothing).
-                elsewhere[:] = [observed_at >= instance.updated_at]
-                return None
+                return None, observed_at >= instance.updated_at
             # While an operation is in flight its task owns the power state; and
             # a look taken before the instance last changed tells nothing new.
             if instance.task_state is not TaskState.NONE or observed_at < instance.updated_at:
-                return None
+                return None, False
             if instance.power_state == power and instance.addresses == addresses:
-                return None
-            observed = instance.model_copy(update={"power_state": power, "addresses": addresses})
-            return Txn().expect(record).put(key, observed.model_dump(mode="json"))
+                return None, False
+            txn = Txn()
+            records.change_into(txn, record, None, {"power_state": power, "addresses": addresses})
+            return txn, False
 
-        if self.store.update(key, change) is None:
-            self._stray(host, instance_id, observed_at)  # deleted since the index was read
-        elif elsewhere and elsewhere[0]:
+        applied = records.update(self.store, instance_id, change)
+        if applied is None or applied.result:
+            # No instance owns it (none ever did, or it was deleted since), or its
+            # instance is elsewhere.
             self._stray(host, instance_id, observed_at)
 
     def _stray(self, host: str, instance_id: str, observed_at: float) -> None:
@@ -138,14 +133,12 @@ class Hosts:
         """Mark a host down if its last heartbeat is older than down_after_s
         (re-checked under compare-and-swap). Returns whether it was marked."""
         key = keys.host(name)
-        marked: list[bool] = []
 
-        def change(record):
+        def change(record: Record) -> tuple[Txn | None, None]:
             host = Host(**record.value)
             if not host.up or time.time() - host.last_heartbeat < down_after_s:
-                return None
-            marked[:] = [True]
-            return Txn().expect(record).put(key, {**record.value, "up": False})
+                return None, None
+            return Txn().expect(record).put(key, {**record.value, "up": False}), None
 
-        self.store.update(key, change)
-        return bool(marked)
+        applied = self.store.apply(key, change)
+        return applied is not None and applied.committed

@@ -1,8 +1,10 @@
 """The scheduler: which host gets an instance, and why the others don't.
 
-It keeps a table of every host (inventory, usage, state, zone, traits) in
-numpy arrays, filled from etcd and kept current by etcd watches, so finding
-candidates is a read-only, in-memory query over all hosts at once. Then it
+It keeps a table of every compute host (inventory, usage, state, zone, traits)
+in numpy arrays, one column per resource class it has seen (a host reporting a
+new class, or a request asking one, adds a column; pools are not in it), filled
+from etcd and kept current by etcd watches, so finding candidates is a
+read-only, in-memory query over all hosts at once. Then it
 claims on the best candidate through Placement's compare-and-swap; a stale
 table only costs a lost race, after which it re-reads that host and moves on.
 
@@ -19,6 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +31,8 @@ from control.config import ControlConfig
 from control.errors import Conflict, ResourceExhausted
 from control.models import Allocation, Flavor, Host, Resources
 from control.placement.aggregates import Aggregate, effective
-from control.placement.allocations import RESOURCE_CLASSES, Placement, Provider, amounts
+from control.placement.allocations import Placement, Provider, added, amounts
+from control.resources import COMPUTE_HOST, INSTANCE_CLASSES
 from control.store import keys
 from control.store.etcd import Change, Record, Store, Txn
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATES_TRIED = 8   # best candidates tried per selection before selecting again
 SELECTIONS = 8         # selections before giving up with Conflict
+WEIGHED = "MEMORY_MB"  # the class whose free amount the weighers compare
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,11 @@ class Request:
     exclude_hosts: frozenset[str] = frozenset()
     group_policy: str = ""                      # affinity, anti-affinity, soft-affinity, soft-anti-affinity
     group_hosts: tuple[str, ...] = ()           # hosts of the group's other members
+    extra: Mapping[str, int] = field(default_factory=dict)  # other classes the host must have
+
+    def amounts(self) -> dict[str, int]:
+        """What the host must have free, per resource class."""
+        return added(amounts(self.need), dict(self.extra))
 
 
 @dataclass
@@ -68,8 +78,11 @@ class HostTable:
         self.index: dict[str, int] = {}
         self.providers: list[Provider | None] = []
         self.hosts: list[Host | None] = []
-        self.cap = np.zeros((0, 3), np.int64)
-        self.used = np.zeros((0, 3), np.int64)
+        # One column per resource class, in the order first seen.
+        self.classes: list[str] = [c.name for c in INSTANCE_CLASSES]
+        self.column: dict[str, int] = {rc: j for j, rc in enumerate(self.classes)}
+        self.cap = np.zeros((0, len(self.classes)), np.int64)
+        self.used = np.zeros((0, len(self.classes)), np.int64)
         self.revision = np.zeros(0, np.int64)
         self.enabled = np.zeros(0, bool)
         self.heartbeat = np.zeros(0, np.float64)
@@ -125,8 +138,8 @@ class HostTable:
         self.index[name] = i
         self.providers.append(None)
         self.hosts.append(None)
-        self.cap = np.vstack([self.cap, np.zeros((1, 3), np.int64)])
-        self.used = np.vstack([self.used, np.zeros((1, 3), np.int64)])
+        self.cap = np.vstack([self.cap, np.zeros((1, len(self.classes)), np.int64)])
+        self.used = np.vstack([self.used, np.zeros((1, len(self.classes)), np.int64)])
         self.revision = np.append(self.revision, 0)
         self.enabled = np.append(self.enabled, False)
         self.heartbeat = np.append(self.heartbeat, 0.0)
@@ -137,8 +150,30 @@ class HostTable:
         self.traits.append(frozenset())
         return i
 
+    def _add_columns(self, classes: list[str]) -> None:
+        """A column, zero for every host, for each class not seen before."""
+        for rc in classes:
+            if rc not in self.column:
+                self.column[rc] = len(self.classes)
+                self.classes.append(rc)
+                self.cap = np.hstack([self.cap, np.zeros((len(self.names), 1), np.int64)])
+                self.used = np.hstack([self.used, np.zeros((len(self.names), 1), np.int64)])
+
+    def _vector(self, need: dict[str, int]) -> np.ndarray:
+        """`need` as a row of the table (call with the lock held)."""
+        self._add_columns(list(need))
+        row = np.zeros(len(self.classes), np.int64)
+        for rc, amount in need.items():
+            row[self.column[rc]] = amount
+        return row
+
     def _set_provider(self, name: str, value: dict | None, revision: int) -> None:
-        self._put_provider(name, Provider(**value) if value else None, revision)
+        if value is None and name not in self.index:
+            return  # a pool's (or an unknown host's) provider deleted
+        provider = Provider(**value) if value else None
+        if provider is not None and provider.kind != COMPUTE_HOST:
+            return  # pools are claimed on directly, never scheduled onto
+        self._put_provider(name, provider, revision)
 
     def _put_provider(self, name: str, provider: Provider | None, revision: int) -> None:
         i = self._row(name)
@@ -147,8 +182,12 @@ class HostTable:
         self.providers[i] = provider
         self.has_provider[i] = provider is not None
         self.revision[i] = revision
-        self.cap[i] = [provider.capacity(rc) for rc in RESOURCE_CLASSES] if provider else 0
-        self.used[i] = [provider.usage.get(rc, 0) for rc in RESOURCE_CLASSES] if provider else 0
+        if provider is None:
+            self.cap[i] = self.used[i] = 0
+        else:
+            self._add_columns([rc for rc in provider.inventory if rc not in self.column])
+            self.cap[i] = [provider.capacity(rc) for rc in self.classes]
+            self.used[i] = [provider.usage.get(rc, 0) for rc in self.classes]
         self.in_use[i] = bool(provider and any(provider.usage.values()))
 
     def _set_host(self, name: str, value: dict | None) -> None:
@@ -249,8 +288,9 @@ class HostTable:
     def select(self, request: Request, down_after_s: float, weigher: str,
                rng: np.random.Generator, limit: int = CANDIDATES_TRIED) -> Decision:
         self.start()
-        need = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
+            need = self._vector(request.amounts())
+            classes, weighed = list(self.classes), self.column[WEIGHED]
             n = len(self.names)
             filters = self._filters(request, down_after_s)
             free = self.cap - self.used
@@ -263,11 +303,11 @@ class HostTable:
             reasons[reason] += int(np.count_nonzero(remaining & ~mask))
             remaining &= mask
         lacking = free < need
-        for j, rc in enumerate(RESOURCE_CLASSES):
+        for j, rc in enumerate(classes):
             reasons[f"lacked {rc}"] += int(np.count_nonzero(remaining & lacking[:, j]))
         fit = np.flatnonzero(remaining & ~lacking.any(axis=1))
 
-        weight = free[fit, 1].astype(np.float64)                    # free MEMORY_MB
+        weight = free[fit, weighed].astype(np.float64)              # free MEMORY_MB
         if weigher == "pack":
             weight = -weight + in_use[fit] * 1e10                   # in-use hosts first, fullest first
         members = Counter(request.group_hosts)
@@ -289,8 +329,9 @@ class HostTable:
         already placed: [(host, provider as seen, its revision)], maybe fewer
         than count, and the per-filter summary of the first pick."""
         first = self.select(request, down_after_s, weigher, rng)
-        need = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
+            need = self._vector(request.amounts())
+            weighed = self.column[WEIGHED]
             usable = np.ones(len(self.names), bool)
             for _, mask in self._filters(request, down_after_s):
                 usable &= mask
@@ -303,7 +344,7 @@ class HostTable:
             fit = np.flatnonzero(usable & (free >= need).all(axis=1))
             if not len(fit):
                 break
-            weight = free[fit, 1].astype(np.float64)
+            weight = free[fit, weighed].astype(np.float64)
             if weigher == "pack":
                 weight = -weight + in_use[fit] * 1e10
             i = fit[int(np.argmax(weight + rng.random(len(fit)) * 0.5))]
@@ -317,8 +358,8 @@ class HostTable:
     def slots(self, request: Request, down_after_s: float) -> dict[str, int]:
         """How many more of the request fit on each host that passes its other filters."""
         self.start()
-        vector = np.array([amounts(request.need)[rc] for rc in RESOURCE_CLASSES], np.int64)
         with self._lock:
+            vector = self._vector(request.amounts())
             usable = np.ones(len(self.names), bool)
             for _, mask in self._filters(request, down_after_s):
                 usable &= mask
@@ -408,8 +449,11 @@ class Scheduler:
             per_host.setdefault(host, (provider, revision, []))[2].append(
                 allocation.model_copy(update={"host": host}))
         for host, (provider, revision, placed) in per_host.items():
-            need = {rc: sum(amounts(a.resources)[rc] for a in placed) for rc in RESOURCE_CLASSES}
-            usage = {rc: provider.usage.get(rc, 0) + need[rc] for rc in RESOURCE_CLASSES}
+            usage = provider.usage
+            for allocation in placed:
+                if allocation.others:
+                    raise ValueError("claim_many_into claims instances' host shares only")
+                usage = added(usage, amounts(allocation.resources))
             txn.expect(Record(keys.provider(host), {}, revision)).put(
                 keys.provider(host), {**provider.model_dump(), "usage": usage})
             for allocation in placed:

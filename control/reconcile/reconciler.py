@@ -48,12 +48,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from control.compute import actions
+from control.compute import actions, records
 from control.compute.lifecycle import undo_operation
 from control.compute.states import Event, PowerState, TaskState, VmState
 from control.errors import CloudError, Unavailable
 from control.identity.quotas import QuotaValues
-from control.metering.usage import meter_into
 from control.models import Allocation, Fault, Host, Instance
 from control.placement.allocations import RESOURCE_CLASSES, Provider, amounts
 from control.plane import ControlPlane
@@ -278,15 +277,13 @@ class Reconciler:
     def _fail(self, instance: Instance, record: Record, message: str, report: Report) -> None:
         """ERROR with a fault, quota released in the same transaction, then the
         allocation: only if the instance is still as the snapshot saw it."""
-        phase = instance.task_state.value
-        failed = instance.after(Event.FAILED, fault=Fault(message=message, phase=phase,
-                                                            host=instance.host))
-        txn = Txn().expect(record)
+        changes: dict[str, object] = {"fault": Fault(message=message, phase=instance.task_state.value,
+                                                     host=instance.host)}
+        txn = Txn()
         if instance.quota_held:
-            failed = failed.model_copy(update={"quota_held": False})
+            changes["quota_held"] = False
             self.plane.quotas.release_into(txn, instance.project, QuotaValues.of(instance.resources))
-        failed = meter_into(txn, instance, failed, failed.updated_at)
-        txn.put(record.key, failed.model_dump(mode="json"))
+        records.change_into(txn, record, Event.FAILED, changes)
         if not self.store.commit(txn):
             return  # it moved meanwhile: judged again next pass
         self.plane.placement.release(instance.id)
@@ -346,16 +343,13 @@ class Reconciler:
                 event, what = Event.POWERED_ON, "the guest runs although it was stopped"
             else:
                 continue
-            new = instance.after(event)
-            txn = Txn().expect(record)
-            new = meter_into(txn, instance, new, new.updated_at)
-            txn.put(record.key, new.model_dump(mode="json"))
-            action = actions.begin_into(txn, instance.project, instance.id,
-                                        "stop" if event is Event.POWERED_OFF else "start",
-                                        "", "reconciler")
+            txn = Txn()
+            new = records.change_into(txn, record, event, action=actions.Begin(
+                "stop" if event is Event.POWERED_OFF else "start", user="reconciler"))
             if self.store.commit(txn):
-                actions.finish(self.store, action)
-                log.warning("instance %s: %s; now %s", instance.id, what, new.vm_state.value)
+                actions.finish(self.store, new.action_key)
+                log.warning("instance %s: %s; now %s", instance.id, what,
+                            new.instance.vm_state.value)
                 report.power_synced.append(instance.id)
 
     # ---------------------------------------------------------------- 4. claims
@@ -458,14 +452,12 @@ class Reconciler:
         for record in self.store.list(keys.strays()):
             host, instance_id = record.value["host"], record.value["instance_id"]
             report.strays_seen.append(f"{host}/{instance_id}")
-            owner = self.store.get(keys.instance_index(instance_id))
-            if owner is not None:
-                current = self.store.get(keys.instance(owner.value["project"], instance_id))
-                if current is not None:
-                    instance = Instance(**current.value)
-                    if instance.host == host and instance.vm_state is not VmState.ERROR:
-                        self.store.commit(Txn().expect(record).delete(record.key))
-                        continue  # owned after all (a build got there)
+            current = records.by_id(self.store, instance_id)
+            if current is not None:
+                instance = Instance(**current.value)
+                if instance.host == host and instance.vm_state is not VmState.ERROR:
+                    self.store.commit(Txn().expect(record).delete(record.key))
+                    continue  # owned after all (a build got there)
             if now - record.value["first_seen"] < self.config.orphan_grace_s:
                 continue
             if host not in snap.hosts:

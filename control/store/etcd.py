@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import pyetcd
@@ -40,6 +40,29 @@ class Record:
     key: str
     value: dict[str, Any]
     mod_revision: int
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Applied(Generic[T]):
+    """What Store.apply did to a key that existed."""
+
+    record: Record | None  # the key as the change left it; None: the transaction deleted it
+    result: T              # what the change function decided, as it returned it
+    committed: bool        # whether a transaction was committed (False: the change wrote nothing)
+
+
+def _after(record: Record, txn: Txn, revision: int) -> Record | None:
+    """`record`'s key once `txn` committed at `revision`: its new value, gone, or as
+    it was (a transaction that only compares the key leaves its mod_revision)."""
+    key = record.key
+    if key in txn.puts:
+        return Record(key, txn.puts[key], revision)
+    if key in txn.deletes or key.startswith(tuple(txn.prefix_deletes)):
+        return None
+    return record
 
 
 @dataclass
@@ -422,25 +445,33 @@ class Store:
                 raise
         return response.header.revision if response.succeeded else None
 
-    def update(self, key: str, change: Callable[[Record], Txn | None]) -> Record | None:
+    def apply(self, key: str, change: Callable[[Record], tuple[Txn | None, T]]) -> Applied[T] | None:
         """Read-modify-write `key` under compare-and-swap, retrying on conflict.
 
         `change` gets the current record and returns the transaction to commit
-        (which should `expect` that record), or None to leave things as they are.
-        Returns the key's record as the change left it (its new value when the
-        transaction put one), or None if the key does not exist.
+        (which should `expect` that record; None leaves things as they are) and
+        whatever it decided (the new instance, whether a host was down...), which
+        comes back in Applied.result: callers need no closures to carry it out.
+        None if the key does not exist (`change` is not called).
         """
         for _ in range(CAS_ATTEMPTS):
             record = self.get(key)
             if record is None:
                 return None
-            txn = change(record)
+            txn, result = change(record)
             if txn is None:
-                return record
+                return Applied(record, result, committed=False)
             if (revision := self.commit_at(txn)) is not None:
-                return Record(key, txn.puts.get(key, record.value), revision)
+                return Applied(_after(record, txn, revision), result, committed=True)
             log.debug("conflict on %s, retrying", key)
         raise Conflict(f"too many concurrent updates to {key}; try again")
+
+    def update(self, key: str, change: Callable[[Record], Txn | None]) -> Record | None:
+        """`apply` for a change that decides nothing but its transaction: the key's
+        record as the change left it, or None if it does not exist (before, or
+        after: the transaction deleted it)."""
+        applied = self.apply(key, lambda record: (change(record), None))
+        return applied.record if applied else None
 
     def put_if_absent(self, key: str, value: dict[str, Any]) -> bool:
         return self.commit(Txn().expect_absent(key).put(key, value))

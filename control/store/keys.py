@@ -28,6 +28,7 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/quota/limits/{project}                  a project's quota overrides
     /cloud/quota/usage/{project}                   what a project's instances hold (CAS target)
     /cloud/strays/{host}/{instance_id}             a domain no instance owns, first seen at (reconciler)
+    /cloud/schema                                  the stored state's schema version (control/store/schema.py)
 """
 
 from __future__ import annotations
@@ -264,3 +265,8 @@ def stray(host_name: str, instance_id: str) -> str:
 
 def strays() -> str:
     return f"{PREFIX}/strays/"
+
+
+def schema_version() -> str:
+    """The version of the stored records' shapes (control/store/schema.py)."""
+    return f"{PREFIX}/schema"

@@ -110,7 +110,7 @@ class MemoryStore(Store):
 
     A subclass of Store so that code typed for Store takes it; it overrides
     every method that talks to etcd and inherits only those written in terms
-    of the others (commit, update, put_if_absent)."""
+    of the others (commit, apply, update, put_if_absent)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock

@@ -132,6 +132,14 @@
     const statusEl = document.getElementById("live-status");
     const fault = document.getElementById("fault");
     const actionRows = document.getElementById("action-rows");
+    const noActions = document.getElementById("no-actions");
+    // Show the operations the API accepts now (allowed_actions), hide the others.
+    const showAllowed = (allowed) => {
+      for (const node of document.querySelectorAll("#operations [data-action]")) {
+        node.hidden = !allowed.has(node.dataset.action);
+      }
+      noActions.hidden = allowed.size > 0;
+    };
     poll(async () => {
       let data;
       try {
@@ -139,6 +147,7 @@
       } catch (e) {
         if (e.status === 404) {
           statusEl.replaceChildren(statusBadge("DELETED", ""));
+          showAllowed(new Set());
           showError("");
           const gone = document.getElementById("live-error");
           if (gone) { gone.textContent = "This instance no longer exists."; gone.hidden = false; }
@@ -148,6 +157,7 @@
       }
       const i = data.instance;
       statusEl.replaceChildren(statusBadge(i.status, i.task_state));
+      showAllowed(new Set(i.allowed_actions));
       for (const dd of document.querySelectorAll("#props dd[data-key]")) {
         const value = i[dd.dataset.key];
         dd.textContent = Array.isArray(value) ? value.join(", ") : (value === undefined ? "" : String(value));

@@ -1,4 +1,5 @@
-"""The project's quota: usage bars for instances, vCPUs, RAM and disk."""
+"""The project's quota: usage bars for instances, vCPUs, RAM and disk, and any other
+named resource the project has a limit on or uses."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ ROWS = [("instances", "Instances", ""), ("vcpus", "vCPUs", ""), ("memory_mb", "R
 
 
 def usage_rows(quota: ipb.Quota) -> list[dict[str, Any]]:
+    """The instance quotas, then every other named one (networks, ...) with a limit or usage."""
     rows = []
-    for field, label, unit in ROWS:
-        used, limit = getattr(quota.usage, field), getattr(quota.limits, field)
+    limits = {**{f: getattr(quota.limits, f) for f, _, _ in ROWS}, **quota.limits.resources}
+    usage = {**{f: getattr(quota.usage, f) for f, _, _ in ROWS}, **quota.usage.resources}
+    others = sorted({*quota.limits.resources, *quota.usage.resources} - {f for f, _, _ in ROWS})
+    for field, label, unit in [*ROWS, *((name, name.replace("_", " ").capitalize(), "")
+                                        for name in others)]:
+        used, limit = usage.get(field, 0), limits.get(field, -1)  # no limit: unlimited
         percent = 0 if limit < 0 else (100 if limit == 0 else min(100, round(100 * used / limit)))
         rows.append({"field": field, "label": label, "unit": unit, "used": used, "limit": limit,
                      "unlimited": limit < 0, "percent": percent,

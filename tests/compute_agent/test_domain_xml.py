@@ -1,4 +1,10 @@
+import subprocess
+from pathlib import Path
+
+import pytest
 from compute_agent.domain_xml import DomainSpec, build_domain_xml, owner_of
+from compute_agent.network import InterfaceDevice
+from compute_agent.storage import DiskDevice
 from lxml import etree
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -8,7 +14,8 @@ def spec(**changes):
     base = dict(uuid=UUID, display_name="web1", owner_host="host-a", virt_type="qemu", vcpus=1,
                 max_vcpus=4, memory_mb=512, max_memory_mb=2048, kernel="/b/vmlinuz",
                 initrd="/b/initrd.img", cmdline="console=ttyS0 cloud.instance_id=" + UUID,
-                disk_path="/i/disk.qcow2", console_log="/i/console.log", network="cloud-net")
+                disk_path="/i/disk.qcow2", console_log="/i/console.log",
+                interfaces=(InterfaceDevice("network", "cloud-net"),))
     return DomainSpec(**{**base, **changes})
 
 
@@ -49,7 +56,6 @@ def test_hostile_display_name_cannot_change_the_document():
 
 
 def test_unknown_virt_type_is_refused():
-    import pytest
     with pytest.raises(ValueError):
         build_domain_xml(spec(virt_type="xen"))
 
@@ -83,3 +89,54 @@ def test_config_drive_is_a_read_only_ide_cdrom():
 def test_no_config_drive_no_cdrom():
     root = parse(build_domain_xml(spec()))
     assert [d.get("device") for d in root.findall("devices/disk")] == ["disk"]
+
+
+def test_data_disks_follow_the_root_disk_with_their_serials():
+    volumes = (DiskDevice("/v/a.qcow2", "qcow2", "vol-a"), DiskDevice("/v/b.raw", "raw"))
+    root = parse(build_domain_xml(spec(config_drive="/i/config.iso", data_disks=volumes)))
+    disks = root.findall("devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vda", "hdc", "vdb", "vdc"]
+    assert [d.find("source").get("file") for d in disks[2:]] == ["/v/a.qcow2", "/v/b.raw"]
+    assert [d.find("driver").get("type") for d in disks[2:]] == ["qcow2", "raw"]
+    assert disks[2].findtext("serial") == "vol-a" and disks[3].find("serial") is None
+    with pytest.raises(ValueError):
+        build_domain_xml(spec(data_disks=volumes * 13))  # 26: past vdy
+
+
+def test_interfaces_in_order_with_their_macs():
+    nics = (InterfaceDevice("network", "cloud-net"),
+            InterfaceDevice("bridge", "brq-1", mac="52:54:00:12:34:56"))
+    found = parse(build_domain_xml(spec(interfaces=nics))).findall("devices/interface")
+    assert [n.get("type") for n in found] == ["network", "bridge"]
+    assert found[0].find("source").get("network") == "cloud-net" and found[0].find("mac") is None
+    assert found[1].find("source").get("bridge") == "brq-1"
+    assert found[1].find("mac").get("address") == "52:54:00:12:34:56"
+    assert [n.find("model").get("type") for n in found] == ["virtio", "virtio"]
+    with pytest.raises(ValueError):
+        build_domain_xml(spec(interfaces=(InterfaceDevice("direct", "eth0"),)))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["direct-kernel", "own-bootloader"])
+def test_todays_spawn_defines_the_same_domain(tmp_path, kernel):
+    """The domain the libvirt driver defines for a spawn without NICs or block devices
+    is, byte for byte, the one it defined before networking and storage were split
+    out of it (data/*.xml: written by that version's code, paths under /state)."""
+    from compute_agent.driver import ImageFiles, InstanceSpec
+    from compute_agent.libvirt_driver import LibvirtDriver
+
+    state = tmp_path / "state"
+    (state / "_base").mkdir(parents=True)
+    base = state / "_base" / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
+    driver = LibvirtDriver("qemu:///system", str(state), "host-a", virt_type="qemu")
+    driver.qemu_gid = 0  # no libvirt asked: only the XML is compared
+    image = ImageFiles("img", str(base), kernel_path=str(state / "_base/k") if kernel else "",
+                       initrd_path=str(state / "_base/i") if kernel else "",
+                       cmdline="console=ttyS0" if kernel else "")
+    xml = driver.domain_xml(InstanceSpec(instance_id=UUID, name="web1", vcpus=1, memory_mb=128,
+                                         disk_gb=1, image=image, max_vcpus=2, max_memory_mb=256))
+    golden = DATA / ("spawn-direct-kernel.xml" if kernel else "spawn-own-bootloader.xml")
+    assert xml.replace(str(state), "/state") == golden.read_text()

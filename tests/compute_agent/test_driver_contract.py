@@ -4,11 +4,14 @@ the fake one, and libvirt with real QEMU guests."""
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from compute_agent.driver import DriverError, ImageFiles, InstanceSpec
 from compute_agent.fake_driver import FakeDriver
+from compute_agent.network import NicSpec
+from compute_agent.storage import BlockDeviceSpec
 
 from tests.conftest import IMAGE_DIR, cached_image
 
@@ -50,6 +53,48 @@ def test_spawn_runs_and_is_listed_and_destroy_removes(driver):
     assert s.instance_id in [o.instance_id for o in driver.list_instances()]
     assert driver.destroy(s.instance_id) is True
     assert driver.power_state(s.instance_id) == "nostate"
+    assert s.instance_id not in [o.instance_id for o in driver.list_instances()]
+
+
+def nics_of(driver, instance_id: str) -> dict:
+    return {p.index: p.device for p in driver.network.plugged() if p.instance_id == instance_id}
+
+
+def test_spawn_plugs_its_nics_and_attaches_its_volumes_and_destroy_undoes_them(driver):
+    default = spec()
+    driver.spawn(default)
+    volume = f"vol-{uuid.uuid4().hex[:12]}"
+    s = replace(spec(), nics=(NicSpec(mac="52:54:00:0a:0b:0c"), NicSpec()),
+                block_devices=(BlockDeviceSpec(volume, 1),))
+    try:
+        assert list(nics_of(driver, default.instance_id)) == [0]  # empty: one, the default
+        assert driver.spawn(s) == "running"
+        nics = nics_of(driver, s.instance_id)
+        assert sorted(nics) == [0, 1] and nics[0].mac == "52:54:00:0a:0b:0c"
+        assert driver.storage.attached(s.instance_id) == [volume]
+        if not isinstance(driver, FakeDriver):  # what the guest was given
+            from lxml import etree
+            root = etree.fromstring(driver.conn.lookupByUUIDString(s.instance_id).XMLDesc())
+            assert [m.get("address") for m in root.findall("devices/interface/mac")][0] == \
+                "52:54:00:0a:0b:0c"
+            assert len(root.findall("devices/interface")) == 2
+            assert root.find("devices/disk[serial]/target").get("dev") == "vdb"
+    finally:
+        driver.destroy(s.instance_id)
+        driver.destroy(default.instance_id)
+    for instance_id in (s.instance_id, default.instance_id):
+        assert nics_of(driver, instance_id) == {}
+        assert driver.storage.attached(instance_id) == []
+
+
+def test_a_refused_nic_fails_the_spawn_and_leaves_nothing(driver):
+    s = replace(spec(), nics=(NicSpec(), NicSpec(network_id="no-such-network")),
+                block_devices=(BlockDeviceSpec(f"vol-{uuid.uuid4().hex[:12]}", 1),))
+    with pytest.raises(DriverError):
+        driver.spawn(s)
+    assert driver.power_state(s.instance_id) == "nostate"
+    assert nics_of(driver, s.instance_id) == {}
+    assert driver.storage.attached(s.instance_id) == []
     assert s.instance_id not in [o.instance_id for o in driver.list_instances()]
 
 

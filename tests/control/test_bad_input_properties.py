@@ -26,7 +26,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from tests.conftest import login, start_cloud, stop_cloud, until
+from tests.conftest import login, until
+from tests.control.conftest import delete_all_instances
 from tests.control.test_quota import new_tenant
 
 C = grpc.StatusCode
@@ -93,13 +94,14 @@ GARBAGE_IDS = st.one_of(st.sampled_from(SPECIAL), st.text(max_size=80), long_tex
 # ------------------------------------------------------------------ the cloud
 
 @pytest.fixture(scope="module")
-def fuzz():
-    """A fake-driver cloud; a tenant with room for what the examples create."""
-    cloud, store = start_cloud("fuzz", agent_settings={"driver": "fake"})
+def fuzz(fake_cloud_and_store):
+    """The shared fake-driver cloud (tests/control/conftest.py); a tenant of its
+    own with room for what the examples create."""
+    cloud, _ = fake_cloud_and_store
     admin = login(cloud, "admin")
     project, member = new_tenant(cloud, admin, instances=40, vcpus=-1, memory_mb=-1, disk_gb=-1)
     yield cloud, admin, project, member
-    stop_cloud(cloud, "fuzz")
+    delete_all_instances(member)
 
 
 def call(rpc, request, allowed=frozenset(), **kwargs):

@@ -4,7 +4,6 @@ visibility, in-use protection; agents fetch, verify and cache what they boot."""
 import hashlib
 import re
 import subprocess
-import time
 import uuid
 
 import grpc
@@ -13,7 +12,7 @@ from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
 from control.store import keys
-from tests.conftest import IMAGE_DIR
+from tests.conftest import IMAGE_DIR, until
 
 
 def name() -> str:
@@ -208,11 +207,9 @@ def test_boot_from_an_uploaded_image_which_cannot_be_deleted_while_used(api, clo
         active = api.wait_status(created.id, {"ACTIVE", "ERROR"})
         assert active.status == "ACTIVE", active.fault.message
         assert active.image == image.id
-        deadline = time.monotonic() + 60
-        while f"CLOUD-BOOT-OK instance_id={created.id}" not in api.instances.GetConsoleOutput(
-                pb.GetConsoleOutputRequest(id_or_name=created.id)).output:
-            assert time.monotonic() < deadline, "no boot marker"
-            time.sleep(0.5)
+        # The marker came 3.0-4.1 s after ACTIVE (median 3.6 s, 3 runs, loaded machine).
+        until(lambda: f"CLOUD-BOOT-OK instance_id={created.id}" in api.instances.GetConsoleOutput(
+            pb.GetConsoleOutputRequest(id_or_name=created.id)).output, 15, "the boot marker", every_s=0.5)
         # The agent fetched the disk and keeps it once, under its checksum.
         assert cached.exists()
         assert hashlib.sha256(cached.read_bytes()).hexdigest() == image.checksum_sha256

@@ -12,17 +12,19 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 
-from tests.conftest import login, start_cloud, stop_cloud
+from tests.conftest import login
+from tests.control.conftest import delete_all_instances
 from tests.control.test_quota import new_tenant
 
 
 @pytest.fixture(scope="module")
-def paging_cloud():
-    cloud, _ = start_cloud("paging", agent_settings={"driver": "fake"})
+def paging_cloud(fake_cloud_and_store):
+    """The shared fake-driver cloud (tests/control/conftest.py), a project of its own."""
+    cloud, _ = fake_cloud_and_store
     admin = login(cloud, "admin")
     _, tenant = new_tenant(cloud, admin, instances=10, vcpus=20, memory_mb=-1, disk_gb=-1)
     yield cloud, admin, tenant
-    stop_cloud(cloud, "paging")
+    delete_all_instances(tenant)
 
 
 def walk(rpc, request_type, field: str, page_size: int, **fields) -> tuple[list, int]:
@@ -85,11 +87,16 @@ def test_lists_page_like_one_call(paging_cloud, tmp_path):
     assert len(same_in_pages(admin.identity.ListUsers, ipb.ListUsersRequest, "users",
                              lambda u: u.name)) >= 3
     same_in_pages(admin.hosts.ListHosts, pb.ListHostsRequest, "hosts", lambda h: h.name)
-    for n in range(2):
+    # Aggregates are cloud-wide, and the cloud is shared: names of this test's own.
+    aggregates = [f"agg-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    for name in aggregates:
         admin.hosts.CreateAggregate(pb.CreateAggregateRequest(
-            aggregate=pb.Aggregate(name=f"agg-{n}", traits=["ssd"])))
-    assert len(same_in_pages(admin.hosts.ListAggregates, pb.ListAggregatesRequest, "aggregates",
-                             lambda a: a.name)) == 2
+            aggregate=pb.Aggregate(name=name, traits=["ssd"])))
+    listed = same_in_pages(admin.hosts.ListAggregates, pb.ListAggregatesRequest, "aggregates",
+                           lambda a: a.name)
+    assert sorted(a.name for a in listed if a.name in aggregates) == sorted(aggregates)
+    for name in aggregates:
+        admin.hosts.DeleteAggregate(pb.DeleteAggregateRequest(name=name))
 
 
 def test_pages_neither_repeat_nor_skip_when_the_list_changes(paging_cloud):

@@ -10,8 +10,9 @@ import pytest
 from control.config import ControlConfig
 from control.errors import ResourceExhausted
 from control.models import Allocation, Host, Resources
-from control.placement.allocations import Placement
+from control.placement.allocations import InventoryItem, Placement
 from control.placement.scheduler import Request, Scheduler
+from control.resources import ADDRESS_POOL
 from control.store import keys
 from control.store.etcd import Txn
 
@@ -182,3 +183,73 @@ def test_free_slots(store, placement, make_host, zone):
     scheduler = Scheduler(store, CONFIG, placement)
     assert scheduler.free_slots(request(zone)) == {host: 5}
     assert scheduler.free_slots(request(zone, required_traits=frozenset({"gpu"}))) == {}
+
+
+def test_one_consumer_holds_a_host_and_an_address_pool_all_or_none(store, placement, make_host, zone):
+    """Shares of a compute host (VCPU, MEMORY_MB, ...) and of an address pool,
+    claimed in one transaction by racing consumers: no provider is overcommitted,
+    and a consumer the pool has no address for holds nothing on the host either."""
+    host = make_host()  # room for five tiny instances
+    pool = f"pool-{uuid.uuid4().hex[:8]}"
+    placement.put_provider(pool, ADDRESS_POOL, {"IPV4_ADDRESS": InventoryItem(total=3)})
+    consumers = [tiny(host).model_copy(update={"others": {pool: {"IPV4_ADDRESS": 1}}})
+                 for _ in range(10)]
+    results: list[str] = []
+    start = threading.Barrier(len(consumers))
+
+    def claim(allocation):
+        start.wait()
+        try:
+            results.append("claimed" if placement.claim_all(allocation) else "held otherwise")
+        except ResourceExhausted as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=claim, args=(a,)) for a in consumers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert results.count("claimed") == 3
+        assert results.count(f"address-pool {pool} lacks IPV4_ADDRESS: free 0, asked 1") == 7
+        assert placement.usage(host) == Resources(vcpus=3, memory_mb=768, disk_gb=3)
+        assert placement.provider(pool)[0].usage == {"IPV4_ADDRESS": 3}
+        held = [a for a in consumers if placement.allocation(a.instance_id) is not None]
+        assert all(placement.allocation(a.instance_id).by_provider() == a.by_provider() for a in held)
+        for allocation in consumers:
+            placement.release(allocation.instance_id)
+        assert placement.usage(host) == Resources()
+        assert placement.provider(pool)[0].usage == {"IPV4_ADDRESS": 0}
+    finally:
+        store.commit(Txn().delete(keys.provider(pool)))
+
+
+def test_racing_claims_on_a_pool_alone_never_overcommit_it(store, placement):
+    """Consumers that hold no host (e.g. floating IPs) race on the pool's own compare-and-swap."""
+    pool = f"pool-{uuid.uuid4().hex[:8]}"
+    placement.put_provider(pool, ADDRESS_POOL, {"IPV4_ADDRESS": InventoryItem(total=3)})
+    consumers = [Allocation(instance_id=str(uuid.uuid4()), project="p", others={pool: {"IPV4_ADDRESS": 1}})
+                 for _ in range(12)]
+    results: list[bool] = []
+    start = threading.Barrier(len(consumers))
+
+    def claim(allocation):
+        start.wait()
+        try:
+            results.append(placement.claim_all(allocation))
+        except ResourceExhausted:
+            results.append(False)
+
+    threads = [threading.Thread(target=claim, args=(a,)) for a in consumers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert results.count(True) == 3
+        assert placement.provider(pool)[0].usage == {"IPV4_ADDRESS": 3}
+        for allocation in consumers:
+            placement.release(allocation.instance_id)
+        assert placement.provider(pool)[0].usage == {"IPV4_ADDRESS": 0}
+    finally:
+        store.commit(Txn().delete(keys.provider(pool)))

@@ -24,7 +24,7 @@ from control.errors import InvalidTransition
 from control.identity.accounts import Identity
 from control.store import keys
 from control.store.etcd import Txn
-from tests.conftest import ApiClient, login, make_store, start_cloud, stop_cloud, until
+from tests.conftest import ApiClient, login, make_store, until
 from tests.control.test_events import Watcher, describe, idle
 from tests.control.test_quota import new_tenant
 
@@ -34,10 +34,10 @@ ROOMY = {"instances": 4, "vcpus": 8, "memory_mb": -1, "disk_gb": -1}
 
 
 @pytest.fixture(scope="module")
-def pd_cloud():
-    cloud, store = start_cloud("projects", agent_settings={"driver": "fake"})
-    yield cloud, store, login(cloud, "admin")
-    stop_cloud(cloud, "projects")
+def pd_cloud(fake_cloud_and_store):
+    """The shared fake-driver cloud (tests/control/conftest.py): each test makes its own projects."""
+    cloud, store = fake_cloud_and_store
+    return cloud, store, login(cloud, "admin")
 
 
 def refused(call) -> str:

@@ -2,6 +2,10 @@
 always equals what the live instances hold. Uses the fake driver (this is about
 the control plane's claims, not hypervisors)."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -179,3 +183,40 @@ def test_project_with_instances_cannot_be_deleted(quota_cloud):
     with pytest.raises(grpc.RpcError) as info:
         client.instances.ListInstances(pb.ListInstancesRequest())
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_any_named_resource_gets_a_limit_by_api_and_cli(quota_cloud, tmp_path):
+    """The next resources (networks, floating_ips, ...) need no change to quotas:
+    a limit on any name is set, shown and kept beside the instance ones."""
+    cloud, admin = quota_cloud
+    project, client = new_tenant(cloud, admin, instances=4)
+    quota = admin.quotas.SetQuota(ipb.SetQuotaRequest(project=project, resources={"networks": 3}))
+    assert dict(quota.limits.resources) == {"networks": 3} and quota.limits.instances == 4
+    seen = client.quotas.GetQuota(ipb.GetQuotaRequest())
+    assert dict(seen.limits.resources) == {"networks": 3} and dict(seen.usage.resources) == {}
+    for bad in ({"Networks!": 1}, {"networks": -2}):
+        with pytest.raises(grpc.RpcError) as info:
+            admin.quotas.SetQuota(ipb.SetQuotaRequest(project=project, resources=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    env = {**os.environ, "CLOUD_ENDPOINT": cloud.endpoint, "CLOUD_CONFIG": str(tmp_path / "q.toml"),
+           "CLOUD_USERNAME": "admin", "CLOUD_PASSWORD": cloud.password("admin"), "CLOUD_PROJECT": "",
+           "COLUMNS": "200"}
+
+    def cloudctl(*args):
+        return subprocess.run([sys.executable, "-m", "cloudclient.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    done = cloudctl("quota", "set", project, "--resource", "floating_ips=2", "--resource", "networks=-1",
+                    "--vcpus", "6", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    limits = json.loads(done.stdout)["limits"]
+    assert limits["vcpus"] == 6 and limits["instances"] == 4
+    assert {k: int(v) for k, v in limits["resources"].items()} == {"floating_ips": 2, "networks": -1}
+    shown = cloudctl("quota", "show", project)
+    assert shown.returncode == 0, shown.stderr
+    cells = [[c.strip() for c in line.split("\u2502") if c.strip()] for line in shown.stdout.splitlines()]
+    rows = {c[0]: c[1:] for c in cells if len(c) == 3}
+    assert rows["floating_ips"][:2] == ["2", "0"] and rows["networks"][:2] == ["unlimited", "0"]
+    bad = cloudctl("quota", "set", project, "--resource", "networks")
+    assert bad.returncode != 0 and "NAME=LIMIT" in bad.stderr

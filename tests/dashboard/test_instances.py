@@ -26,6 +26,12 @@ def wait_json(web, url: str, check, timeout_s: float):
         time.sleep(0.3)
 
 
+def shown_operations(html: str) -> set[str]:
+    """The operations an instance page shows (its others are there, hidden)."""
+    return {name for name, hidden in re.findall(r'data-action="([a-z]+)"( hidden)?', html)
+            if not hidden}
+
+
 def test_list_page_and_json(demo, api):
     name = f"dash-list-{uuid.uuid4().hex[:6]}"
     made = api.instances.CreateInstance(pb.CreateInstanceRequest(name=name, flavor="tiny",
@@ -57,6 +63,9 @@ def test_lifecycle_through_the_dashboard(demo, api):
         assert data["actions"][0]["action"] == "create"
         page = demo.get(url).get_data(as_text=True)
         assert name in page and "Console" in page and "Actions history" in page
+        # The buttons are the API's allowed_actions, not rules of the dashboard's own.
+        assert shown_operations(page) == set(data["instance"]["allowed_actions"]) == {
+            "stop", "reboot", "scale", "resize", "delete"}
         # CLOUD-RESOURCES comes after the guest's acpid started: from then on a stop is clean
         # (an ACPI power button pressed earlier is lost, and the stop waits stop_timeout_s).
         console = wait_json(demo, url + "/console.json", lambda d: "CLOUD-RESOURCES" in d["output"],
@@ -71,6 +80,8 @@ def test_lifecycle_through_the_dashboard(demo, api):
         data = wait_json(demo, url + ".json", lambda d: d["instance"]["status"] == "SHUTOFF", STOP_S)
         assert data["instance"]["status"] == "SHUTOFF" and data["instance"]["power_state"] == "shutoff"
         assert [a["action"] for a in data["actions"]][:2] == ["stop", "create"]
+        assert shown_operations(demo.get(url).get_data(as_text=True)) == set(
+            data["instance"]["allowed_actions"]) == {"start", "scale", "resize", "delete"}
 
         response = demo.post(url + "/delete")
         assert response.status_code == 302 and response.headers["Location"] == "/instances"

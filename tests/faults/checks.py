@@ -80,7 +80,8 @@ def claims_problems(store) -> list[str]:
                                        disk_gb=r.disk_gb)
     for record in store.list(keys.quota_usages()):
         project = record.key.rsplit("/", 1)[1]
-        have = {k: v for k, v in record.value.items() if v}
+        stored = record.value.get("resources", record.value)  # named quotas: {"resources": {...}}
+        have = {k: v for k, v in stored.items() if v}
         want = {k: v for k, v in quota.pop(project, Counter()).items() if v}
         if have != want:
             problems.append(f"project {project} quota usage {have}, instances hold {want}")

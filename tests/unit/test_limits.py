@@ -227,6 +227,9 @@ def _filled(descriptor, table):
     for field in descriptor.fields:
         limit = table.get(f"{limits.type_name(descriptor)}.{field.name}", Limit())
         count = limit.items if field.is_repeated else 1
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            _fill_map(getattr(message, field.name), field.message_type, table, count)
+            continue
         if field.message_type is not None:
             values = [_filled(field.message_type, table) for _ in range(count)]
             if field.is_repeated:
@@ -255,6 +258,18 @@ def _filled(descriptor, table):
         else:
             setattr(message, field.name, value)
     return message
+
+
+def _fill_map(container, entry, table, count):
+    """`count` entries, their keys distinct and at their limit, their values the largest."""
+    key_length = table.get(f"{limits.type_name(entry)}.key", Limit(1)).length
+    template = _filled(entry, table)
+    for i in range(count):
+        key = "\U0001f600" * (key_length - 1) + chr(0x1F600 + i)
+        if entry.fields_by_name["value"].message_type is not None:
+            container[key].CopyFrom(template.value)
+        else:
+            container[key] = template.value
 
 
 @pytest.mark.parametrize("service", limits.all_services(), ids=lambda s: s.name)

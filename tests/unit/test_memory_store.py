@@ -30,7 +30,7 @@ def test_every_etcd_call_is_overridden():
     inherited = {name for name, member in inspect.getmembers(MemoryStore, inspect.isfunction)
                  if not name.startswith("__") and member is getattr(Store, name, None)}
     assert inherited == {"_safe", "_replace_watch_stream", "_member",  # never called
-                         "commit", "update", "put_if_absent"}
+                         "commit", "apply", "update", "put_if_absent"}
 
 
 def test_leases_expire_by_the_clock_on_the_next_call():

@@ -73,9 +73,9 @@ def print_instance(i: pb.Instance, output: str) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     table = Table("field", "value", show_header=False)
-    for key in ["id", "name", "status", "task_state", "power_state", "flavor", "vcpus",
-                "memory_mb", "disk_gb", "max_vcpus", "max_memory_mb", "image", "host", "addresses",
-                "group", "created_at", "launched_at"]:
+    for key in ["id", "name", "status", "task_state", "power_state", "allowed_actions", "flavor",
+                "vcpus", "memory_mb", "disk_gb", "max_vcpus", "max_memory_mb", "image", "host",
+                "addresses", "group", "created_at", "launched_at"]:
         value = data.get(key)
         table.add_row(key, cell(value))
     if data["fault"]:
@@ -105,14 +105,18 @@ class CloudGroup(click.Group):
         try:
             return super().invoke(ctx)
         except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details()
-            if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (detail or ""):
-                detail = f"cannot reach the cloud API at {endpoint()} ({detail})"
-            elif code == grpc.StatusCode.UNAUTHENTICATED:
-                detail = f"{detail} (cloudctl login, or set CLOUD_TOKEN or CLOUD_USERNAME/CLOUD_PASSWORD)"
-            err.print(f"[red]error[/red] ({code.name}): {detail}", highlight=False)
+            print_error(exc)
             sys.exit(1)
+
+
+def print_error(exc: grpc.RpcError) -> None:
+    code = exc.code()
+    detail = exc.details()
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (detail or ""):
+        detail = f"cannot reach the cloud API at {endpoint()} ({detail})"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        detail = f"{detail} (cloudctl login, or set CLOUD_TOKEN or CLOUD_USERNAME/CLOUD_PASSWORD)"
+    err.print(f"[red]error[/red] ({code.name}): {detail}", highlight=False)
 
 
 @click.group(cls=CloudGroup)
@@ -120,8 +124,18 @@ def cli() -> None:
     """Manage virtual machines in the cloud."""
 
 
+def build_over(i: pb.Instance) -> bool:
+    """Its build succeeded or failed: it left BUILDING (whatever the status word says:
+    e.g. SHUTOFF if the guest powered itself off at once)."""
+    return i.vm_state_enum != pb.VM_STATE_BUILDING
+
+
+def build_failed(i: pb.Instance) -> bool:
+    return i.vm_state_enum == pb.VM_STATE_ERROR
+
+
 def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: float) -> pb.Instance | None:
-    """Poll until the instance leaves its transitional state, showing each phase."""
+    """Poll until the instance's build is over (or, until_gone, it is gone), showing each phase."""
     stub = api(ctx).instances
     deadline = time.monotonic() + timeout_s
     shown = ""
@@ -140,7 +154,7 @@ def wait_for(ctx: click.Context, id_or_name: str, until_gone: bool, timeout_s: f
                 err.print(f"{current.name}: {phase}", highlight=False)
                 status.update(f"{current.name}: {phase}")
                 shown = phase
-            if not until_gone and current.status in ("ACTIVE", "ERROR"):
+            if not until_gone and build_over(current):
                 return current
             time.sleep(0.2)
     err.print(f"[red]timed out[/red] after {timeout_s:.0f}s; last status: {shown}")
@@ -151,7 +165,14 @@ def operate(ctx: click.Context, call: Any, request: Any, wait: bool, timeout: fl
             output: str) -> None:
     """Send an operation; with --wait, follow it until done, non-zero if it failed."""
     started = time.time()
-    changed = call(request)
+    try:
+        changed = call(request)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        print_error(exc)  # then what the API would accept instead
+        refused_hint(ctx, request.id_or_name)
+        sys.exit(1)
     err.print(f"{changed.name}: {changed.status}"
               + (f" ({changed.task_state})" if changed.task_state else ""), highlight=False)
     if not wait:
@@ -161,7 +182,7 @@ def operate(ctx: click.Context, call: Any, request: Any, wait: bool, timeout: fl
     with err.status(f"{changed.name}: {changed.task_state}"):
         while True:
             current = stub.GetInstance(pb.GetInstanceRequest(id_or_name=changed.id))
-            if not current.task_state:
+            if current.task_state_enum == pb.TASK_STATE_NONE:  # no operation in flight
                 break
             if time.monotonic() > deadline:
                 err.print(f"[red]timed out[/red] after {timeout:.0f}s ({current.task_state})")
@@ -171,6 +192,16 @@ def operate(ctx: click.Context, call: Any, request: Any, wait: bool, timeout: fl
     if current.HasField("fault") and current.fault.time.ToNanoseconds() / 1e9 >= started - 1:
         err.print(f"[red]failed[/red]: {current.fault.message}", highlight=False)
         sys.exit(1)
+
+
+def refused_hint(ctx: click.Context, id_or_name: str) -> None:
+    """After an operation refused in the instance's state: what the API accepts now."""
+    try:
+        now = api(ctx).instances.GetInstance(pb.GetInstanceRequest(id_or_name=id_or_name))
+    except grpc.RpcError:
+        return  # the refusal itself is what matters
+    allowed = ", ".join(now.allowed_actions) or "none"
+    err.print(f"{now.name} is {now.status}; allowed now: {allowed}", highlight=False)
 
 
 wait_option = click.option("--wait", is_flag=True, help="wait until done; exit non-zero if it failed")

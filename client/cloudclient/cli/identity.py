@@ -199,14 +199,34 @@ def role_remove(ctx: click.Context, username: str, project_name: str) -> None:
 QUOTA_FIELDS = ["instances", "vcpus", "memory_mb", "disk_gb"]
 
 
+def quota_rows(quota: ipb.Quota) -> list[dict]:
+    """The instance quotas, then every other named one with a limit or usage."""
+    limits = {**{f: getattr(quota.limits, f) for f in QUOTA_FIELDS}, **quota.limits.resources}
+    usage = {**{f: getattr(quota.usage, f) for f in QUOTA_FIELDS}, **quota.usage.resources}
+    names = QUOTA_FIELDS + sorted({*quota.limits.resources, *quota.usage.resources} - {*QUOTA_FIELDS})
+    # A name without a limit has none.
+    return [{"resource": n, "limit": "unlimited" if (limit := limits.get(n, -1)) == -1 else limit,
+             "in use": usage.get(n, 0)} for n in names]
+
+
 def print_quota(quota: ipb.Quota, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(as_dict(quota), indent=2))
         return
-    rows = [{"resource": f, "limit": "unlimited" if (limit := getattr(quota.limits, f)) == -1
-             else limit, "in use": getattr(quota.usage, f)} for f in QUOTA_FIELDS]
     out.print(f"quota of project {quota.project}")
-    print_table(rows, ["resource", "limit", "in use"])
+    print_table(quota_rows(quota), ["resource", "limit", "in use"])
+
+
+def parse_resource_limits(values: tuple[str, ...]) -> dict[str, int]:
+    """NAME=LIMIT options as a map (-1 is unlimited)."""
+    parsed = {}
+    for value in values:
+        name, sep, limit = value.partition("=")
+        if not sep or not name.strip() or not limit.strip().removeprefix("-").isdigit():
+            raise click.BadParameter(f"{value!r}: expected NAME=LIMIT, e.g. networks=10",
+                                     param_hint="--resource")
+        parsed[name.strip()] = int(limit)
+    return parsed
 
 
 @cli.group(cls=CloudGroup)
@@ -228,10 +248,13 @@ def quota_show(ctx: click.Context, project_name: str, output: str) -> None:
 @click.option("--vcpus", type=int)
 @click.option("--ram", "memory_mb", type=int, help="MiB")
 @click.option("--disk", "disk_gb", type=int, help="GiB")
+@click.option("--resource", "resources", multiple=True, metavar="NAME=LIMIT",
+              help="the limit of any named resource, e.g. networks=10 (repeatable)")
 @output_option
 @click.pass_context
-def quota_set(ctx: click.Context, project_name: str, output: str, **limits: int | None) -> None:
+def quota_set(ctx: click.Context, project_name: str, output: str, resources: tuple[str, ...],
+              **limits: int | None) -> None:
     """Set limits (admin); -1 is unlimited."""
-    request = ipb.SetQuotaRequest(project=project_name,
+    request = ipb.SetQuotaRequest(project=project_name, resources=parse_resource_limits(resources),
                                   **{k: v for k, v in limits.items() if v is not None})
     print_quota(api(ctx).quotas.SetQuota(request), output)

@@ -16,6 +16,7 @@ from cloudclient.cli.base import (
     CloudGroup,
     api,
     as_dict,
+    build_failed,
     cell,
     cli,
     err,
@@ -88,7 +89,7 @@ def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: 
     if wait:
         created = wait_for(ctx, created.id, until_gone=False, timeout_s=timeout)
     print_instance(created, output)
-    if created.status == "ERROR":
+    if build_failed(created):
         sys.exit(1)
 
 
@@ -99,7 +100,7 @@ def create_many(ctx: click.Context, request: pb.CreateInstancesRequest, wait: bo
     if wait:
         made = [wait_for(ctx, i.id, until_gone=False, timeout_s=timeout) for i in made]
     print_rows([instance_dict(i) for i in made], INSTANCE_COLUMNS, output)
-    if any(i.status == "ERROR" for i in made):
+    if any(build_failed(i) for i in made):
         sys.exit(1)
 
 
