@@ -224,6 +224,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "logs of the private clouds that saw a failure")
         for path in _KEPT_LOGS:
             terminalreporter.write_line(str(path.relative_to(REPO)))
+        # CI prints only this report: the daemons' first tracebacks go with it.
+        for path in _KEPT_LOGS:
+            for line in first_tracebacks(path):
+                terminalreporter.write_line(line)
+
+
+def first_tracebacks(logs: Path, most: int = 3, lines: int = 30) -> list[str]:
+    """The first `most` tracebacks (up to `lines` lines each, from the log line
+    that announced it) in the daemon logs kept in `logs`."""
+    found: list[str] = []
+    for log in sorted(logs.glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        starts = [n for n, line in enumerate(text) if line.startswith("Traceback")]
+        for n in starts[:most - found.count("")]:
+            found += ["", f"--- {log.relative_to(REPO)}, line {n + 1}:"]
+            found += text[max(0, n - 1):n + lines]
+    return found
 
 
 # --- a skip must be meant ------------------------------------------------------

@@ -76,7 +76,7 @@ class ImageCache:
                 raise DriverError(f"image {image_id}: the fetched {part} does not match its "
                                   f"checksum (expected sha256 {sha256}, got {digest.hexdigest()})")
             # A tenant's private image stays 0600: libvirt hands it to QEMU's user
-            # when a guest uses it (see libvirt_driver.py); no one else reads it.
+            # when a guest uses it (see libvirt_driver/driver.py); no one else reads it.
             partial.rename(path)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 The virtualization driver asks an implementation to plug each NIC of an instance
 before it defines the domain, and puts what plug returns into the domain's
 <interface>; it unplugs them when the instance is deleted. Implementations:
-LibvirtNatNetwork (libvirt_network.py: every guest on one libvirt NAT network
+LibvirtNatNetwork (libvirt_driver/nat_network.py: every guest on one libvirt NAT network
 per host, as before tenant networks) and FakeNetwork (below, in memory).
 tests/compute_agent/test_network_contract.py checks every one of them.
 """

@@ -70,10 +70,8 @@ class HostCheck:
                 raise errors.PermissionDenied(
                     f"host {peer.name}'s certificate cannot {rpc} for host {named!r}")
         else:
-            try:
-                self.plane.hosts.get(peer.name)
-            except KeyError:
-                raise errors.PermissionDenied(f"host {peer.name} is not registered") from None
+            if self.plane.hosts.find(peer.name) is None:
+                raise errors.PermissionDenied(f"host {peer.name} is not registered")
 
 
 def server_credentials(config: ControlConfig) -> grpc.ServerCredentials:

@@ -16,7 +16,7 @@ from cloudapi.v1 import (
 
 from control.api import convert
 from control.api.paging import paged
-from control.errors import InvalidArgument, NotFound
+from control.errors import InvalidArgument
 from control.models import Host
 from control.placement.aggregates import Aggregate
 from control.placement.scheduler import flavor_request
@@ -45,10 +45,7 @@ class HostAdminServicer(compute_pb2_grpc.HostAdminServiceServicer):
         return self._infos([host])[0]
 
     def _host(self, name: str) -> Host:
-        try:
-            return self.plane.hosts.get(name)
-        except KeyError:
-            raise NotFound(f"host {name!r} not found") from None
+        return self.plane.hosts.get(name)
 
     def ListHosts(self, request, context):
         hosts, token = paged("ListHosts", self.plane.hosts.all(), lambda h: (h.name,), request)

@@ -102,25 +102,25 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         return compute_pb2.ListInstanceActionsResponse(
             actions=[convert.action(a) for _, a in page], next_page_token=token)
 
+    def _host_address(self, instance, id_or_name: str) -> str:
+        host = self.plane.hosts.find(instance.host)
+        if host is None:
+            raise NotFound(f"host of instance {id_or_name!r} is gone")
+        return host.address
+
     def GetInstanceStats(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
         if not instance.host or instance.vm_state is VmState.BUILDING:
             # No guest to ask yet (the agent may not have defined it).
             return agent_pb2.InstanceStats(power_state=instance.power_state.value)
-        try:
-            address = self.plane.hosts.get(instance.host).address
-        except KeyError:
-            raise NotFound(f"host of instance {request.id_or_name!r} is gone") from None
+        address = self._host_address(instance, request.id_or_name)
         return self.plane.agents.stats(address, instance.id)
 
     def GetConsoleOutput(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)
         if not instance.host:
             return compute_pb2.ConsoleOutput(output="")
-        try:
-            address = self.plane.hosts.get(instance.host).address
-        except KeyError:
-            raise NotFound(f"host of instance {request.id_or_name!r} is gone") from None
+        address = self._host_address(instance, request.id_or_name)
         output = self.plane.agents.console(address, instance.id,
                                            request.max_bytes or CONSOLE_DEFAULT_BYTES)
         return compute_pb2.ConsoleOutput(output=output.decode("utf-8", errors="replace"))

@@ -172,14 +172,15 @@ class InstanceWork:
                         self.plane.placement.release(instance_id)
                     return
                 instance = scheduled
+            host_record = self.plane.hosts.find(instance.host)
+            if host_record is None:
+                self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
+                return
+            address = host_record.address
             try:
-                address = self.plane.hosts.get(instance.host).address
                 power = self.plane.agents.spawn(address, instance, image,
                                                 self.plane.config.spawn_timeout_s, guest)
                 break
-            except KeyError:
-                self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
-                return
             except SpawnFailed as exc:
                 # The agent cleaned up: try another host. The claim is given back
                 # only once this copy has moved the instance on (another copy of
@@ -284,8 +285,13 @@ class InstanceWork:
         if instance.task_state is not OPERATION_TASK_STATES[event]:
             return  # done already (a redelivered task), or undone by the reconciler
         agents, config = self.plane.agents, self.plane.config
+        host = self.plane.hosts.find(instance.host)
+        if host is None:
+            undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
+                           action_key, f"host {instance.host} is not registered")
+            return
+        address = host.address
         try:
-            address = self.plane.hosts.get(instance.host).address
             if event is Event.STOP:
                 power = agents.stop(address, instance_id, config.stop_timeout_s)
             elif event is Event.START:
@@ -297,10 +303,6 @@ class InstanceWork:
                                      options["disk_gb"])
             else:
                 power = self._resize(address, instance)
-        except KeyError:
-            undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
-                           action_key, f"host {instance.host} is not registered")
-            return
         except AgentRefused as exc:
             undo_operation(self.plane.store, self.plane.quotas, self.plane.placement, instance_id,
                            action_key, f"host {instance.host}: {exc}")
@@ -330,10 +332,8 @@ class InstanceWork:
         if instance.task_state is not TaskState.DELETING:
             return
         if instance.host and not skip_agent:
-            try:
-                address = self.plane.hosts.get(instance.host).address
-            except KeyError:
-                address = ""  # the host is gone, and its guests with it
+            host = self.plane.hosts.find(instance.host)
+            address = host.address if host else ""  # a host gone took its guests with it
             if address:
                 self.plane.agents.destroy(address, instance_id)
         self.plane.placement.release(instance_id)

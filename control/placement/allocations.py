@@ -267,18 +267,24 @@ class Placement:
             alloc_record = self.store.get(alloc_key)
             if alloc_record is None:
                 return
-            allocation = Allocation(**alloc_record.value)
-            txn = Txn().expect(alloc_record).delete(alloc_key)
-            for name, held in allocation.by_provider().items():
-                found = self.provider(name)
-                if found is not None:  # a provider gone takes its usage with it
-                    provider, record = found
-                    txn.expect(record).put(record.key, {**provider.model_dump(),
-                                                        "usage": added(provider.usage, held, -1)})
-            if self.store.commit(txn):
-                log.info("released %s on %s", instance_id, ", ".join(allocation.by_provider()))
+            if self.store.commit(self.release_txn(alloc_record)):
+                log.info("released %s on %s", instance_id,
+                         ", ".join(Allocation(**alloc_record.value).by_provider()))
                 return
         raise Conflict(f"too many concurrent releases on {instance_id}; try again")
+
+    def release_txn(self, alloc_record: Record) -> Txn:
+        """The transaction that deletes the allocation in `alloc_record` (if it is
+        still as read) and takes every share of it off its providers' usage."""
+        allocation = Allocation(**alloc_record.value)
+        txn = Txn().expect(alloc_record).delete(alloc_record.key)
+        for name, held in allocation.by_provider().items():
+            found = self.provider(name)
+            if found is not None:  # a provider gone takes its usage with it
+                provider, record = found
+                txn.expect(record).put(record.key, {**provider.model_dump(),
+                                                    "usage": added(provider.usage, held, -1)})
+        return txn
 
     def usage(self, host: str) -> Resources:
         found = self.provider(host)

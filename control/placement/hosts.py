@@ -38,11 +38,17 @@ class Hosts:
         log.info("host %s registered at %s with %s", name, address, inventory)
         return self.get(name)
 
-    def get(self, name: str) -> Host:
+    def find(self, name: str) -> Host | None:
+        """The host registered as `name`, or None."""
         record = self.store.get(keys.host(name)) if name and "/" not in name else None
-        if record is None:
-            raise KeyError(name)
-        return Host(**record.value)
+        return Host(**record.value) if record else None
+
+    def get(self, name: str) -> Host:
+        """The host registered as `name`; NotFound if there is none."""
+        host = self.find(name)
+        if host is None:
+            raise NotFound(f"host {name!r} not found")
+        return host
 
     def update(self, name: str, enabled: bool | None = None, disabled_reason: str = "",
                zone: str | None = None, add_traits: list[str] | None = None,

@@ -52,9 +52,10 @@ from control.compute import actions, records
 from control.compute.lifecycle import undo_operation
 from control.compute.states import Event, PowerState, TaskState, VmState
 from control.errors import CloudError, Unavailable
+from control.identity.quotas import FIELDS as INSTANCE_QUOTAS
 from control.identity.quotas import QuotaValues
 from control.models import Allocation, Fault, Host, Instance
-from control.placement.allocations import RESOURCE_CLASSES, Provider, amounts
+from control.placement.allocations import Provider, added, amounts
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE
 from control.store import keys
@@ -295,7 +296,7 @@ class Reconciler:
             # effort; if the host cannot be reached it is reaped as a stray).
             try:
                 self.plane.agents.destroy(self.plane.hosts.get(instance.host).address, instance.id)
-            except (KeyError, CloudError) as exc:
+            except CloudError as exc:
                 log.info("instance %s: guest not destroyed now (%s)", instance.id, exc)
 
     def _finish_actions(self, instance: Instance, message: str) -> None:
@@ -375,19 +376,15 @@ class Reconciler:
         self.check_providers(report)
 
     def _release_stale(self, allocation: Allocation, a_record: Record, report: Report) -> None:
-        txn = Txn().expect(a_record).delete(a_record.key)
-        found = self.plane.placement.provider(allocation.host)
-        if found is not None:
-            provider, p_record = found
-            need = amounts(allocation.resources)
-            txn.expect(p_record).put(p_record.key, {**provider.model_dump(), "usage": {
-                rc: provider.usage.get(rc, 0) - need.get(rc, 0) for rc in RESOURCE_CLASSES}})
-        if self.store.commit(txn):
+        if self.store.commit(self.plane.placement.release_txn(a_record)):
             log.warning("released allocation of %s on %s (%s): its instance is gone or failed",
-                        allocation.instance_id, allocation.host, amounts(allocation.resources))
+                        allocation.instance_id, ", ".join(allocation.by_provider()),
+                        allocation.by_provider())
             report.allocations_released.append(allocation.instance_id)
 
     def _restore(self, instance: Instance, i_record: Record, report: Report) -> None:
+        """Its share of its host, as the instance's size says (what it held of
+        other providers is not known from the instance)."""
         found = self.plane.placement.provider(instance.host)
         if found is None:
             return
@@ -397,52 +394,59 @@ class Reconciler:
         need = amounts(instance.resources)
         txn = (Txn().expect(i_record).expect_absent(keys.allocation(instance.id))
                .put(keys.allocation(instance.id), allocation.model_dump())
-               .expect(p_record).put(p_record.key, {**provider.model_dump(), "usage": {
-                   rc: provider.usage.get(rc, 0) + need.get(rc, 0) for rc in RESOURCE_CLASSES}}))
+               .expect(p_record).put(p_record.key, {**provider.model_dump(),
+                                                    "usage": added(provider.usage, need)}))
         if self.store.commit(txn):
             log.warning("restored the allocation of %s on %s (%s): it runs there without one",
                         instance.id, instance.host, need)
             report.allocations_restored.append(instance.id)
 
     def check_providers(self, report: Report) -> None:
-        """Each host's usage = the sum of its allocations (read at one revision)."""
+        """Each provider's usage (a host's, a pool's) = the sum of the shares
+        allocations hold of it, per resource class (read at one revision)."""
         revision = self.store.revision()
         allocations, _ = self.store.list_at_revision(keys.allocations(), revision)
         providers, _ = self.store.list_at_revision(keys.providers(), revision)
-        sums: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(RESOURCE_CLASSES, 0))
+        sums: dict[str, dict[str, int]] = defaultdict(dict)
         for record in allocations:
-            allocation = Allocation(**record.value)
-            for rc, amount in amounts(allocation.resources).items():
-                sums[allocation.host][rc] += amount
+            for name, share in Allocation(**record.value).by_provider().items():
+                sums[name] = added(sums[name], share)
         for record in providers:
             provider = Provider(**record.value)
-            want = sums[provider.host]
-            have = {rc: provider.usage.get(rc, 0) for rc in RESOURCE_CLASSES}
+            held = sums[provider.host]
+            classes = sorted({*provider.inventory, *provider.usage, *held})
+            want = {rc: held.get(rc, 0) for rc in classes}
+            have = {rc: provider.usage.get(rc, 0) for rc in classes}
             if have == want:
                 continue
             if self.store.commit(Txn().expect(record).put(
                     record.key, {**provider.model_dump(), "usage": want})):
-                log.warning("host %s usage was %s, its allocations hold %s: repaired",
-                            provider.host, have, want)
+                log.warning("%s %s usage was %s, its allocations hold %s: repaired",
+                            provider.kind, provider.host, have, want)
                 report.providers_fixed.append(provider.host)
 
     # ---------------------------------------------------------------- 5. quota
 
     def check_quota(self, snap: Snapshot, report: Report) -> None:
+        """Each project's usage of the instance quotas = what its instances hold.
+        Other quotas (floating_ips, networks, ...) are counted by what holds
+        them and kept as they are here."""
         held: dict[str, QuotaValues] = defaultdict(QuotaValues)
         for instance, _ in snap.instances.values():
             held[instance.project] = held[instance.project] + quota_held(instance)
         for project in sorted(set(held) | set(snap.usages)):
             record = snap.usages.get(project)
             have = QuotaValues(**record.value) if record else QuotaValues()
-            want = held.get(project, QuotaValues())
+            by_instances = held.get(project, QuotaValues())
+            want = QuotaValues(resources={**have.resources,
+                                          **{n: by_instances.get(n) for n in INSTANCE_QUOTAS}})
             if have == want:
                 continue
             txn = Txn().put(keys.quota_usage(project), want.model_dump())
             txn.expect(record) if record else txn.expect_absent(keys.quota_usage(project))
             if self.store.commit(txn):
                 log.warning("project %s quota usage was %s, its instances hold %s: repaired",
-                            project, have.model_dump(), want.model_dump())
+                            project, have.model_dump(), by_instances.model_dump())
                 report.quotas_fixed.append(project)
 
     # ---------------------------------------------------------------- 6. strays

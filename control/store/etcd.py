@@ -246,7 +246,13 @@ def _etcd_errors() -> Iterator[None]:
                               "writes until an admin frees space (cloudctl store status)") from exc
         if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # a compacted or future revision
             raise OutOfRange(f"state store: {exc.details()}") from exc
-        raise
+        # Any other code (UNKNOWN "Stream removed" when a member dies mid-call,
+        # CANCELLED, RESOURCE_EXHAUSTED "too many requests"): the store failed,
+        # not the request, and a transaction's outcome is unknown. Callers
+        # treat it as an outage and retry (with their request ids), never as
+        # an internal error of the cloud.
+        raise Unavailable(f"state store (etcd) failed: {exc.code().name} "
+                          f"{(exc.details() or '')[:200]}") from exc
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def test_files_are_fetched_once_and_kept_under_their_checksum(tmp_path):
     assert (files.disk_path, files.kernel_path) == (str(tmp_path / sha(DISK)), str(tmp_path / sha(KERNEL)))
     assert (tmp_path / sha(DISK)).read_bytes() == DISK
     # A tenant's private image: no other local user reads it (QEMU gets it through
-    # libvirt's dynamic ownership, see libvirt_driver.py).
+    # libvirt's dynamic ownership, see libvirt_driver/driver.py).
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o600"}
     assert source.fetches == 3
     cache.ensure("img", "qcow2", "console=ttyS0", sha(DISK), sha(KERNEL), sha(INITRD))

@@ -11,7 +11,7 @@ from compute_agent.network import FakeNetwork, HostNetworking, InterfaceDevice, 
 @pytest.fixture
 def nat(tmp_path):
     import libvirt
-    from compute_agent.libvirt_network import LibvirtNatNetwork
+    from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 
     conn = libvirt.open("qemu:///system")
     # The default network, shared with the driver contract and the tests' clouds:
@@ -86,7 +86,7 @@ def test_bad_instance_ids_and_indexes_are_refused(network):
 
 def test_libvirt_nat_network_is_active_and_its_plugs_survive_a_restart(nat, tmp_path):
     """Plugs are recorded on disk: a new agent (a restart) sees the same ones."""
-    from compute_agent.libvirt_network import LibvirtNatNetwork
+    from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 
     network = nat
     network.ensure_host()

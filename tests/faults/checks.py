@@ -16,8 +16,9 @@ import grpc
 from cloudapi.v1 import compute_pb2 as pb
 
 from control.compute.states import TaskState, VmState
+from control.identity.quotas import FIELDS as INSTANCE_QUOTAS
 from control.models import Allocation, Instance
-from control.placement.allocations import RESOURCE_CLASSES, Provider, amounts
+from control.placement.allocations import Provider
 from control.store import keys
 from tests.conftest import until
 
@@ -66,13 +67,15 @@ def claims_problems(store) -> list[str]:
             problems.append(f"instance {instance_id} on {instance.host} holds no allocation")
     sums: dict[str, Counter] = defaultdict(Counter)
     for allocation in allocations.values():
-        sums[allocation.host].update(amounts(allocation.resources))
+        for name, share in allocation.by_provider().items():
+            sums[name].update(share)
     for record in store.list(keys.providers()):
         provider = Provider(**record.value)
-        want = {rc: sums[provider.host][rc] for rc in RESOURCE_CLASSES}
-        have = {rc: provider.usage.get(rc, 0) for rc in RESOURCE_CLASSES}
+        classes = sorted({*provider.inventory, *provider.usage, *sums[provider.host]})
+        want = {rc: sums[provider.host][rc] for rc in classes}
+        have = {rc: provider.usage.get(rc, 0) for rc in classes}
         if want != have:
-            problems.append(f"host {provider.host} usage {have}, allocations hold {want}")
+            problems.append(f"{provider.kind} {provider.host} usage {have}, allocations hold {want}")
     quota: dict[str, Counter] = defaultdict(Counter)
     for instance in live.values():
         r = instance.resources
@@ -81,7 +84,8 @@ def claims_problems(store) -> list[str]:
     for record in store.list(keys.quota_usages()):
         project = record.key.rsplit("/", 1)[1]
         stored = record.value.get("resources", record.value)  # named quotas: {"resources": {...}}
-        have = {k: v for k, v in stored.items() if v}
+        # Only the instance quotas: others (floating_ips, ...) are held by other things.
+        have = {k: v for k, v in stored.items() if v and k in INSTANCE_QUOTAS}
         want = {k: v for k, v in quota.pop(project, Counter()).items() if v}
         if have != want:
             problems.append(f"project {project} quota usage {have}, instances hold {want}")

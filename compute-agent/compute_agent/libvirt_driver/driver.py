@@ -1,4 +1,5 @@
-"""The libvirt driver: QEMU/KVM guests on this host. The only module that imports libvirt."""
+"""The libvirt driver: QEMU/KVM guests on this host (with nat_network.py, its
+networking): the libvirt_driver package is the only one that imports libvirt."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from compute_agent.driver import (
     InstanceSpec,
     Observation,
 )
-from compute_agent.libvirt_network import LibvirtNatNetwork
+from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 from compute_agent.local_storage import LocalFileStorage, make_private
 from compute_agent.network import HostNetworking
 from compute_agent.storage import GiB, InstanceStorage
