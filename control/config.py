@@ -13,6 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, model_validator
 
+VXLAN_OVERHEAD = 50  # bytes a VXLAN packet adds: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8
+
 
 class ControlConfig(BaseModel):
     # etcd client endpoints, "host:port": one, or every member of a cluster (one
@@ -198,6 +200,34 @@ class ControlConfig(BaseModel):
     # Quota of a project that has no overrides; -1 is unlimited.
     default_quota: dict[str, int] = Field(default_factory=lambda: {
         "instances": 10, "vcpus": 20, "memory_mb": 51200, "disk_gb": 1000})
+
+    # Tenant networks (control/network/). Off: instances get no NICs of the
+    # cloud's choosing and agents put guests on their host's NAT network, as
+    # before networks existed. On: every instance gets a NIC on each network it
+    # names (or on its project's "default" network), with a fixed IP and a MAC
+    # chosen in its create transaction.
+    tenant_networks: bool = False
+    # The hosts' underlay MTU; guests get it less VXLAN's 50 bytes of headers.
+    underlay_mtu: int = Field(default=1500, ge=1280)
+    # The external network: routers SNAT to it, floating IPs come from it (its
+    # first address is its gateway). A range nothing routes off the machine.
+    external_cidr: str = "100.64.0.0/24"
+    external_bridge: str = "cloud-ext"  # the host bridge routers' external side plugs into
+    # The network and floating IP quotas of a project without overrides, with
+    # tenant networks on (a project's "default" network is not counted).
+    default_network_quota: dict[str, int] = Field(default_factory=lambda: {
+        "networks": 10, "floating_ips": 10})
+
+    def network_mtu(self) -> int:
+        """The guests' MTU on tenant networks: the underlay's less VXLAN's headers."""
+        return self.underlay_mtu - VXLAN_OVERHEAD
+
+    def quota_defaults(self) -> dict[str, int]:
+        """default_quota, with the network quotas when tenant networks are on (off, a
+        project's quota shows no network quotas, as before networks existed)."""
+        if not self.tenant_networks:
+            return dict(self.default_quota)
+        return {**self.default_network_quota, **self.default_quota}
 
 
 def url_password(url: str) -> str | None:

@@ -140,6 +140,47 @@ class Allocation(BaseModel):
         return shares
 
 
+class Nic(BaseModel):
+    """An instance's NIC on a tenant network: its address and MAC, chosen by the
+    control plane in the instance's create transaction (control/network/ipam.py)."""
+
+    network_id: str
+    network_name: str  # as it was when the NIC was made (a network is never renamed)
+    mac: str
+    fixed_ip: str
+
+
+class Network(BaseModel):
+    """A project's private network (control/network/networks.py): one IPv4 subnet,
+    one VXLAN segment (its VNI, unique in the cloud) and a router whose external
+    address is `snat_ip`."""
+
+    id: str
+    project: str
+    name: str
+    cidr: str        # normalised: host bits zero
+    gateway_ip: str  # the subnet's first address
+    mtu: int
+    vni: int
+    snat_ip: str
+    # Whether it counts against the project's `networks` quota: every network but
+    # the "default" one the cloud makes on first use.
+    counted: bool = True
+    created_at: float = Field(default_factory=time.time)
+
+
+class FloatingIp(BaseModel):
+    """An external address a project holds (control/network/floating_ips.py),
+    attached to one NIC of one of its instances, or to none."""
+
+    address: str
+    project: str
+    instance_id: str = ""
+    network_id: str = ""
+    fixed_ip: str = ""
+    created_at: float = Field(default_factory=time.time)
+
+
 class Fault(BaseModel):
     message: str
     phase: str
@@ -173,6 +214,9 @@ class Instance(BaseModel):
     task_state: TaskState = INITIAL.task
     power_state: PowerState = PowerState.NOSTATE
     addresses: list[str] = Field(default_factory=list)
+    # Its NICs on tenant networks, in order (none when tenant networks are off:
+    # the guest is on its host's NAT network).
+    nics: list[Nic] = Field(default_factory=list)
     fault: Fault | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)

@@ -25,6 +25,8 @@ from control.identity.quotas import Quotas, QuotaValues
 from control.images.catalog import Images
 from control.images.files import ImageStore
 from control.metering.metrics import Metrics
+from control.network.floating_ips import FloatingIps
+from control.network.networks import Networks
 from control.placement.aggregates import Aggregates
 from control.placement.allocations import Placement
 from control.placement.hosts import Hosts
@@ -55,6 +57,8 @@ class ControlPlane:
     keypairs: Keypairs
     metrics: Metrics
     scaling: ScalingGroups
+    networks: Networks
+    floating_ips: FloatingIps
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -63,13 +67,15 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     queue = TaskQueue(celery, config.enqueue_retry_s)
     catalog = Catalog(store)
     images = Images(store, ImageStore(config.image_store_dir, config.image_max_bytes))
-    quotas = Quotas(store, QuotaValues(**config.default_quota))
+    quotas = Quotas(store, QuotaValues(**config.quota_defaults()))
     placement = Placement(store, config)
     groups = ServerGroups(store)
     keypairs = Keypairs(store)
-    instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs)
+    networks = Networks(store, quotas, config)
+    instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs, networks)
     scheduler = Scheduler(store, config, placement)
     hosts = Hosts(store)
+    agents = AgentClient(credentials=channel_credentials(config), name_of=host_at(hosts))
     metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
                       stale_after_s=max(5.0, 3.0 * config.metrics_interval_s),
                       sentinel_master=config.redis_sentinel_master)
@@ -78,9 +84,12 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
         instances=instances, lifecycle=Lifecycle(store, queue, instances, quotas, placement),
         scale_out=ScaleOut(store, queue, instances, quotas, scheduler), keypairs=keypairs,
         hosts=hosts, placement=placement,
-        agents=AgentClient(credentials=channel_credentials(config), name_of=host_at(hosts)),
+        agents=agents,
         identity=Identity(store, config.token_ttl_s), quotas=quotas,
         scheduler=scheduler, groups=groups,
         aggregates=Aggregates(store), metrics=metrics,
         scaling=ScalingGroups(store, instances, catalog, scheduler, metrics, config),
+        networks=networks,
+        floating_ips=FloatingIps(store, quotas, networks, instances, config,
+                                 nudge=lambda host: agents.sync_networks(hosts.get(host).address)),
     )

@@ -75,6 +75,18 @@ def instance_or_404(ref: str) -> pb.Instance:
         raise
 
 
+def every_page(method: Any, request_type: type, items: str) -> list[Any]:
+    """All the items of a paged List RPC, following next_page_token to the end."""
+    found: list[Any] = []
+    token = ""
+    while True:
+        page = call(method, request_type(page_token=token))
+        found.extend(getattr(page, items))
+        token = page.next_page_token
+        if not token:
+            return found
+
+
 _image_names: dict[str, tuple[float, dict[str, str]]] = {}
 
 

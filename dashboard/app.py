@@ -77,8 +77,20 @@ def create_app(config: dict[str, Any]) -> Flask:
     app.session_interface = ServerSideSessionInterface(SessionStore(app.config["SESSION_DIR"]))
     csrf.init_app(app)
 
-    from dashboard.views import admin, auth, images, instances, keypairs, launch, quotas, usage
-    for module in (auth, instances, launch, keypairs, images, quotas, usage, admin):
+    from dashboard.views import (
+        admin,
+        auth,
+        floating_ips,
+        images,
+        instances,
+        keypairs,
+        launch,
+        networks,
+        quotas,
+        usage,
+    )
+    for module in (auth, instances, launch, networks, floating_ips, keypairs, images, quotas, usage,
+                   admin):
         app.register_blueprint(module.bp)
 
     app.before_request(_guard)

@@ -60,9 +60,16 @@ class LaunchForm(FlaskForm):
     image = SelectField("Image", validators=[Optional()], choices=[])
     count = IntegerField("Count", default=1, validators=[DataRequired(), NumberRange(min=1, max=100)])
     key_name = SelectField("Keypair", validators=[Optional()], choices=[])
+    network = SelectField("Network", validators=[Optional()], choices=[])
     user_data = TextAreaField("User data", validators=[Optional(), Length(max=65536)],
                               description="a #! script or #cloud-config, at most 64 KiB")
     request_id = HiddenField()
+
+    def validate_network(self, field: SelectField) -> None:
+        # The API takes networks on a single create only (CreateInstancesRequest has none).
+        if field.data and (self.count.data or 1) > 1:
+            raise ValidationError("a network can be chosen for one instance at a time: "
+                                  "launch them one by one, or leave the default network")
 
 
 class KeypairForm(FlaskForm):
@@ -72,6 +79,19 @@ class KeypairForm(FlaskForm):
 class ImportKeypairForm(FlaskForm):
     name = StringField("Name", validators=NAME)
     public_key = TextAreaField("Public key (OpenSSH)", validators=[DataRequired(), Length(max=16384)])
+
+
+class NetworkForm(FlaskForm):
+    name = StringField("Name", validators=NAME)
+    cidr = StringField("Subnet (CIDR)", validators=[Optional(), Length(max=43)],
+                       description="a private IPv4 range, /16 to /29; empty: 10.0.0.0/24")
+
+
+class AttachFloatingIpForm(FlaskForm):
+    address = SelectField("Floating IP", validators=[DataRequired()], choices=[])
+    instance = SelectField("Instance", validators=[DataRequired()], choices=[])
+    # Empty: the instance's first NIC (the API's choice).
+    network = SelectField("Network", validators=[Optional()], choices=[])
 
 
 class ImageForm(FlaskForm):

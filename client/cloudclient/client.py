@@ -22,6 +22,7 @@ from cloudapi.v1 import (
     events_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    network_pb2_grpc,
     scaling_pb2_grpc,
     usage_pb2_grpc,
 )
@@ -116,6 +117,7 @@ class CloudClient:
         self.scaling_groups = scaling_pb2_grpc.ScalingGroupServiceStub(channel)
         self.events = events_pb2_grpc.EventServiceStub(channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(channel)
+        self.networks = network_pb2_grpc.NetworkServiceStub(channel)
 
     def login(self, username: str, password: str, project: str = "") -> identity_pb2.Token:
         result = self.identity.Login(identity_pb2.LoginRequest(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 
 class AgentConfig(BaseModel):
@@ -45,6 +46,23 @@ class AgentConfig(BaseModel):
     network_name: str = "cloud-net"
     network_bridge: str = "cloudbr0"
     network_cidr: str = "10.213.0.0/24"
+    # Guests' networks: "nat", the NAT network above on every host (as before
+    # tenant networks); "tenant", each project's own networks (compute_agent/tenant/:
+    # a bridge and a VXLAN device per network, routers), with the NAT network
+    # kept for NICs that name no network.
+    networking: Literal["nat", "tenant"] = "nat"
+    # "tenant" only: this host's tunnel (underlay) IPv4 address, the local end of
+    # its VXLAN devices: the address other hosts reach it on (UDP 4789).
+    tunnel_address: str = ""
+    # "tenant" only: how often the agent fetches and converges its networks
+    # (besides at start and when the control plane nudges it).
+    network_sync_interval_s: float = 5.0
+    # "tenant" only, the routers this host runs (tenant/router.py): the prefix of
+    # their namespaces (namespace names are machine-wide: agents sharing a machine
+    # give different ones), and whether the external bridge gets the external
+    # network's gateway address (a single host: this machine is the upstream).
+    router_namespace_prefix: str = "qrouter-"
+    external_host_gateway: bool = False
     # Until registered; then the control plane's heartbeat_interval_s applies.
     heartbeat_interval_s: float = 2.0
     # Memory reclaim (compute_agent/reclaim.py): what an idle guest does not use goes
@@ -57,6 +75,19 @@ class AgentConfig(BaseModel):
     reclaim_interval_s: float = 2.0
     reclaim_headroom_mb: int = 64      # left usable to an idle guest; busy below half
     reclaim_step_mb: int = 64          # most taken per interval
+
+
+    @model_validator(mode="after")
+    def _tenant_needs_a_tunnel(self) -> AgentConfig:
+        if self.networking == "tenant":
+            try:
+                ipaddress.IPv4Address(self.tunnel_address)
+            except ValueError:
+                raise ValueError(f"networking = \"tenant\" needs tunnel_address, this host's "
+                                 f"underlay IPv4 address (not {self.tunnel_address!r})") from None
+        if self.network_sync_interval_s <= 0:
+            raise ValueError("network_sync_interval_s must be positive")
+        return self
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from compute_agent.errors import NetworkError
+from compute_agent.tenant.model import Network
 
 # A unicast MAC: the low bit of the first octet (multicast) clear, or QEMU refuses it.
 MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
@@ -28,10 +29,14 @@ INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 @dataclass(frozen=True)
 class NicSpec:
-    """A NIC the control plane asks for (agent.proto's Nic)."""
+    """A NIC the control plane asks for (agent.proto's GuestNic)."""
 
     network_id: str = ""  # empty: the host's default network
     mac: str = ""         # empty: the hypervisor picks one when the domain is defined
+    # A tenant network's NIC: its address and its network as the control plane sent
+    # them, so the host can make the network's segment before the guest starts.
+    fixed_ip: str = ""
+    network: Network | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ class NicRecords:
 
 class FakeNetwork(HostNetworking):
     """In memory, with the contract of the real ones: for the fake driver and unit tests.
-    `networks` are the network ids it knows besides the default ("")."""
+    `networks` are the network ids it knows besides the default (""); a NIC that
+    brings its tenant network (nic.network with that id) plugs too, as on a real host."""
 
     def __init__(self, networks: tuple[str, ...] = ()):
         self.networks = {"", *networks}
@@ -155,7 +161,8 @@ class FakeNetwork(HostNetworking):
 
     def plug(self, instance_id: str, index: int, nic: NicSpec) -> InterfaceDevice:
         check_nic(instance_id, index, nic)
-        if nic.network_id not in self.networks:
+        brought = nic.network is not None and nic.network.id == nic.network_id
+        if nic.network_id not in self.networks and not brought:
             raise NetworkError(f"no network {nic.network_id!r} on this host")
         device = InterfaceDevice("bridge", f"fake-{nic.network_id or 'default'}", nic.mac)
         with self._lock:

@@ -17,12 +17,16 @@ from grpc_reflection.v1alpha import reflection
 
 from compute_agent.config import AgentConfig, load_config
 from compute_agent.driver import ComputeDriver, DriverError, InstanceSpec
+from compute_agent.errors import NetworkError
 from compute_agent.guest_lister import GuestLister
 from compute_agent.image_cache import ImageCache
 from compute_agent.keyed_locks import KeyedLocks
 from compute_agent.network import NicSpec
 from compute_agent.reclaim import ReclaimLoop, ReclaimSettings
 from compute_agent.storage import BlockDeviceSpec
+from compute_agent.tenant.model import segment_from_proto
+from compute_agent.tenant.networking import TenantNetworking
+from compute_agent.tenant.sync import NetworkSync, host_networks_fetcher
 from compute_agent.tls import ControlOnly, control_channel, server_credentials
 from compute_agent.tls import load as load_tls
 
@@ -34,9 +38,10 @@ IMAGE_FETCH_TIMEOUT_S = 600
 
 
 class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
-    def __init__(self, driver: ComputeDriver, images: ImageCache):
+    def __init__(self, driver: ComputeDriver, images: ImageCache, networks: NetworkSync):
         self.driver = driver
         self.images = images
+        self.networks = networks
         # Two copies of one build task may call Spawn at once (a stalled build
         # re-sent by the reconciler while the original is slow, not dead): the
         # second waits, then finds the guest running and returns its power state,
@@ -59,7 +64,7 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
                 max_vcpus=request.max_vcpus, max_memory_mb=request.max_memory_mb, image=files,
                 hostname=request.hostname, public_keys=tuple(request.public_keys),
                 user_data=request.user_data,
-                nics=tuple(NicSpec(network_id=n.network_id, mac=n.mac) for n in request.nics),
+                nics=tuple(nic_spec(n) for n in request.nics),
                 block_devices=tuple(BlockDeviceSpec(volume_id=b.volume_id, size_gb=b.size_gb)
                                     for b in request.block_devices))
             return agent_pb2.SpawnResponse(power_state=self.driver.spawn(spec))
@@ -116,10 +121,27 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
                                        **{k: int(v) if k != "sampled_at" else v
                                           for k, v in counters.items()})
 
+    def SyncNetworks(self, request, context):
+        """The control plane's nudge: converge the tenant networks now (on a NAT
+        host: nothing to do, no changes)."""
+        try:
+            return agent_pb2.SyncNetworksResponse(changes=self.networks.sync())
+        except grpc.RpcError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"cannot read this host's networks: {exc.details() or exc.code()}")
+        except NetworkError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
     def GetInventory(self, request, context):
         inv = self.driver.host_inventory()
         return agent_pb2.HostInventory(vcpus=inv.vcpus, memory_mb=inv.memory_mb,
                                        disk_gb=inv.disk_gb)
+
+
+def nic_spec(nic: agent_pb2.GuestNic) -> NicSpec:
+    """A Spawn request's NIC; a tenant network's brings the network itself."""
+    return NicSpec(network_id=nic.network_id, mac=nic.mac, fixed_ip=nic.fixed_ip,
+                   network=segment_from_proto(nic.network) if nic.HasField("network") else None)
 
 
 class Reporter:
@@ -281,13 +303,17 @@ def make_driver(config: AgentConfig) -> ComputeDriver:
     from compute_agent.libvirt_driver import LibvirtDriver
     return LibvirtDriver(config.libvirt_uri, config.state_dir, config.host_name,
                          config.virt_type, config.network_name, config.network_bridge,
-                         config.network_cidr)
+                         config.network_cidr, networking=config.networking,
+                         tunnel_address=config.tunnel_address,
+                         router_prefix=config.router_namespace_prefix,
+                         external_host_gateway=config.external_host_gateway)
 
 
 def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
-                 ) -> tuple[grpc.Server, int, Reporter, ReclaimLoop]:
+                 ) -> tuple[grpc.Server, int, Reporter, ReclaimLoop, NetworkSync]:
     """Build the agent's server on config.listen (port 0 picks a free one), its
-    reporter and its memory reclaim loop. None is started. Both ways over
+    reporter, its memory reclaim loop and its network sync (which does nothing
+    unless the driver's networking is TenantNetworking). None is started. Both ways over
     mutual TLS (compute_agent/tls.py): without its certificate the agent does
     not start (TlsNotConfigured)."""
     tls = load_tls(config)
@@ -297,7 +323,10 @@ def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
                          interceptors=[ControlOnly(config.control_name)])
     channel = control_channel(config, tls)
     images = ImageCache(Path(config.state_dir) / "_base", image_fetcher(channel))
-    agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver, images), server)
+    tenant = driver.network if isinstance(driver.network, TenantNetworking) else None
+    networks = NetworkSync(tenant, host_networks_fetcher(channel), config.network_sync_interval_s)
+    agent_pb2_grpc.add_ComputeAgentServicer_to_server(ComputeAgentServicer(driver, images, networks),
+                                                      server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = agent_pb2.DESCRIPTOR.services_by_name["ComputeAgent"].full_name
@@ -312,7 +341,7 @@ def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,
         floor_ratio=config.reclaim_floor_ratio, idle_s=config.reclaim_idle_s,
         interval_s=config.reclaim_interval_s, headroom_mb=config.reclaim_headroom_mb,
         step_mb=config.reclaim_step_mb))
-    return server, port, Reporter(config, driver, address, channel), reclaim
+    return server, port, Reporter(config, driver, address, channel), reclaim, networks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -322,15 +351,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(args.config)
-    server, port, reporter, reclaim = create_agent(config)
+    server, port, reporter, reclaim, networks = create_agent(config)
     server.start()
     reporter.start()
     reclaim.start()
+    networks.start()
     log.info("compute agent %s listening on port %d", config.host_name, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    networks.stop()
     reclaim.stop()
     reporter.stop()
     server.stop(grace=10).wait()

@@ -13,6 +13,7 @@ from cloudapi.v1 import (
     agent_pb2_grpc,
 )
 
+from control.api import convert
 from control.api.scaling import record_report
 from control.models import Resources
 from control.plane import ControlPlane
@@ -51,3 +52,10 @@ class HostServicer(agent_pb2_grpc.HostServiceServicer):
         self.plane.images.by_id(request.image_id)  # NOT_FOUND for an unknown (or deleted) image
         for chunk in self.plane.images.files.read(request.image_id, request.part):
             yield agent_pb2.ImageFileChunk(data=chunk)
+
+    def GetHostNetworks(self, request, context):
+        # The host is the one its certificate names: a host learns only what it
+        # must make, never another's view. (host_auth imports this module.)
+        from control.api.host_auth import peer_identity
+
+        return convert.host_networks(self.plane.networks.host_view(peer_identity(context).name))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from cloudapi.v1 import agent_pb2 as apb
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
+from cloudapi.v1 import network_pb2 as npb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control.api.state_enums import to_wire
@@ -13,7 +15,8 @@ from control.compute.server_groups import ServerGroup
 from control.compute.states import allowed_operations, status
 from control.identity.accounts import Caller, Project, User
 from control.identity.quotas import QuotaValues
-from control.models import Fault, Flavor, Host, Image, Instance
+from control.models import Fault, Flavor, FloatingIp, Host, Image, Instance, Network
+from control.network.networks import HostView, Usage
 from control.placement.aggregates import Aggregate, effective
 from control.placement.allocations import Provider
 
@@ -85,7 +88,8 @@ def image(i: Image) -> pb.Image:
                     created_at=_ts(i.created_at))
 
 
-def instance(i: Instance) -> pb.Instance:
+def instance(i: Instance, floating: dict[tuple[str, str], str] | None = None) -> pb.Instance:
+    """`floating`: (instance id, network id) -> the floating IP attached there."""
     shown = status(i.state)
     msg = pb.Instance(
         id=i.id, name=i.name, project=i.project, status=shown,
@@ -100,6 +104,10 @@ def instance(i: Instance) -> pb.Instance:
     if i.fault:
         msg.fault.CopyFrom(fault(i.fault))
     msg.attempts.extend(fault(a) for a in i.attempts)
+    msg.nics.extend(npb.Nic(network_id=n.network_id, network_name=n.network_name, mac=n.mac,
+                            fixed_ip=n.fixed_ip,
+                            floating_ip=(floating or {}).get((i.id, n.network_id), ""))
+                    for n in i.nics)
     return msg
 
 
@@ -115,3 +123,28 @@ def action(a: Action) -> pb.InstanceAction:
 def keypair(k: Keypair) -> pb.Keypair:
     return pb.Keypair(name=k.name, public_key=k.public_key, fingerprint=k.fingerprint, type=k.type,
                       created_at=_ts(k.created_at))
+
+
+def network(n: Network, usage: Usage) -> npb.Network:
+    return npb.Network(id=n.id, name=n.name, project=n.project, cidr=n.cidr, gateway_ip=n.gateway_ip,
+                       mtu=n.mtu, ports=usage.ports, free_addresses=usage.free,
+                       created_at=_ts(n.created_at))
+
+
+def floating_ip(f: FloatingIp) -> npb.FloatingIp:
+    return npb.FloatingIp(address=f.address, project=f.project, instance_id=f.instance_id,
+                          fixed_ip=f.fixed_ip, network_id=f.network_id, created_at=_ts(f.created_at))
+
+
+def host_networks(view: HostView) -> apb.HostNetworks:
+    return apb.HostNetworks(
+        networks=[apb.TenantNetwork(
+            id=h.network.id, project=h.network.project, vni=h.network.vni, cidr=h.network.cidr,
+            gateway_ip=h.network.gateway_ip, mtu=h.network.mtu,
+            ports=[apb.NetworkPort(instance_id=p.instance_id, mac=p.mac, fixed_ip=p.fixed_ip,
+                                   vtep=p.vtep, floating_ip=p.floating_ip) for p in h.ports],
+            vteps=h.vteps, router_host=h.router_host, snat_ip=h.network.snat_ip)
+            for h in view.networks],
+        external=apb.ExternalNetwork(cidr=view.external_cidr, gateway_ip=view.external_gateway,
+                                     bridge=view.external_bridge),
+        revision=view.revision)

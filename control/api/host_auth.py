@@ -33,6 +33,7 @@ HOST_FIELD: dict[str, str | None] = {
     "Heartbeat": "name",
     "ReportMetrics": "name",
     "FetchImageFile": None,  # an image the control plane serves to every registered host
+    "GetHostNetworks": None,  # names no host: answers for the certificate's own
 }
 
 

@@ -33,7 +33,7 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
             current_caller(), request.name, request.flavor, request.image, request.request_id,
-            request.group, request.key_name, request.user_data)
+            request.group, request.key_name, request.user_data, networks=list(request.networks))
         return convert.instance(instance)
 
     def CreateInstances(self, request, context):
@@ -52,15 +52,24 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         return compute_pb2.PlacementPreview(host=decision.hosts[0] if decision.hosts else "",
                                             summary=decision.summary, candidates=decision.hosts)
 
+    def _floating(self, project: str, instances) -> dict[tuple[str, str], str]:
+        """The floating IPs on these instances' NICs (read only if one has NICs)."""
+        if not any(i.nics for i in instances):
+            return {}
+        return self.plane.floating_ips.of_instances(project)
+
     def GetInstance(self, request, context):
-        return convert.instance(self.plane.instances.get(caller_project(context),
-                                                         request.id_or_name))
+        project = caller_project(context)
+        instance = self.plane.instances.get(project, request.id_or_name)
+        return convert.instance(instance, self._floating(project, [instance]))
 
     def ListInstances(self, request, context):
-        instances, token = paged("ListInstances", self.plane.instances.list(caller_project(context)),
+        project = caller_project(context)
+        instances, token = paged("ListInstances", self.plane.instances.list(project),
                                  lambda i: (i.created_at, i.name, i.id), request)
-        return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in instances],
-                                                 next_page_token=token)
+        floating = self._floating(project, instances)
+        return compute_pb2.ListInstancesResponse(
+            instances=[convert.instance(i, floating) for i in instances], next_page_token=token)
 
     def DeleteInstance(self, request, context):
         caller = current_caller()

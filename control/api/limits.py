@@ -35,7 +35,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
-from cloudapi.v1 import agent_pb2, compute_pb2, events_pb2, identity_pb2, scaling_pb2, usage_pb2
+from cloudapi.v1 import (
+    agent_pb2,
+    compute_pb2,
+    events_pb2,
+    identity_pb2,
+    network_pb2,
+    scaling_pb2,
+    usage_pb2,
+)
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
@@ -80,6 +88,8 @@ HOST_ADDRESS = Limit(261)     # host:port of an agent: "[" + 253 + "]:" + 5 digi
 IP_ADDRESS = Limit(45)        # an IPv4 or IPv6 address (INET6_ADDRSTRLEN - 1)
 REQUEST_ID = Limit(128)       # control.instances.REQUEST_ID_PATTERN: 1 to 128 characters
 PAGE_TOKEN = Limit(1024)      # what control/api/paging.py hands out is under 400
+CIDR = Limit(49)              # an IPv4 or IPv6 network: an address, "/", a prefix length
+MAC = Limit(17)               # aa:bb:cc:dd:ee:ff
 KEYWORD = Limit(32)           # one of a few words: a role, policy, format, part, state
 SHA256 = Limit(64)            # hex digest
 OS = Limit(64)                # an image's operating system, e.g. linux, debian-12
@@ -129,8 +139,15 @@ LIMITS: dict[str, Limit] = {
     "SpawnRequest.user_data": USER_DATA,
     "SpawnRequest.nics": items(16),           # what one guest's PCI slots and a domain hold
     "SpawnRequest.block_devices": items(16),
-    "Nic.network_id": ID,
-    "Nic.mac": Limit(17),                     # aa:bb:cc:dd:ee:ff
+    "GuestNic.network_id": ID,
+    "GuestNic.mac": MAC,
+    "GuestNic.fixed_ip": IP_ADDRESS,
+    "NetworkSegment.id": ID,
+    "NetworkSegment.project": NAME,
+    "NetworkSegment.cidr": CIDR,
+    "NetworkSegment.gateway_ip": IP_ADDRESS,
+    "NetworkSegment.router_host": HOST_NAME,
+    "NetworkSegment.snat_ip": IP_ADDRESS,
     "BlockDevice.volume_id": ID,
     "ImageSource.id": ID,
     "ImageSource.cmdline": CMDLINE,
@@ -173,6 +190,7 @@ LIMITS: dict[str, Limit] = {
     "CreateInstanceRequest.group": NAME,
     "CreateInstanceRequest.key_name": NAME,
     "CreateInstanceRequest.user_data": USER_DATA,
+    "CreateInstanceRequest.networks": many(ID_OR_NAME, 16),  # as SpawnRequest.nics
     "CreateInstancesRequest.name": NAME,
     "CreateInstancesRequest.flavor": NAME,
     "CreateInstancesRequest.image": ID_OR_NAME,
@@ -276,6 +294,19 @@ LIMITS: dict[str, Limit] = {
     "DeleteScalingGroupRequest.name": NAME,
     "DeleteScalingGroupRequest.request_id": REQUEST_ID,
 
+    # network.proto: NetworkService
+    "CreateNetworkRequest.name": NAME,
+    "CreateNetworkRequest.cidr": CIDR,
+    "GetNetworkRequest.id_or_name": ID_OR_NAME,
+    "ListNetworksRequest.page_token": PAGE_TOKEN,
+    "DeleteNetworkRequest.id_or_name": ID_OR_NAME,
+    "CreateFloatingIpRequest.request_id": REQUEST_ID,
+    "ListFloatingIpsRequest.page_token": PAGE_TOKEN,
+    "AttachFloatingIpRequest.address": IP_ADDRESS,
+    "AttachFloatingIpRequest.instance": ID_OR_NAME,
+    "AttachFloatingIpRequest.network": ID_OR_NAME,
+    "FloatingIpRequest.address": IP_ADDRESS,
+
     # usage.proto
     "GetProjectUsageRequest.project": NAME,
     "ListUsageRecordsRequest.project": NAME,
@@ -285,7 +316,7 @@ LIMITS: dict[str, Limit] = {
 
 # ---------------------------------------------------------------- services
 
-_FILES = (agent_pb2, compute_pb2, events_pb2, identity_pb2, scaling_pb2, usage_pb2)
+_FILES = (agent_pb2, compute_pb2, events_pb2, identity_pb2, network_pb2, scaling_pb2, usage_pb2)
 
 
 def all_services() -> list[ServiceDescriptor]:

@@ -17,6 +17,8 @@ from cloudapi.v1 import (
     events_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
     scaling_pb2,
     scaling_pb2_grpc,
     usage_pb2,
@@ -36,6 +38,7 @@ from control.api.instances import InstanceServicer
 from control.api.interceptors import ApiInterceptor
 from control.api.keypairs import KeypairServicer
 from control.api.limits import LimitsInterceptor, public_services, server_options
+from control.api.networks import NetworkServicer
 from control.api.quotas import QuotaServicer
 from control.api.scaling import MetricsServicer, ScalingGroupServicer
 from control.api.server_groups import ServerGroupServicer
@@ -62,7 +65,8 @@ def _service_names() -> list[str]:
             + [scaling_pb2.DESCRIPTOR.services_by_name[n].full_name
                for n in ("MetricsService", "ScalingGroupService")]
             + [events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name]
-            + [usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name])
+            + [usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name]
+            + [network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name])
 
 
 def create_server(config: ControlConfig, plane: ControlPlane | None = None,
@@ -94,6 +98,7 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     scaling_pb2_grpc.add_ScalingGroupServiceServicer_to_server(ScalingGroupServicer(plane), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(plane), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(plane), server)
+    network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(plane), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -21,6 +21,7 @@ from cloudclient.endpoints import RECONNECT_OPTIONS
 
 from control.errors import CloudError, InvalidTransition, Unavailable
 from control.models import Image, Instance, Resources
+from control.network.networks import SpawnNic
 
 if TYPE_CHECKING:
     from control.config import ControlConfig
@@ -43,6 +44,9 @@ class GuestConfig:
     hostname: str = ""
     public_keys: list[str] = field(default_factory=list)
     user_data: bytes = b""
+    # Its NICs on tenant networks, with what the host needs to make their
+    # segments before the guest starts. None: the host's default (NAT) network.
+    nics: list[SpawnNic] = field(default_factory=list)
 
 
 def channel_credentials(config: ControlConfig) -> grpc.ChannelCredentials | None:
@@ -59,6 +63,17 @@ def host_at(hosts: Hosts) -> Callable[[str], str]:
     def name_of(address: str) -> str:
         return next((h.name for h in hosts.all() if h.address == address), "")
     return name_of
+
+
+def guest_nic(spawn: SpawnNic) -> agent_pb2.GuestNic:
+    """A NIC of a spawn: its address and MAC, and its network as the host makes it
+    (ports and tunnel endpoints come with GetHostNetworks)."""
+    n = spawn.network
+    return agent_pb2.GuestNic(
+        network_id=n.id, mac=spawn.nic.mac, fixed_ip=spawn.nic.fixed_ip,
+        network=agent_pb2.NetworkSegment(id=n.id, project=n.project, vni=n.vni, cidr=n.cidr,
+                                        gateway_ip=n.gateway_ip, mtu=n.mtu,
+                                        router_host=spawn.router_host, snat_ip=n.snat_ip))
 
 
 class AgentClient:
@@ -129,8 +144,14 @@ class AgentClient:
                                         disk_format=image.disk_format,
                                         disk_sha256=image.disk_sha256,
                                         kernel_sha256=image.kernel_sha256,
-                                        initrd_sha256=image.initrd_sha256))
+                                        initrd_sha256=image.initrd_sha256),
+            nics=[guest_nic(n) for n in guest.nics])
         return self._call(address, "Spawn", request, timeout_s).power_state
+
+    def sync_networks(self, address: str, timeout_s: float = 3.0) -> list[str]:
+        """Ask the agent to converge its tenant networks now; what it changed."""
+        return list(self._call(address, "SyncNetworks", agent_pb2.SyncNetworksRequest(),
+                               timeout_s).changes)
 
     def destroy(self, address: str, instance_id: str) -> bool:
         return self._call(address, "Destroy", agent_pb2.InstanceRef(instance_id=instance_id)).existed

@@ -6,6 +6,7 @@ hands the instance id to a Celery task (control/compute/tasks.py).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import random
 import re
@@ -24,6 +25,8 @@ from control.identity.accounts import Caller
 from control.identity.quotas import Quotas, QuotaValues
 from control.images.catalog import Images
 from control.models import Flavor, Image, Instance, validate_name
+from control.network import ipam
+from control.network.networks import Networks
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.store import keys
 from control.store.etcd import CAS_ATTEMPTS, Record, Store, Txn
@@ -70,8 +73,10 @@ def _is_uuid(value: str) -> bool:
 
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, images: Images,
-                 quotas: Quotas, groups: ServerGroups, config: ControlConfig, keypairs: Keypairs):
+                 quotas: Quotas, groups: ServerGroups, config: ControlConfig, keypairs: Keypairs,
+                 networks: Networks | None = None):
         self.groups = groups
+        self.networks = networks
         self.keypairs = keypairs
         self.config = config
         self.store = store
@@ -119,9 +124,12 @@ class Instances:
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
                request_id: str = "", group: str = "", key_name: str = "",
-               user_data: bytes = b"", scaling_group: str = "") -> Instance:
+               user_data: bytes = b"", scaling_group: str = "",
+               networks: builtins.list[str] | None = None) -> Instance:
         """Record a new instance (and its user data) and claim its quota in one
-        transaction, then queue its build."""
+        transaction, then queue its build. With tenant networks, the same
+        transaction gives it a NIC (address and MAC) on each of `networks` (ids
+        or names; none: the project's default network)."""
         project = caller.project
         validate_name(name, "instance name")
         self._check_request_id(request_id)
@@ -133,15 +141,21 @@ class Instances:
             self.groups.record(project, group)  # NOT_FOUND before anything is written
         if key_name:
             self.keypairs.get(project, key_name)
+        on_networks = self.networks_of(project, networks or [])
         instance = self.new_instance(project, name, flavor, image, request_id, group)
         instance.key_name = key_name
         instance.scaling_group = scaling_group
-        data = instance.model_dump(mode="json")
         stored_user_data = guest_data.encode_user_data(user_data)
         for attempt in range(QUOTA_ATTEMPTS):
             if attempt:
                 deadlines.check(f"the create of {name!r}")
             txn = Txn()
+            if on_networks:
+                assert self.networks is not None
+                if attempt:  # a network deleted meanwhile is NOT_FOUND now
+                    on_networks = self.networks.reread(on_networks)
+                instance.nics = self.networks.nics_into(txn, on_networks, instance.id)
+            data = instance.model_dump(mode="json")
             action_key = records.create_into(txn, instance, actions.Begin(
                 "create", request_id, caller.username))
             guest_data.put_user_data_into(txn, project, instance.id, stored_user_data)
@@ -169,9 +183,21 @@ class Instances:
             self._forget(instance, request_id)
             self.store.commit(Txn().delete(action_key))  # no half-created instance is left
             raise
-        log.info("instance %s (%s) requested in %s: flavor %s", instance.id, name, project,
-                 flavor.name)
+        # The conflicts it lost on the way (the quota record, or an address): what
+        # tests of parallel creates count.
+        log.info("instance %s (%s) requested in %s: flavor %s, %d conflicts", instance.id, name,
+                 project, flavor.name, attempt)
         return instance
+
+    def networks_of(self, project: str, refs: builtins.list[str]) -> builtins.list[Record]:
+        """The networks a new instance gets NICs on (none when tenant networks are
+        off: then it is on its host's NAT network)."""
+        if self.networks is None or not self.config.tenant_networks:
+            if refs:
+                raise InvalidArgument("this cloud has no tenant networks (tenant_networks is off): "
+                                      "create the instance without networks")
+            return []
+        return self.networks.for_instance(project, refs)
 
     def flavor_and_image(self, caller: Caller, flavor_name: str, image_ref: str) -> tuple[Flavor, Image]:
         flavor = self.catalog.flavor(flavor_name, caller.project, caller.is_admin)
@@ -198,6 +224,7 @@ class Instances:
         for _ in range(QUOTA_ATTEMPTS):
             txn = Txn()
             records.forget_into(txn, instance)
+            ipam.release_nics_into(txn, instance)
             guest_data.delete_user_data_into(txn, project, instance.id)
             if request_id:
                 txn.delete(keys.request(project, request_id))

@@ -25,6 +25,10 @@ from control.store.etcd import Store, Txn
 log = logging.getLogger(__name__)
 
 MAX_COUNT = 20  # bounded so that one etcd transaction holds them all
+# With tenant networks each instance also takes an address key: 7 writes each
+# (record, name, index, action, user data, allocation, address), plus one per
+# host and a few, must stay within etcd's 128 operations per transaction.
+MAX_COUNT_WITH_NICS = 15
 ATTEMPTS = 20
 
 
@@ -72,9 +76,14 @@ class ScaleOut:
         self.instances._check_request_id(request_id)
         if (earlier := self._replay(project, request_id)) is not None:
             return earlier
+        # With tenant networks: a NIC each on the project's default network.
+        if self.instances.config.tenant_networks and count > MAX_COUNT_WITH_NICS:
+            raise InvalidArgument(f"count must be 1 to {MAX_COUNT_WITH_NICS} with tenant networks "
+                                  "(one transaction holds them all, addresses included)")
         flavor, image = self.instances.flavor_and_image(caller, flavor_name, image_ref)
         if key_name:
             self.instances.keypairs.get(project, key_name)  # NOT_FOUND before anything is written
+        on_networks = self.instances.networks_of(project, [])  # the default one made, if need be
         one = QuotaValues.of(flavor.resources)
         request = flavor_request(flavor)
 
@@ -100,6 +109,12 @@ class ScaleOut:
                                         f"{len(hosts)} fit; {summary}")
             made = made[:len(hosts)]
             action_keys = []
+            if on_networks:
+                networks = self.instances.networks
+                assert networks is not None
+                on_networks = networks.reread(on_networks) if attempt else on_networks
+                for instance in made:  # each its own address: nics_into sees the txn's
+                    instance.nics = networks.nics_into(txn, on_networks, instance.id)
             for instance in made:
                 action_keys.append(records.create_into(txn, instance, actions.Begin(
                     "create", request_id, caller.username)))

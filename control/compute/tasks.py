@@ -32,6 +32,8 @@ from control.errors import (
 )
 from control.identity.quotas import QuotaValues
 from control.models import Allocation, Fault, Flavor, Instance
+from control.network import ipam
+from control.network.floating_ips import detach_instance_into
 from control.placement.scheduler import Request, flavor_request
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, INSTANCE_OPERATION
@@ -133,7 +135,8 @@ class InstanceWork:
         return GuestConfig(hostname=guest_data.hostname(instance.name, instance.id),
                            public_keys=public_keys,
                            user_data=guest_data.load_user_data(self.plane.store, instance.project,
-                                                               instance.id))
+                                                               instance.id),
+                           nics=self.plane.networks.spawn_nics(instance) if instance.nics else [])
 
     # ---------------------------------------------------------------- build
 
@@ -177,6 +180,7 @@ class InstanceWork:
                 self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
                 return
             address = host_record.address
+            self._nudge_routers(guest, instance.host)
             try:
                 power = self.plane.agents.spawn(address, instance, image,
                                                 self.plane.config.spawn_timeout_s, guest)
@@ -211,6 +215,17 @@ class InstanceWork:
             self._lost_spawn(address, instance_id, instance.host)
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
+
+    def _nudge_routers(self, guest: GuestConfig, spawn_host: str) -> None:
+        """Tell the routers' hosts of the guest's networks about its NIC now (its
+        DHCP lease, before the guest asks for it), best effort: they also poll."""
+        for host in sorted({n.router_host for n in guest.nics} - {spawn_host, ""}):
+            found = self.plane.hosts.find(host)
+            try:
+                if found is not None:
+                    self.plane.agents.sync_networks(found.address)
+            except CloudError as exc:
+                log.info("nudging router host %s failed (it converges on its timer): %s", host, exc)
 
     def _schedule(self, instance: Instance, group_key: str) -> str:
         try:
@@ -342,6 +357,9 @@ class InstanceWork:
             txn = Txn()
             latest = records.delete_into(txn, current, time.time())  # its last interval ends now
             guest_data.delete_user_data_into(txn, instance.project, instance_id)
+            # Its addresses go back, and its floating IPs are detached, with its record.
+            ipam.release_nics_into(txn, latest)
+            detach_instance_into(self.plane.store, txn, latest)
             if latest.quota_held:
                 # A scale in flight has claimed its new sizes already.
                 held = latest.scaling_to or latest.resources

@@ -164,8 +164,9 @@ class Identity:
         """Delete a project and all it has: keypairs, server groups, request
         ids, usage history, quota, roles, flavor access, tokens. Refused
         (FAILED_PRECONDITION, naming them) while it owns what costs money,
-        occupies hosts or holds files: instances, images, scaling groups; those
-        are deleted first, by their own calls, which release what they hold.
+        occupies hosts or holds files or addresses: instances, images, scaling
+        groups, networks, floating IPs; those are deleted first, by their own
+        calls, which release what they hold.
 
         The transaction compares what was checked (no instance, image name or
         scaling group under the project's keys), and every write of the
@@ -184,6 +185,7 @@ class Identity:
                 raise InvalidTransition(f"project {name!r} still owns {owned}: delete them first")
             txn = Txn().expect(record).delete(keys.project(name))
             txn.expect_empty(keys.instances(name)).expect_empty(keys.scaling_groups(name))
+            txn.expect_empty(keys.networks(name)).expect_empty(keys.floating_ips(name))
             if name not in RESERVED_PROJECT_NAMES:  # (one made before the name was reserved)
                 txn.expect_empty(keys.image_names(name))
             txn.delete(keys.quota_limits(name)).delete(keys.quota_usage(name))
@@ -216,6 +218,10 @@ class Identity:
                        for r in self.store.list(keys.images()) if r.value.get("project") == name],
             "scaling groups": [r.value.get("name", "")
                                for r in self.store.list(keys.scaling_groups(name))],
+            # They hold cloud-wide VNIs and external addresses (control/network/).
+            "networks": [r.value.get("name", "") for r in self.store.list(keys.networks(name))],
+            "floating IPs": [r.value.get("address", "")
+                             for r in self.store.list(keys.floating_ips(name))],
         }
         return "; ".join(f"{kind} {_names(names)}" for kind, names in found.items() if names)
 

@@ -73,6 +73,12 @@ ACTIONS: dict[str, str] = {
     "events:watch": READER,
     # UsageService
     "usage:get_project_usage": READER, "usage:list_usage_records": READER,
+    # NetworkService: members manage their project's networks and floating IPs
+    "network:create_network": MEMBER, "network:delete_network": MEMBER,
+    "network:get_network": READER, "network:list_networks": READER,
+    "network:create_floating_ip": MEMBER, "network:delete_floating_ip": MEMBER,
+    "network:attach_floating_ip": MEMBER, "network:detach_floating_ip": MEMBER,
+    "network:list_floating_ips": READER,
 }
 
 # An RPC of the gRPC API is the action "<its service's area>:<its name in
@@ -82,6 +88,7 @@ AREAS: dict[str, str] = {
     "FlavorService": "compute", "ImageService": "image", "HostAdminService": "placement",
     "IdentityService": "identity", "QuotaService": "identity", "MetricsService": "scaling",
     "ScalingGroupService": "scaling", "EventService": "events", "UsageService": "usage",
+    "NetworkService": "network",
 }
 
 

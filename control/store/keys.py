@@ -18,6 +18,13 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/user-data/{instance_id}  an instance's user data (apart: it is large)
     /cloud/projects/{project}/usage/{instance_id}/{start_ms}  a closed usage interval (billing)
     /cloud/projects/{project}/scaling-groups/{name}  scaling group: spec, desired size, status
+    /cloud/projects/{project}/networks/{id}        a tenant network
+    /cloud/projects/{project}/network-names/{name}   name -> id (names unique per project)
+    /cloud/projects/{project}/fixed-ips/{network_id}/{ip}  an address IPAM gave a NIC (one per address)
+    /cloud/projects/{project}/floating-ips/{address}  a floating IP the project holds, and its NIC
+    /cloud/network-index/{id}                      id -> project (every network, for the hosts' view)
+    /cloud/network-vnis/{vni}                      a VXLAN id taken, cloud-wide -> its network
+    /cloud/external-ips/{address}                  an external address taken (SNAT or floating) -> owner
     /cloud/instance-index/{id}                     id -> project (lets tasks find an instance by id)
     /cloud/scaling-group-index/{project}/{name}    every project's scaling groups, for the controller
     /cloud/leaders/{name}                          holder of a singleton loop's lock (on a lease)
@@ -270,3 +277,58 @@ def strays() -> str:
 def schema_version() -> str:
     """The version of the stored records' shapes (control/store/schema.py)."""
     return f"{PREFIX}/schema"
+
+
+# ------------------------------------------------------- tenant networks (control/network/)
+
+def network(project: str, network_id: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/networks/{_part(network_id)}"
+
+
+def networks(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/networks/"
+
+
+def network_name(project: str, name: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/network-names/{_part(name)}"
+
+
+def fixed_ip(project: str, network_id: str, address: str) -> str:
+    """One allocated address of a network: written absent-only, so never given twice."""
+    return f"{PREFIX}/projects/{_part(project)}/fixed-ips/{_part(network_id)}/{_part(address)}"
+
+
+def fixed_ips(project: str, network_id: str) -> str:
+    """Every address allocated on a network (empty: no NIC is on it)."""
+    return f"{PREFIX}/projects/{_part(project)}/fixed-ips/{_part(network_id)}/"
+
+
+def floating_ip(project: str, address: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/floating-ips/{_part(address)}"
+
+
+def floating_ips(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/floating-ips/"
+
+
+def network_index(network_id: str) -> str:
+    return f"{PREFIX}/network-index/{_part(network_id)}"
+
+
+def network_indexes() -> str:
+    return f"{PREFIX}/network-index/"
+
+
+def network_vni(vni: int) -> str:
+    """A VXLAN network identifier in use: one network in the whole cloud has it."""
+    return f"{PREFIX}/network-vnis/{vni}"
+
+
+def external_ip(address: str) -> str:
+    """An address of the external network in use (a router's SNAT address or a
+    floating IP): one key per address, so no address is held twice."""
+    return f"{PREFIX}/external-ips/{_part(address)}"
+
+
+def external_ips() -> str:
+    return f"{PREFIX}/external-ips/"

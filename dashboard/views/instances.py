@@ -34,6 +34,8 @@ def instance_dict(i: pb.Instance, images: dict[str, str]) -> dict[str, Any]:
         "max_vcpus": i.max_vcpus, "max_memory_mb": i.max_memory_mb,
         "image": images.get(i.image, i.image), "image_id": i.image, "host": i.host,
         "addresses": list(i.addresses), "key_name": i.key_name, "group": i.group,
+        "nics": [{"network": n.network_name, "network_id": n.network_id, "fixed_ip": n.fixed_ip,
+                  "mac": n.mac, "floating_ip": n.floating_ip} for n in i.nics],
         "age": age(i.created_at), "created_at": timestamp(i.created_at),
         "launched_at": timestamp(i.launched_at),
         "fault": f"{i.fault.phase}: {i.fault.message}" if i.HasField("fault") else "",

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
+from cloudapi.v1 import network_pb2 as npb
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
 from dashboard import api
@@ -47,6 +48,9 @@ def choices(form: LaunchForm) -> dict[str, pb.Flavor]:
         (i.id, f"{i.name}" + (f" ({i.os})" if i.os else "")) for i in images if i.status == "ACTIVE"])
     keypairs = api.call(client.keypairs.ListKeypairs, pb.ListKeypairsRequest()).keypairs
     form.key_name.choices = options([("", "none")] + [(k.name, k.name) for k in keypairs])
+    networks = api.every_page(client.networks.ListNetworks, npb.ListNetworksRequest, "networks")
+    form.network.choices = options([("", "the project's default network")] + [
+        (n.name, f"{n.name} ({n.cidr})") for n in networks if n.name != "default"])
     return flavors
 
 
@@ -89,7 +93,8 @@ def _create(form: LaunchForm) -> Any:
         return redirect(url_for("instances.index"))
     created = api.call(stub.CreateInstance, pb.CreateInstanceRequest(
         name=form.name.data, flavor=form.flavor.data, image=form.image.data or "",
-        request_id=request_id, key_name=form.key_name.data or "", user_data=user_data))
+        request_id=request_id, key_name=form.key_name.data or "", user_data=user_data,
+        networks=[form.network.data] if form.network.data else []))
     flash(f"{created.name}: launch requested", "info")
     return redirect(url_for("instances.detail", ref=created.id))
 

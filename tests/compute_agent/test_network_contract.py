@@ -1,6 +1,11 @@
 """The networking contract (compute_agent/network.py), checked against every
-implementation: the fake, and the libvirt NAT network on the real libvirtd."""
+implementation: the fake, the libvirt NAT network on the real libvirtd, and the
+tenant networks (their bridges on this host's kernel, the NAT network as their
+default)."""
 
+import json
+import random
+import subprocess
 import uuid
 
 import pytest
@@ -20,9 +25,29 @@ def nat(tmp_path):
     conn.close()
 
 
-@pytest.fixture(params=["fake", "libvirt-nat"])
+@pytest.fixture
+def vni():
+    """A VNI no other test uses: its devices (brq-<vni>, vxlan-<vni>) are made in
+    this host's namespace, and deleted here, by name, whatever the test did (a
+    converge would remove every tenant bridge of this namespace: other tests' too)."""
+    vni = random.randrange(16_000_000, 16_777_216)
+    yield vni
+    for name in (f"vxlan-{vni}", f"brq-{vni}"):
+        subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
+
+
+@pytest.fixture
+def tenant(nat, tmp_path):
+    from compute_agent.tenant.networking import TenantNetworking
+
+    # 127.0.0.1 as the tunnel address: nothing it makes sends off the machine.
+    return TenantNetworking("127.0.0.1", "contract-host", tmp_path / "tenant", default=nat)
+
+
+@pytest.fixture(params=["fake", "libvirt-nat", "tenant"])
 def network(request) -> HostNetworking:
-    return FakeNetwork() if request.param == "fake" else request.getfixturevalue("nat")
+    return FakeNetwork() if request.param == "fake" else request.getfixturevalue(
+        {"libvirt-nat": "nat", "tenant": "tenant"}[request.param])
 
 
 def instance() -> str:
@@ -96,3 +121,39 @@ def test_libvirt_nat_network_is_active_and_its_plugs_survive_a_restart(nat, tmp_
     assert device == InterfaceDevice("network", network.name, "52:54:00:00:00:01")
     again = LibvirtNatNetwork(network.connect, tmp_path / "network")
     assert {p.index: p.device for p in again.plugged() if p.instance_id == i} == {0: device}
+
+
+def tenant_nic(vni: int, mac: str = "52:54:00:00:00:02") -> NicSpec:
+    from compute_agent.tenant.model import Network, Port
+
+    net = Network(id=str(uuid.uuid4()), project="p", vni=vni, cidr="10.0.0.0/24",
+                  gateway_ip="10.0.0.1", mtu=1450, vteps=("127.0.0.1",),
+                  ports=(Port("i", mac, "10.0.0.5", "127.0.0.1"),))
+    return NicSpec(network_id=net.id, mac=mac, fixed_ip="10.0.0.5", network=net)
+
+
+@pytest.mark.parametrize("network", ["fake", "tenant"], indirect=True)
+def test_a_nic_that_brings_its_tenant_network_plugs(network, vni):
+    """Every implementation that serves tenant networks plugs a NIC whose network
+    comes with it, before any sync has told the host about that network."""
+    i, nic = instance(), tenant_nic(vni)
+    device = network.plug(i, 0, nic)
+    assert device.type == "bridge" and device.source and device.mac == nic.mac
+    assert network.plug(i, 0, nic) == device
+    assert mine(network, i) == {0: device}
+
+
+def test_tenant_nic_is_on_its_networks_bridge_and_survives_a_restart(tenant, vni, tmp_path):
+    from compute_agent.tenant.networking import TenantNetworking
+
+    i, nic = instance(), tenant_nic(vni)
+    device = tenant.plug(i, 0, nic)
+    assert device == InterfaceDevice("bridge", f"brq-{vni}", nic.mac)
+    link = json.loads(subprocess.run(["ip", "-j", "link", "show", "dev", f"vxlan-{vni}"],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    assert link["master"] == f"brq-{vni}" and link["mtu"] == 1450 and "UP" in link["flags"]
+    again = TenantNetworking("127.0.0.1", "contract-host", tmp_path / "tenant", default=tenant.default)
+    assert {p.index: p.device for p in again.plugged() if p.instance_id == i} == {0: device}
+    # A network it was never told of, without the network in the NIC: refused.
+    with pytest.raises(NetworkError, match="does not bring it"):
+        again.plug(instance(), 0, NicSpec(network_id=nic.network_id))

@@ -225,6 +225,7 @@ def test_pages_at_laptop_and_phone_widths(dashboard, browser, cloud, admin):
             log_in(page, dashboard, "admin", cloud.password("admin"))
             for path, name in [("quotas", "quotas"), ("usage?project=demo", "usage"),
                                ("keypairs", "keypairs"), ("images", "images"),
+                               ("networks", "networks"), ("floating-ips", "floating-ips"),
                                ("admin/hosts", "admin-hosts"), ("admin/projects", "admin-projects"),
                                ("admin/users", "admin-users"), ("admin/flavors", "admin-flavors")]:
                 page.goto(dashboard + path)

@@ -11,6 +11,7 @@ from cloudclient.cli import (  # noqa: F401 (register commands)
     identity,
     instances,
     keypairs,
+    networks,
     placement,
     usage,
 )

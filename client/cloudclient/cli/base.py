@@ -45,6 +45,7 @@ def instance_dict(i: pb.Instance) -> dict[str, Any]:
 FLAVOR_COLUMNS = ["name", "vcpus", "memory_mb", "disk_gb", "public", "projects", "required_traits",
                   "zone"]
 INSTANCE_COLUMNS = ["id", "name", "status", "flavor", "host", "addresses"]
+NIC_COLUMNS = ["network", "fixed_ip", "mac", "floating_ip"]
 
 
 def cell(value: Any) -> str:
@@ -81,6 +82,9 @@ def print_instance(i: pb.Instance, output: str) -> None:
     if data["fault"]:
         table.add_row("fault", f"[red]{data['fault']['phase']}: {data['fault']['message']}[/red]")
     out.print(table)
+    if i.nics:  # its addresses on tenant networks
+        print_table([{"network": n.network_name, "fixed_ip": n.fixed_ip, "mac": n.mac,
+                      "floating_ip": n.floating_ip} for n in i.nics], NIC_COLUMNS)
 
 
 def print_record(data: dict[str, Any], fields: list[str], output: str) -> None:

@@ -27,6 +27,8 @@ from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 from compute_agent.local_storage import LocalFileStorage, make_private
 from compute_agent.network import HostNetworking
 from compute_agent.storage import GiB, InstanceStorage
+from compute_agent.tenant.networking import TenantNetworking
+from compute_agent.tenant.router import ROUTER_RUN_DIR, Router
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +86,30 @@ def detect_virt_type(setting: str, kvm_device: str = "/dev/kvm",
 
 class LibvirtDriver(ComputeDriver):
     """network and storage: by default the host's libvirt NAT network and qcow2
-    files in state_dir (the network_* settings are the NAT network's)."""
+    files in state_dir (the network_* settings are the NAT network's). With
+    networking "tenant", the tenant networks (tenant/networking.py: guests on a
+    bridge per network, VXLAN from tunnel_address), the NAT network kept for
+    NICs that name no network."""
 
     def __init__(self, uri: str, state_dir: str, host_name: str, virt_type: str = "auto",
                  network_name: str = "cloud-net", network_bridge: str = "cloudbr0",
                  network_cidr: str = "10.213.0.0/24", network: HostNetworking | None = None,
-                 storage: InstanceStorage | None = None):
+                 storage: InstanceStorage | None = None, networking: str = "nat",
+                 tunnel_address: str = "", router_prefix: str = "qrouter-",
+                 external_host_gateway: bool = False):
         self.uri = uri
         self.state_dir = Path(state_dir)
         self.host_name = host_name
         self.virt_type = detect_virt_type(virt_type)
-        self.network = network or LibvirtNatNetwork(lambda: self.conn, self.state_dir / "network",
-                                                    network_name, network_bridge, network_cidr)
+        nat = LibvirtNatNetwork(lambda: self.conn, self.state_dir / "network",
+                                network_name, network_bridge, network_cidr)
+        if network is None and networking == "tenant":
+            # Not under state_dir (0710): dnsmasq reads its hosts file as nobody.
+            router = Router(ROUTER_RUN_DIR / host_name, prefix=router_prefix,
+                            host_gateway=external_host_gateway)
+            network = TenantNetworking(tunnel_address, host_name, self.state_dir / "tenant-network",
+                                       default=nat, router=router)
+        self.network = network or nat
         self.storage = storage or LocalFileStorage(self.state_dir, self.qemu_group)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()

@@ -1,0 +1,1 @@
+"""Tenant networks: records, IPAM, floating IPs, and each host's desired state of them."""
