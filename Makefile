@@ -13,8 +13,11 @@ PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
 DASHBOARD_PORT ?= 8080
+# Guests on each project's own networks (tenant), or all on the host's NAT network: make up NETWORKING=nat
+NETWORKING ?= tenant
 up: deps venv image
-	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR) --dashboard-port $(DASHBOARD_PORT)
+	$(PY) -m localcloud up --dir $(ROOT)/.cloud --image-dir $(IMAGE_DIR) --dashboard-port $(DASHBOARD_PORT) \
+	  --networking $(NETWORKING)
 	ln -sf $(VENV)/bin/cloudctl /usr/local/bin/cloudctl
 
 down:

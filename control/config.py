@@ -213,10 +213,21 @@ class ControlConfig(BaseModel):
     # first address is its gateway). A range nothing routes off the machine.
     external_cidr: str = "100.64.0.0/24"
     external_bridge: str = "cloud-ext"  # the host bridge routers' external side plugs into
+    # The VNIs networks get (inclusive, at random within). VXLAN devices with one
+    # VNI and UDP port cannot coexist in one network namespace, so clouds sharing
+    # a machine (`make up`'s and a test's) are given disjoint ranges.
+    vni_range: tuple[int, int] = (1, 2**24 - 1)
     # The network and floating IP quotas of a project without overrides, with
     # tenant networks on (a project's "default" network is not counted).
     default_network_quota: dict[str, int] = Field(default_factory=lambda: {
         "networks": 10, "floating_ips": 10})
+
+    @model_validator(mode="after")
+    def _vni_range_in_vxlan(self) -> ControlConfig:
+        low, high = self.vni_range
+        if not 1 <= low <= high <= 2**24 - 1:
+            raise ValueError(f"vni_range {list(self.vni_range)} must be within 1..{2**24 - 1}, low first")
+        return self
 
     def network_mtu(self) -> int:
         """The guests' MTU on tenant networks: the underlay's less VXLAN's headers."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cloudclient.client import read_config, write_config
 
-from localcloud.cloud import LocalCloud
+from localcloud.cloud import LocalCloud, tenant_network_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +27,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Celery workers (default 1)")
     parser.add_argument("--redis-sentinel", action="store_true",
                         help="Redis as a master, a replica and 3 sentinels (with a password)")
+    parser.add_argument("--networking", choices=["tenant", "nat"], default="tenant",
+                        help="tenant: each project's own networks, floating IPs from 100.64.0.0/24 "
+                             "on the bridge cloud-ext (default); nat: every guest on the host's "
+                             "NAT network, as before tenant networks")
     args = parser.parse_args()
+    control, agent = tenant_network_settings() if args.networking == "tenant" else ({}, {})
     cloud = LocalCloud(Path(args.dir), image_dirs=[args.image_dir], dashboard=True,
                        etcd_members=args.etcd_members, api_replicas=args.api_replicas,
-                       workers=args.workers, redis_sentinel=args.redis_sentinel)
+                       workers=args.workers, redis_sentinel=args.redis_sentinel,
+                       control_settings=control, agent_settings=agent)
     cloud.ports.dashboard = args.dashboard_port
 
     if args.command == "up":
@@ -48,6 +54,11 @@ def main() -> None:
         print(f"  cloudctl is logged in as demo ({path}); "
               "`cloudctl login` when the token expires (1 hour)")
         print("  try: cloudctl flavor list; cloudctl instance create --flavor small --name web1 --wait")
+        if args.networking == "tenant":
+            print(f"  networks: each project's own (the first instance makes its \"default\" one); "
+                  f"floating IPs from {control['external_cidr']}, reachable from this machine "
+                  f"through {control['external_bridge']}: cloudctl floating-ip create; "
+                  "cloudctl floating-ip attach ADDRESS web1")
     elif args.command == "down":
         stopped = cloud.down()
         print("stopped:", ", ".join(stopped) if stopped else "nothing was running")

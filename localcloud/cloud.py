@@ -52,6 +52,31 @@ class Ports:
         return cls(*(free_port() for _ in fields(cls)))
 
 
+def tenant_network_settings(tag: str = "up", external_cidr: str = "100.64.0.0/24",
+                            external_bridge: str = "cloud-ext", tunnel_address: str = "127.0.0.1",
+                            vni_range: tuple[int, int] = (1, 999_999),
+                            ) -> tuple[dict[str, object], dict[str, object]]:
+    """The control plane's and the agent's settings for tenant networks on one
+    machine: (control_settings, agent_settings).
+
+    The tunnel (VXLAN underlay) is loopback: one host has no other to reach.
+    The external network is a bridge on this machine carrying its gateway
+    (external_host_gateway), so this machine reaches floating IPs as a user's
+    laptop reaches a public address; external_cidr must be a range nothing
+    routes off the machine (100.64.0.0/10 is carrier-grade NAT space, unused
+    here). `tag` names the agent's bridges, VXLAN devices and router namespaces
+    (tenant/l2.py), and clouds sharing this machine need different tags,
+    external bridges, external ranges and VNI ranges: each agent removes the
+    devices of its own naming that it does not want, and the kernel has one
+    VXLAN device per VNI (and UDP port) in a namespace. `make up` takes VNIs
+    below a million; the tests' clouds take theirs above."""
+    control = {"tenant_networks": True, "external_cidr": external_cidr,
+               "external_bridge": external_bridge, "vni_range": list(vni_range)}
+    agent = {"networking": "tenant", "tunnel_address": tunnel_address, "device_tag": tag,
+             "external_host_gateway": True}
+    return control, agent
+
+
 def _toml(value: object) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -444,17 +469,34 @@ class LocalCloud:
                   **settings: object) -> None:
         """Another compute agent (another host) for this cloud, e.g. with the fake
         driver to test scheduling across hosts. With netns, it runs in that network
-        namespace (`ip netns exec`), listening on `address` there."""
+        namespace, listening on `address` there."""
         port = free_port()
         self.ensure_pki((host_name,))
         path = self.root / f"agent-{host_name}.toml"
         _write_toml(path, {}, self.agent_config(
             host_name=host_name, listen=f"{address}:{port}",
             state_dir=str(self.root / f"agent-{host_name}"), **settings))
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.procs.start(f"agent-{host_name}", [*prefix, self.python, "-m",
-                                                "compute_agent.server", "--config", str(path)])
-        wait_until(lambda: port_open(port, address), 60, f"the compute agent of {host_name}")
+        self.start_added_agent(host_name, netns)
+
+    def start_added_agent(self, host_name: str, netns: str = "") -> None:
+        """Start (again: after a kill, say) an agent add_agent made, with the
+        settings it wrote, on the same address and port."""
+        import tomllib
+
+        path = self.root / f"agent-{host_name}.toml"
+        with open(path, "rb") as f:
+            address, port = tomllib.load(f)["agent"]["listen"].rsplit(":", 1)
+        # nsenter, not `ip netns exec`: that gives the agent a mount namespace of
+        # its own, slave to this one, so the router namespaces it makes (`ip netns
+        # add`: a bind mount under /run/netns) would exist only for it: neither
+        # this machine's tools nor the agent's next run could enter them.
+        prefix: list[str] = []
+        if netns:
+            prefix = ["nsenter", f"--net=/run/netns/{netns}"]
+        pid = self.procs.start(f"agent-{host_name}", [*prefix, self.python, "-m",
+                                                      "compute_agent.server", "--config", str(path)])
+        wait_until(lambda: port_open(int(port), address), 60, f"the compute agent of {host_name}",
+                   pid=pid)
 
     def up(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -485,6 +527,7 @@ class LocalCloud:
         stopped = self.stop_dashboard()
         stopped += [n for n in [*self._extra_agents(), "agent", *workers, *apis] if self.procs.stop(n)]
         self._stop_guests(remove_guests)
+        self._remove_tenant_networks()
         stopped += [n for n in (*redises, *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
         return stopped
 
@@ -501,6 +544,38 @@ class LocalCloud:
                 driver.destroy(observation.instance_id)
             elif observation.power_state == "running":
                 driver.conn.lookupByUUIDString(observation.instance_id).destroy()
+
+    def _remove_tenant_networks(self) -> None:
+        """With its agent in tenant mode, remove what it made on this machine of
+        the cloud's networks once the agent and the guests are stopped: its
+        routers (namespaces with their NAT tables, dnsmasq, veths), its bridges
+        and VXLAN devices (by its device tag: no other agent's), and the external
+        bridge. An agent's stop leaves them (the data plane outlives the agent);
+        a stopped cloud should not. The next `up` makes them again: the agent
+        converges at its start."""
+        import tomllib
+
+        if not self.config_path.exists():
+            return
+        from compute_agent.config import AgentConfig
+        from compute_agent.tenant.l2 import L2
+        from compute_agent.tenant.router import Router, run_dir
+
+        with open(self.config_path, "rb") as f:
+            written = tomllib.load(f)
+        agent = AgentConfig(**written.get("agent", {}))
+        if agent.networking != "tenant":
+            return
+        runs = run_dir(agent.host_name, agent.device_tag)
+        try:
+            Router(runs, prefix=agent.router_prefix()).remove_absent(set())
+            runs.rmdir()  # emptied by remove_absent
+            L2(agent.tunnel_address, agent.device_tag).converge([])
+        except Exception as exc:  # the rest of the cloud is stopped all the same
+            print(f"removing the tenant networks' devices: {exc}", file=sys.stderr)
+        bridge = str(written.get("control", {}).get("external_bridge", "cloud-ext"))
+        if agent.external_host_gateway:
+            subprocess.run(["ip", "link", "del", "dev", bridge], capture_output=True)
 
     def destroy_everything(self) -> None:
         """For tests: stop all and delete the guests and files this cloud made."""

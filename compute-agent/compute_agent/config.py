@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 
 class AgentConfig(BaseModel):
@@ -57,11 +57,20 @@ class AgentConfig(BaseModel):
     # "tenant" only: how often the agent fetches and converges its networks
     # (besides at start and when the control plane nudges it).
     network_sync_interval_s: float = 5.0
+    # "tenant" only: a tag of up to 3 lower-case letters or digits in the names of
+    # this agent's devices and router namespaces (tenant/l2.py): bridges
+    # brq<tag>-<vni>, VXLAN devices vxq<tag>-<vni> (untagged: brq-<vni>,
+    # vxlan-<vni>), namespaces qrouter<tag>-<network id>. Names are machine-wide
+    # and each agent removes the devices of its own naming that it does not want,
+    # so agents sharing one network namespace (`make up`'s cloud and a test's
+    # cloud on one machine) need different tags.
+    device_tag: str = Field(default="", pattern=r"^[a-z0-9]{0,3}$")
     # "tenant" only, the routers this host runs (tenant/router.py): the prefix of
-    # their namespaces (namespace names are machine-wide: agents sharing a machine
-    # give different ones), and whether the external bridge gets the external
-    # network's gateway address (a single host: this machine is the upstream).
-    router_namespace_prefix: str = "qrouter-"
+    # their namespaces ("" : "qrouter<device_tag>-"; agents sharing a machine need
+    # different ones, neither a prefix of the other), and whether the external
+    # bridge gets the external network's gateway address (a single host: this
+    # machine is the upstream).
+    router_namespace_prefix: str = ""
     external_host_gateway: bool = False
     # Until registered; then the control plane's heartbeat_interval_s applies.
     heartbeat_interval_s: float = 2.0
@@ -88,6 +97,10 @@ class AgentConfig(BaseModel):
         if self.network_sync_interval_s <= 0:
             raise ValueError("network_sync_interval_s must be positive")
         return self
+
+    def router_prefix(self) -> str:
+        """The router namespaces' prefix: the setting, or one from device_tag."""
+        return self.router_namespace_prefix or f"qrouter{self.device_tag}-"
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -305,8 +305,9 @@ def make_driver(config: AgentConfig) -> ComputeDriver:
                          config.virt_type, config.network_name, config.network_bridge,
                          config.network_cidr, networking=config.networking,
                          tunnel_address=config.tunnel_address,
-                         router_prefix=config.router_namespace_prefix,
-                         external_host_gateway=config.external_host_gateway)
+                         router_prefix=config.router_prefix(),
+                         external_host_gateway=config.external_host_gateway,
+                         device_tag=config.device_tag)
 
 
 def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,

@@ -108,7 +108,18 @@ def instance(i: Instance, floating: dict[tuple[str, str], str] | None = None) ->
                             fixed_ip=n.fixed_ip,
                             floating_ip=(floating or {}).get((i.id, n.network_id), ""))
                     for n in i.nics)
+    seen = list(msg.addresses)
+    del msg.addresses[:]
+    msg.addresses.extend(addresses(msg.nics, seen))
     return msg
+
+
+def addresses(nics, seen: list[str]) -> list[str]:
+    """Instance.addresses, the one list `instance list` and the dashboard show:
+    each NIC's fixed IP then its floating IP (known from the create on, not
+    learned from DHCP), then what the host saw of its guest (NAT network leases)."""
+    found = [a for n in nics for a in (n.fixed_ip, n.floating_ip) if a]
+    return list(dict.fromkeys([*found, *seen]))
 
 
 def server_group(g: ServerGroup) -> pb.ServerGroup:

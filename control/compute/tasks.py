@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from celery import Celery, Task
@@ -45,6 +46,13 @@ OPERATION_TASK_STATES = {Event.STOP: TaskState.POWERING_OFF, Event.START: TaskSt
                          Event.RESIZE: TaskState.RESIZING}
 
 log = logging.getLogger(__name__)
+
+# Nudging the hosts of a network (ComputeAgent.SyncNetworks): each call's deadline,
+# and how long a build or a delete waits for all of them (a converge with nothing
+# to create answers in tens of milliseconds; one that starts a router's dnsmasq
+# in a few hundred).
+NUDGE_TIMEOUT_S = 3.0
+NUDGE_WAIT_S = 2.0
 
 # An unreachable agent is retried this many times (with backoff) before the
 # operation is given up and recorded as a fault.
@@ -180,7 +188,8 @@ class InstanceWork:
                 self.fail(instance_id, "spawning", f"host {instance.host} is not registered")
                 return
             address = host_record.address
-            self._nudge_routers(guest, instance.host)
+            self._nudge_hosts(instance.project, {n.nic.network_id for n in guest.nics},
+                              {instance.host})
             try:
                 power = self.plane.agents.spawn(address, instance, image,
                                                 self.plane.config.spawn_timeout_s, guest)
@@ -216,16 +225,36 @@ class InstanceWork:
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
 
-    def _nudge_routers(self, guest: GuestConfig, spawn_host: str) -> None:
-        """Tell the routers' hosts of the guest's networks about its NIC now (its
-        DHCP lease, before the guest asks for it), best effort: they also poll."""
-        for host in sorted({n.router_host for n in guest.nics} - {spawn_host, ""}):
-            found = self.plane.hosts.find(host)
+    def _nudge_hosts(self, project: str, network_ids: set[str], also: set[str] | None = None) -> None:
+        """Ask every host that has these networks (and the hosts in `also`) to
+        converge them now: a port just came (before its spawn: the guest's DHCP
+        lease, and its peers' forwarding entries to it, are there before it
+        boots) or went. In parallel and best effort: each agent also polls
+        (network_sync_interval_s), so a nudge that fails or is slow costs at most
+        that; the build waits for the answers at most NUDGE_WAIT_S."""
+        if not network_ids:
+            return
+        hosts = sorted(self.plane.networks.hosts_of(project, network_ids) | (also or set()))
+        if not hosts:
+            return
+
+        def nudge(name: str) -> None:
+            found = self.plane.hosts.find(name)
+            if found is None:
+                return
             try:
-                if found is not None:
-                    self.plane.agents.sync_networks(found.address)
+                self.plane.agents.sync_networks(found.address, NUDGE_TIMEOUT_S)
             except CloudError as exc:
-                log.info("nudging router host %s failed (it converges on its timer): %s", host, exc)
+                log.info("nudging host %s failed (it converges on its timer): %s", name, exc)
+
+        pool = ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="nudge")
+        try:
+            _, late = wait([pool.submit(nudge, h) for h in hosts], timeout=NUDGE_WAIT_S)
+            if late:
+                log.info("%d of %d nudged hosts did not answer within %ss; not waiting",
+                         len(late), len(hosts), NUDGE_WAIT_S)
+        finally:
+            pool.shutdown(wait=False)  # a late answer finishes in the background
 
     def _schedule(self, instance: Instance, group_key: str) -> str:
         try:
@@ -370,8 +399,12 @@ class InstanceWork:
                     txn.merge(without_member(group, instance_id))
             return txn
 
+        # The hosts to tell, read while the instance (its host, its NICs) is still there.
+        networks = {n.network_id for n in instance.nics}
+        hosts = self.plane.networks.hosts_of(instance.project, networks) if networks else set()
         self.plane.store.update(record.key, change)
         log.info("instance %s deleted", instance_id)
+        self._nudge_hosts(instance.project, networks, hosts | {instance.host} - {""})
 
 
 def register_tasks(app: Celery, plane: ControlPlane) -> None:

@@ -48,12 +48,20 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from control import deadlines
 from control.config import ControlConfig
-from control.errors import AlreadyExists, Conflict, InvalidArgument, InvalidTransition, NotFound
+from control.errors import (
+    AlreadyExists,
+    CloudError,
+    Conflict,
+    InvalidArgument,
+    InvalidTransition,
+    NotFound,
+)
 from control.identity.accounts import check_project, expect_project_into
 from control.identity.quotas import Quotas, QuotaValues
 from control.models import FloatingIp, Host, Instance, Network, Nic, validate_name
@@ -65,7 +73,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK = "default"
 NETWORKS_QUOTA = "networks"
-VNI_RANGE = (1, 2**24 - 1)  # VXLAN's 24-bit identifier; 0 is not used
 # A create races with the other writers of its project's quota record and of
 # the external addresses; each loss means another one won.
 ATTEMPTS = 50
@@ -152,6 +159,9 @@ class Networks:
         self.store = store
         self.quotas = quotas
         self.config = config
+        # nudge(host name): ask that host's agent to converge its networks now
+        # (control/plane.py wires it once the agents' client exists).
+        self.nudge: Callable[[str], object] = lambda host: None
 
     # ---------------------------------------------------------------- reads
 
@@ -198,7 +208,7 @@ class Networks:
             if self.store.get(keys.network_name(project, name)) is not None:
                 raise AlreadyExists(f"a network named {name!r} already exists")
             txn = Txn()
-            vni = random.randint(*VNI_RANGE)  # 16 million: a taken one is retried
+            vni = random.randint(*self.config.vni_range)  # a taken one is retried
             snat_ip = ipam.external_address_into(txn, self.store, self.config.external_cidr, {
                 "kind": "snat", "project": project, "network_id": network_id})
             network = Network(id=network_id, project=project, name=name, cidr=str(subnet),
@@ -251,8 +261,10 @@ class Networks:
                    .delete(keys.external_ip(network.snat_ip)))
             if network.counted:
                 self.quotas.release_into(txn, project, QuotaValues(resources={NETWORKS_QUOTA: 1}))
+            router = self.router_of(network.id)
             if self.store.commit(txn):
                 log.info("network %s (%s) deleted from %s", network.id, network.name, project)
+                self._nudge_router(router, network.id)
                 return
             holders = self.usage(network).holders
             if holders:
@@ -260,6 +272,17 @@ class Networks:
                 raise InvalidTransition(f"network {network.name} has NICs of instances "
                                         f"{', '.join(names)}: delete them first")
         raise Conflict(f"network {id_or_name!r} is changing too often; try again")
+
+    def _nudge_router(self, host: str, network_id: str) -> None:
+        """With no NIC left, only the router's host has the network: tell it to
+        remove the router now (best effort: it also converges on its timer)."""
+        if not host:
+            return
+        try:
+            self.nudge(host)
+        except CloudError as exc:
+            log.info("nudging %s about deleted network %s failed (it converges on its timer): %s",
+                     host, network_id, exc)
 
     def _instance_name(self, project: str, instance_id: str) -> str:
         record = self.store.get(keys.instance(project, instance_id))
@@ -304,6 +327,20 @@ class Networks:
     def router_of(self, network_id: str) -> str:
         hosts = [Host(**r.value) for r in self.store.list(keys.hosts())]
         return router_host(network_id, router_candidates(hosts))
+
+    def hosts_of(self, project: str, network_ids: set[str]) -> set[str]:
+        """The hosts that have any of these networks of the project: those with a
+        NIC on one (an instance placed there) and their routers' hosts. The ones
+        to nudge when a port comes or goes, so their forwarding entries and DHCP
+        leases change now, not at their next poll."""
+        if not network_ids:
+            return set()
+        hosts = {self.router_of(n) for n in network_ids}
+        for record in self.store.list(keys.instances(project)):
+            instance = Instance(**record.value)
+            if instance.host and any(n.network_id in network_ids for n in instance.nics):
+                hosts.add(instance.host)
+        return hosts - {""}
 
     def spawn_nics(self, instance: Instance) -> builtins.list[SpawnNic]:
         """What a spawn of the instance sends for its NICs (a network deleted

@@ -122,6 +122,21 @@ def test_a_plugged_nics_bridge_stays_until_it_is_unplugged(topo):
     assert h1.converge(HostNetworks()) == ["delete vxlan-401", "delete brq-401"]
 
 
+def test_a_plug_keeps_the_forwarding_entries_the_last_sync_made(topo):
+    """A spawn's NIC brings its network without ports (agent.proto's NetworkSegment):
+    plugging a second guest of a network the host has must not take the entries
+    to the other hosts away until the next sync (seen in tests/multihost)."""
+    h1 = topo.hosts["h1"]
+    net = network(402, port(11, "h1", 402), port(12, "h2", 402), port(13, "h1", 402))
+    h1.converge(HostNetworks(networks=(net,)))
+    before = h1.fdb(402)
+    assert len(before) == 2  # the flood entry to h2 and h2's port
+    segment = replace(net, ports=(), vteps=())
+    h1.plug("i-13", 0, NicSpec(network_id=net.id, mac=net.ports[2].mac, fixed_ip="10.0.0.13",
+                               network=segment))
+    assert h1.fdb(402) == before
+
+
 def test_a_bad_desired_state_changes_nothing(topo):
     h1 = topo.hosts["h1"]
     good = network(501)

@@ -191,7 +191,12 @@ def upload_bootable(client, image_name: str, tmp_path):
     agent has to fetch it rather than find it cached from the seed image)."""
     disk = tmp_path / "disk.qcow2"
     disk.write_bytes((IMAGE_DIR / "disk.qcow2").read_bytes())
-    qemu_img("resize", "-q", str(disk), f"{600 + uuid.uuid4().int % 100}M")
+    # A virtual size of its own makes the file's bytes, so its checksum, its own:
+    # one of 200,000 sizes 512 bytes apart in 600-698 MiB (fits every flavor's
+    # disk). With 100 sizes (whole MiB) two uploads of one run had the same
+    # checksum once in a CI run: the corrupted-image test then booted the cached
+    # file of the test before it instead of fetching its own.
+    qemu_img("resize", "-q", str(disk), str(600 * 2**20 + uuid.uuid4().int % 200_000 * 512))
     return client.upload_image(
         pb.ImageInfo(name=image_name, disk_format="qcow2", cmdline="console=ttyS0 root=/dev/vda rw quiet"),
         disk, IMAGE_DIR / "vmlinuz", IMAGE_DIR / "initrd.img")

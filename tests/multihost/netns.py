@@ -6,6 +6,18 @@ each joined by a veth pair to one bridge in the root namespace.
 
 So each host has its own address and reaches nothing but the bridge's subnet;
 cutting a host's link (`cut`) is `ip link set <its root-side veth> down`.
+
+With an external network (`add_external`, the tenant network tests), one more
+namespace stands for the internet: a bridge in it holds the external network's
+gateway address, and each host's external bridge (the one its routers' qg-
+legs plug into) is joined to it by a veth:
+
+    namespace sc-<tag>-ext: bridge ext0 = <external gateway>/<prefix>, lo
+      ├─ veth h<i> ═══ uplink in sc-<tag>-<i>, a port of its bridge <host_bridge>
+      ...
+Nothing in it routes anywhere else: it reaches the floating IPs and SNAT
+addresses on its subnet, and that is all.
+
 Everything is made by, and removed by, this module (`remove` is idempotent and
 runs even when `create` stopped halfway).
 """
@@ -87,6 +99,32 @@ class NetnsLab:
             ip("link", "set", host.veth, "master", self.bridge, "up")
         return self
 
+    @property
+    def external_namespace(self) -> str:
+        return f"sc-{self.tag}-ext"
+
+    def add_external(self, cidr: str, host_bridge: str) -> str:
+        """The external namespace, its bridge with the gateway (the subnet's first
+        address) and a link to `host_bridge` (made here if missing) in every host;
+        returns the gateway address."""
+        net = ipaddress.ip_network(cidr)
+        gateway = str(net.network_address + 1)
+        ext = ("-n", self.external_namespace)
+        ip("netns", "add", self.external_namespace)
+        ip(*ext, "link", "set", "lo", "up")
+        ip(*ext, "link", "add", "ext0", "type", "bridge", "forward_delay", "0")
+        ip(*ext, "addr", "add", f"{gateway}/{net.prefixlen}", "dev", "ext0")
+        ip(*ext, "link", "set", "ext0", "up")
+        for i, host in enumerate(self.hosts):
+            ns = ("-n", host.namespace)
+            ip(*ns, "link", "add", host_bridge, "type", "bridge", "forward_delay", "0")
+            ip(*ns, "link", "set", host_bridge, "up")
+            ip(*ns, "link", "add", "uplink", "type", "veth", "peer", "name", f"h{i}",
+               "netns", self.external_namespace)
+            ip(*ns, "link", "set", "uplink", "master", host_bridge, "up")
+            ip(*ext, "link", "set", f"h{i}", "master", "ext0", "up")
+        return gateway
+
     def cut(self, host: HostNet) -> None:
         ip("link", "set", host.veth, "down")
 
@@ -100,3 +138,4 @@ class NetnsLab:
             ip("netns", "delete", f"sc-{self.tag}-{i}", check=False)
             ip("link", "delete", f"scv{self.tag}{i}", check=False)
         ip("link", "delete", self.bridge, check=False)
+        ip("netns", "delete", self.external_namespace, check=False)

@@ -27,8 +27,9 @@ from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 from compute_agent.local_storage import LocalFileStorage, make_private
 from compute_agent.network import HostNetworking
 from compute_agent.storage import GiB, InstanceStorage
+from compute_agent.tenant.l2 import bridge_name
 from compute_agent.tenant.networking import TenantNetworking
-from compute_agent.tenant.router import ROUTER_RUN_DIR, Router
+from compute_agent.tenant.router import Router, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,32 @@ _POWER_STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
 }
+
+
+_event_loop_lock = threading.Lock()
+_event_loop: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread, once per process.
+
+    The embedded QEMU driver (`qemu:///embed?root=DIR`) runs in the calling
+    process and does its monitor and process I/O through the caller's event
+    loop: without one, opening it fails or a domain's start hangs on QEMU's
+    monitor. The implementation must be registered before the first open, so
+    this is called before it. qemu:///system needs no loop (libvirtd has its own)."""
+    global _event_loop
+    with _event_loop_lock:
+        if _event_loop is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _event_loop = threading.Thread(target=run, name="libvirt-event-loop", daemon=True)
+        _event_loop.start()
 
 
 def dac_group(capabilities_xml: str, virt_type: str) -> int:
@@ -96,19 +123,25 @@ class LibvirtDriver(ComputeDriver):
                  network_cidr: str = "10.213.0.0/24", network: HostNetworking | None = None,
                  storage: InstanceStorage | None = None, networking: str = "nat",
                  tunnel_address: str = "", router_prefix: str = "qrouter-",
-                 external_host_gateway: bool = False):
+                 external_host_gateway: bool = False, device_tag: str = ""):
         self.uri = uri
         self.state_dir = Path(state_dir)
         self.host_name = host_name
         self.virt_type = detect_virt_type(virt_type)
+        # qemu:///embed?root=DIR: libvirt's QEMU driver in this process (one agent
+        # per network namespace, its guests' taps in it); needs an event loop thread.
+        self.embedded = uri.startswith("qemu:///embed")
         nat = LibvirtNatNetwork(lambda: self.conn, self.state_dir / "network",
                                 network_name, network_bridge, network_cidr)
         if network is None and networking == "tenant":
             # Not under state_dir (0710): dnsmasq reads its hosts file as nobody.
-            router = Router(ROUTER_RUN_DIR / host_name, prefix=router_prefix,
-                            host_gateway=external_host_gateway)
+            router = Router(run_dir(host_name, device_tag), prefix=router_prefix,
+                            host_gateway=external_host_gateway,
+                            network_bridge=lambda n: bridge_name(n.vni, device_tag))
+            # The embedded QEMU driver has no libvirt network driver, so no NAT
+            # network for NICs that name none: there, every NIC is on a tenant network.
             network = TenantNetworking(tunnel_address, host_name, self.state_dir / "tenant-network",
-                                       default=nat, router=router)
+                                       default=None if self.embedded else nat, router=router, tag=device_tag)
         self.network = network or nat
         self.storage = storage or LocalFileStorage(self.state_dir, self.qemu_group)
         self._conn: libvirt.virConnect | None = None
@@ -125,6 +158,8 @@ class LibvirtDriver(ComputeDriver):
     def conn(self) -> libvirt.virConnect:
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
+                if self.embedded:
+                    ensure_event_loop()
                 try:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as exc:

@@ -7,6 +7,13 @@ with l2population, on this kernel: no Open vSwitch, no Geneve).
   "vxlan-<vni>" (at most 13 and 14 characters; the kernel allows 15). The bridge's
   alias ("network <id>", shown by `ip link`) says which network it is. Devices
   named so are ours: converge removes those no network needs and touches nothing else.
+- Two agents in one network namespace (the developer's `make up` cloud and a
+  test's cloud on the same machine) would each remove the other's devices, so
+  an agent may have a tag (its device_tag setting, 1 to 3 letters or digits):
+  its devices are then "brq<tag>-<vni>" and "vxq<tag>-<vni>" (at most 15
+  characters each: "vxlan" is shortened to leave room), and it owns only names
+  of exactly that form. The "-" after the tag keeps ownership exact: no tag's
+  names match another tag's pattern, nor the untagged one's.
 - The VXLAN device has this host's tunnel (underlay) address as local, UDP port
   4789 and learning off: it never learns where a MAC is from the traffic; the
   control plane says. Broadcast and unknown unicast (ARP, DHCP) go by head-end
@@ -45,9 +52,7 @@ from compute_agent.errors import NetworkError
 from compute_agent.network import MAC
 from compute_agent.tenant.model import Network
 
-BRIDGE_PREFIX = "brq-"
-VXLAN_PREFIX = "vxlan-"
-OURS = re.compile(r"(brq|vxlan)-\d+")   # the devices this module owns
+TAG = re.compile(r"[a-z0-9]{0,3}")      # an agent's device tag ("" : no tag)
 VXLAN_PORT = 4789                      # IANA's; the same on every host
 VXLAN_OVERHEAD = 50                    # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 MAX_VNI = 2**24 - 1
@@ -55,12 +60,31 @@ FLOOD_MAC = "00:00:00:00:00:00"        # the entry for broadcast and unknown uni
 MIN_MTU, MAX_MTU = 576, 9000 - VXLAN_OVERHEAD
 
 
-def bridge_name(vni: int) -> str:
-    return f"{BRIDGE_PREFIX}{vni}"
+def bridge_prefix(tag: str = "") -> str:
+    return f"brq{tag}-"
 
 
-def vxlan_name(vni: int) -> str:
-    return f"{VXLAN_PREFIX}{vni}"
+def vxlan_prefix(tag: str = "") -> str:
+    return f"vxq{tag}-" if tag else "vxlan-"
+
+
+def bridge_name(vni: int, tag: str = "") -> str:
+    return f"{bridge_prefix(tag)}{vni}"
+
+
+def vxlan_name(vni: int, tag: str = "") -> str:
+    return f"{vxlan_prefix(tag)}{vni}"
+
+
+def check_tag(tag: str) -> str:
+    if not TAG.fullmatch(tag):
+        raise NetworkError(f"device tag {tag!r} must be at most 3 lower-case letters or digits")
+    return tag
+
+
+def owned(tag: str = "") -> re.Pattern:
+    """The names of the devices an agent with this tag owns (and no other does)."""
+    return re.compile(f"({re.escape(bridge_prefix(tag))}|{re.escape(vxlan_prefix(tag))})\\d+")
 
 
 def alias(network: Network) -> str:
@@ -116,16 +140,17 @@ class Kernel:
     fdb: dict[str, set[tuple[str, str]]]  # VXLAN device -> {(mac, remote tunnel address)}
 
     @classmethod
-    def read(cls) -> Kernel:
+    def read(cls, tag: str = "") -> Kernel:
+        ours = owned(tag)
         links = {link["ifname"]: link for link in _json(["ip", "-j", "-d", "link", "show"])
-                 if OURS.fullmatch(link["ifname"])}
+                 if ours.fullmatch(link["ifname"])}
         addresses = {a["ifname"]: [f"{i['local']}/{i['prefixlen']}" for i in a.get("addr_info", [])]
                      for a in _json(["ip", "-j", "addr", "show"]) if a["ifname"] in links}
         fdb: dict[str, set[tuple[str, str]]] = {}
         for entry in _json(["bridge", "-j", "fdb", "show"]):
             # Only the VXLAN devices' remote entries ("dst"): the bridges' learned
             # and own entries are the kernel's business.
-            if entry.get("ifname", "").startswith(VXLAN_PREFIX) and "dst" in entry:
+            if entry.get("ifname", "") in links and "dst" in entry:
                 fdb.setdefault(entry["ifname"], set()).add((entry["mac"], entry["dst"]))
         return cls(links, addresses, fdb)
 
@@ -141,23 +166,31 @@ def desired_fdb(network: Network, local_vtep: str) -> set[tuple[str, str]]:
 class L2:
     """A host's bridges and VXLAN devices for its tenant networks."""
 
-    def __init__(self, local_vtep: str):
+    def __init__(self, local_vtep: str, tag: str = ""):
         self.local_vtep = local_vtep  # this host's tunnel (underlay) address
+        self.tag = check_tag(tag)     # names this agent's devices (see the module's docstring)
+
+    def bridge(self, vni: int) -> str:
+        return bridge_name(vni, self.tag)
+
+    def vxlan(self, vni: int) -> str:
+        return vxlan_name(vni, self.tag)
 
     def converge(self, networks: Iterable[Network], keep: Iterable[str] = ()) -> list[str]:
         """Make the kernel have exactly these networks (and the bridges named in
         `keep`, which plugged guests use, left as they are); the changes made."""
         networks = list(networks)
         check(networks, self.local_vtep)
-        kernel = Kernel.read()
+        kernel = Kernel.read(self.tag)
         changes: list[str] = []
         for network in networks:
             changes += self._ensure(network, kernel)
-        wanted = {name for n in networks for name in (bridge_name(n.vni), vxlan_name(n.vni))}
+        wanted = {name for n in networks for name in (self.bridge(n.vni), self.vxlan(n.vni))}
+        vxlans = vxlan_prefix(self.tag)
         wanted |= {name for bridge in keep
-                   for name in (bridge, VXLAN_PREFIX + bridge.removeprefix(BRIDGE_PREFIX))}
+                   for name in (bridge, vxlans + bridge.removeprefix(bridge_prefix(self.tag)))}
         # VXLAN devices first: a bridge goes when nothing is left on it of ours.
-        for name in sorted(kernel.links, key=lambda n: not n.startswith(VXLAN_PREFIX)):
+        for name in sorted(kernel.links, key=lambda n: not n.startswith(vxlans)):
             if name not in wanted:
                 run(["ip", "link", "del", "dev", name])
                 changes.append(f"delete {name}")
@@ -167,14 +200,14 @@ class L2:
         """Make one network's part (as a plug does before the guest starts),
         touching no other; the changes made."""
         check([network], self.local_vtep)
-        return self._ensure(network, Kernel.read())
+        return self._ensure(network, Kernel.read(self.tag))
 
     def _ensure(self, network: Network, kernel: Kernel) -> list[str]:
         return (self._bridge(network, kernel) + self._vxlan(network, kernel)
                 + self._entries(network, kernel))
 
     def _bridge(self, network: Network, kernel: Kernel) -> list[str]:
-        name = bridge_name(network.vni)
+        name = self.bridge(network.vni)
         link = kernel.links.get(name)
         changes = []
         if link is not None and _kind(link) != "bridge":
@@ -193,7 +226,7 @@ class L2:
         return changes + self._link_settings(name, link, network, kernel, master=None)
 
     def _vxlan(self, network: Network, kernel: Kernel) -> list[str]:
-        name = vxlan_name(network.vni)
+        name = self.vxlan(network.vni)
         link = kernel.links.get(name)
         want = {"id": network.vni, "local": self.local_vtep, "port": VXLAN_PORT, "learning": False,
                 "udp_csum": False}
@@ -214,7 +247,7 @@ class L2:
             changes.append(f"add vxlan {name} local {self.local_vtep}")
             link = {}
         return changes + self._link_settings(name, link, network, kernel,
-                                             master=bridge_name(network.vni))
+                                             master=self.bridge(network.vni))
 
     def _link_settings(self, name: str, link: dict, network: Network, kernel: Kernel,
                        master: str | None) -> list[str]:
@@ -241,7 +274,7 @@ class L2:
         return changes
 
     def _entries(self, network: Network, kernel: Kernel) -> list[str]:
-        name = vxlan_name(network.vni)
+        name = self.vxlan(network.vni)
         have = kernel.fdb.get(name, set())
         want = desired_fdb(network, self.local_vtep)
         changes = []

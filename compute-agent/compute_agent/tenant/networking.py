@@ -32,7 +32,7 @@ from compute_agent.network import (
     PluggedNic,
     check_nic,
 )
-from compute_agent.tenant.l2 import L2, bridge_name
+from compute_agent.tenant.l2 import L2
 from compute_agent.tenant.model import External, HostNetworks, Network
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ class Router(Protocol):
 
 class TenantNetworking(HostNetworking):
     def __init__(self, local_vtep: str, host_name: str, records_dir: Path,
-                 default: HostNetworking | None = None, router: Router | None = None):
-        self.l2 = L2(local_vtep)
+                 default: HostNetworking | None = None, router: Router | None = None,
+                 tag: str = ""):
+        self.l2 = L2(local_vtep, tag)  # tag: names this agent's devices (l2.py)
         self.host_name = host_name       # routers run where router_host names this host
         self.records = NicRecords(records_dir)
         self.default = default           # NICs without a network; None: refused
@@ -73,17 +74,22 @@ class TenantNetworking(HostNetworking):
             if self.default is None:
                 raise NetworkError("a NIC needs a tenant network on this host (no default network)")
             return self.default.plug(instance_id, index, nic)
-        network = nic.network or self.desired.get(nic.network_id)
-        if network is None:
-            raise NetworkError(f"no network {nic.network_id!r} on this host, and the NIC "
-                               "does not bring it")
-        if network.id != nic.network_id:
-            raise NetworkError(f"the NIC is for network {nic.network_id!r} but brings {network.id!r}")
         with self._lock:
+            # The network as last converged, when this host has it: it carries the
+            # forwarding entries to the other hosts. The spawn's copy has no ports, and
+            # ensuring it would delete those entries until the next sync. Read under
+            # the lock: a converge running meanwhile may add entries the copy read
+            # before it would not have.
+            network = self.desired.get(nic.network_id) or nic.network
+            if network is None:
+                raise NetworkError(f"no network {nic.network_id!r} on this host, and the NIC "
+                                   "does not bring it")
+            if network.id != nic.network_id:
+                raise NetworkError(f"the NIC is for network {nic.network_id!r} but brings {network.id!r}")
             changes = self.l2.ensure(network)  # refuses a bad network before any change
         if changes:
             log.info("plug %s/%d: %s", instance_id, index, "; ".join(changes))
-        device = InterfaceDevice("bridge", bridge_name(network.vni), nic.mac)
+        device = InterfaceDevice("bridge", self.l2.bridge(network.vni), nic.mac)
         self.records.put(instance_id, index, device)
         return device
 

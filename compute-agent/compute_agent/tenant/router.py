@@ -37,13 +37,15 @@ most 15 characters; the namespace name carries the whole id.)
 - DHCP: dnsmasq in the namespace, bound to qr- only, no DNS (port 0), serving
   only static leases (`--dhcp-range=<net>,static`) from a hosts file of
   MAC,IP per port, with the router option (gateway_ip) and the MTU option (26:
-  VXLAN's overhead). When only the ports change, the hosts file is rewritten and
+  VXLAN's overhead). When ports are only added, the hosts file is rewritten and
   dnsmasq gets SIGHUP (it re-reads --dhcp-hostsfile) instead of a restart; it is
-  restarted when its command line must change, and started when it died.
+  restarted when a lease goes (it would keep the address from the next MAC
+  given it: see _dnsmasq), when its command line must change, and started
+  when it died.
   dnsmasq drops its privileges to "nobody" and reads the hosts file as nobody
   (at start too), so the router's state directory (hosts and pid files) must
   be reachable by others: not under the agent's private state_dir (0710), but
-  under /run (ROUTER_RUN_DIR/<host>): runtime state, gone at a reboot with the
+  under /run (run_dir(): ROUTER_RUN_DIR/<host>[@<tag>]): runtime state, gone at a reboot with the
   namespaces it describes. Router refuses a directory dnsmasq could not reach.
 - External bridge (External.bridge, in the host's namespace): made if missing.
   With `host_gateway` (a single host, `make up`) it carries External.gateway_ip,
@@ -90,6 +92,12 @@ IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 NETWORK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 COMMAND_TIMEOUT_S = 30          # any one ip/nft/dnsmasq command (they take milliseconds)
 DNSMASQ_STOP_TIMEOUT_S = 2.0    # SIGTERM to gone: measured at most 11 ms; then SIGKILL
+
+
+def run_dir(host_name: str, tag: str = "") -> Path:
+    """The directory of an agent's routers' files: per host name and device tag
+    (two clouds on one machine may name their hosts alike; "@" is in no host name)."""
+    return ROUTER_RUN_DIR / (f"{host_name}@{tag}" if tag else host_name)
 
 
 def short_id(network_id: str) -> str:
@@ -501,7 +509,16 @@ class Router:
         directory.mkdir(mode=0o711, exist_ok=True)
         hosts = directory / "hosts"
         wanted = dhcp_hosts(network)
-        hosts_changed = not hosts.exists() or hosts.read_text() != wanted
+        had = hosts.read_text() if hosts.exists() else ""
+        hosts_changed = not hosts.exists() or had != wanted
+        # A lease gone (a port deleted, or its address now another MAC's): dnsmasq
+        # keeps the old lease in memory (--leasefile-ro: only there) and, given
+        # the address for another MAC, refuses it ("not using configured address
+        # ... because it is leased to" the old one) until the lease expires, a
+        # day later: the next guest given a freed address would get none. A
+        # restart forgets the leases; the guests still bound are ACKed on renewal
+        # (--dhcp-authoritative). Only added leases are a reload (SIGHUP).
+        forgotten = set(had.splitlines()) - set(wanted.splitlines())
         if hosts_changed:
             temp = directory / "hosts.new"
             temp.write_text(wanted)
@@ -510,7 +527,7 @@ class Router:
             changes.append(f"write DHCP hosts of {names.namespace} ({len(network.ports)} ports)")
         argv = self._dnsmasq_argv(names, network)
         running = [pid for pid in _pids(names.namespace) if _cmdline(pid) == argv]
-        if running:
+        if running and not forgotten:
             if hosts_changed:
                 os.kill(running[0], signal.SIGHUP)
                 changes.append(f"reload dnsmasq in {names.namespace}")
