@@ -8,7 +8,7 @@ IMAGE_DIR := $(ROOT)/images/build
 GEN := client/cloudapi/v1
 PROTOS := $(wildcard proto/cloudapi/v1/*.proto)
 
-.PHONY: up down status test test-faults unit bench bench-placement bench-soak lint proto image deps venv lock clean docs \
+.PHONY: up down status test test-faults unit bench bench-placement bench-soak bench-network lint proto image deps venv lock clean docs \
 	ansible-venv ansible-check
 
 # The web dashboard's port: make up DASHBOARD_PORT=8081
@@ -47,6 +47,12 @@ bench: deps venv image
 	$(PY) bench/mtls.py
 	$(PY) bench/etcd_tls.py
 	$(PY) bench/agents.py 200
+
+# Tenant networks (bench/network.py): real guests' DHCP and floating IP attach on
+# a private cloud, and namespace endpoints' ping and TCP on one host and across
+# two (VXLAN) against one plain bridge; about 70 s, as root.
+bench-network: deps venv image
+	$(PY) bench/network.py
 
 # etcd's size under heartbeating hosts, with compaction (bench/soak.py):
 # make bench-soak AGENTS=200 SOAK_SECONDS=300 HISTORY=60s

@@ -392,12 +392,19 @@ class LocalCloud:
 
     def ensure_libvirtd(self) -> None:
         """Use the host's libvirtd if it runs; otherwise start virtlogd and libvirtd
-        (there is no systemd here to do it) and record them as ours."""
+        as the machine's services (there is no systemd here to do it).
+
+        They are not this cloud's: every cloud, test run and guest on the machine
+        shares them, so nothing here stops them. A run that once stopped "its"
+        libvirtd at the end killed the guests of another run that had found it
+        running (CI: 47 tests failed, "Failed to connect socket")."""
         prepare_kvm_device()
         if _libvirt_answers():
             return
-        self.procs.start("virtlogd", ["virtlogd"])
-        self.procs.start("libvirtd", ["libvirtd"])
+        # --daemon: detached, with their pid files in /run (a second start while
+        # one runs exits at once on that file's lock).
+        subprocess.run(["virtlogd", "--daemon"], check=False, capture_output=True)
+        subprocess.run(["libvirtd", "--daemon"], check=False, capture_output=True)
         wait_until(_libvirt_answers, 60, "libvirtd")
 
     def start_api(self) -> None:
@@ -528,7 +535,7 @@ class LocalCloud:
         stopped += [n for n in [*self._extra_agents(), "agent", *workers, *apis] if self.procs.stop(n)]
         self._stop_guests(remove_guests)
         self._remove_tenant_networks()
-        stopped += [n for n in (*redises, *etcds, "libvirtd", "virtlogd") if self.procs.stop(n)]
+        stopped += [n for n in (*redises, *etcds) if self.procs.stop(n)]
         return stopped
 
     def _extra_agents(self) -> list[str]:

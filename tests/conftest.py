@@ -294,8 +294,8 @@ def pytest_make_collect_report(collector):
 
 @pytest.fixture(scope="session", autouse=True)
 def libvirtd(request):
-    """One libvirtd for the whole run, before any cloud: started here (and
-    stopped at the end) only if the host does not already run one. Not for a
+    """libvirtd before any cloud: started here if the host does not already run
+    one, and left running (it is the machine's: other runs share it). Not for a
     run of the unit tier alone (`make unit`: no daemons)."""
     if all(item.nodeid.startswith("tests/unit/") for item in request.session.items):
         yield

@@ -397,13 +397,19 @@ class Store:
                                None if isinstance(e, DeleteEvent) else json.loads(e.value),
                                e.mod_revision) for e in response.events])
 
+        def add() -> None:
+            self._client.add_watch_prefix_callback(prefix, callback,
+                                                   start_revision=after_revision + 1)
+
         with _etcd_errors():
             try:
-                self._client.add_watch_prefix_callback(prefix, callback,
-                                                       start_revision=after_revision + 1)
+                add()
             except WatchTimedOut:
+                # Once more on a new stream: the caller (a create reading the
+                # host table for the first time, in CI) should not fail because
+                # an old stream stopped answering. A second timeout is etcd's.
                 self._replace_watch_stream()
-                raise
+                add()
 
     def _replace_watch_stream(self) -> None:
         """pyetcd keeps one watch stream per client and queues every new watch

@@ -51,20 +51,36 @@ def fresh_store(cloud):
 
 
 def test_a_stuck_watch_stream_is_replaced(fresh_store):
-    """A watch stream that never answers (seen once in CI: every build of a
-    worker failed with WatchTimedOut for 30 s, until it was restarted): the
-    first watch fails Unavailable, the next one gets a new stream and works."""
+    """A watch stream that never answers (seen in CI: every build of a worker
+    failed with WatchTimedOut for 30 s, until it was restarted; later one create
+    failed UNAVAILABLE when the scheduler's first watch timed out): the watch
+    gets a new stream and works, the first time it is asked for."""
     server, port = silent_listener()
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        fresh_store._client.watcher = Watcher(etcdrpc.WatchStub(channel), timeout=1)
+        stuck = Watcher(etcdrpc.WatchStub(channel), timeout=1)
+        fresh_store._client.watcher = stuck
         prefix = keys.PREFIX + f"/watch-test/{uuid.uuid4().hex}/"
-        with pytest.raises(Unavailable, match="WatchTimedOut"):
-            watch_and_collect(fresh_store, prefix)
         changes, errors = watch_and_collect(fresh_store, prefix)
+        assert fresh_store._client.watcher is not stuck
         fresh_store.put(prefix + "a", {"x": 1})
         assert wait_for(lambda: changes), "the new watch saw nothing"
         assert changes[0].key == prefix + "a" and not errors
     finally:
         server.close()
 
+
+def test_a_watch_that_times_out_twice_is_unavailable(fresh_store, monkeypatch):
+    """If the new stream does not answer either, etcd is down for this client:
+    Unavailable, which the API answers as UNAVAILABLE (retry later)."""
+    server, port = silent_listener()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        monkeypatch.setattr(fresh_store._client, "get_watcher",
+                            lambda: Watcher(etcdrpc.WatchStub(channel), timeout=1))
+        fresh_store._client.watcher = fresh_store._client.get_watcher()
+        prefix = keys.PREFIX + f"/watch-test/{uuid.uuid4().hex}/"
+        with pytest.raises(Unavailable, match="WatchTimedOut"):
+            watch_and_collect(fresh_store, prefix)
+    finally:
+        server.close()

@@ -26,3 +26,26 @@ def test_a_live_daemon_is_waited_for_until_ready():
     finally:
         process.kill()
         process.wait()
+
+
+def test_down_never_stops_the_machines_libvirtd_or_virtlogd(tmp_path):
+    """libvirtd and virtlogd are the machine's, shared by every cloud and test run
+    on it: a run that stopped "its" libvirtd at its end killed the guests of a run
+    that had found it running (CI: 47 failures, "Failed to connect socket").
+    Here they stand as an earlier version recorded them, as this cloud's."""
+    from localcloud.cloud import LocalCloud
+
+    cloud = LocalCloud(tmp_path / "cloud")
+    stand_ins = {}
+    for name in ("libvirtd", "virtlogd"):
+        stand_ins[name] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        cloud.procs.pids.mkdir(parents=True, exist_ok=True)
+        (cloud.procs.pids / f"{name}.pid").write_text(str(stand_ins[name].pid))
+    try:
+        cloud.down()
+        assert {name: p.poll() for name, p in stand_ins.items()} == \
+            {"libvirtd": None, "virtlogd": None}
+    finally:
+        for p in stand_ins.values():
+            p.kill()
+            p.wait()
