@@ -53,6 +53,7 @@ bench: deps venv image
 # two (VXLAN) against one plain bridge; about 70 s, as root.
 bench-network: deps venv image
 	$(PY) bench/network.py
+	$(PY) bench/firewall.py
 
 # etcd's size under heartbeating hosts, with compaction (bench/soak.py):
 # make bench-soak AGENTS=200 SOAK_SECONDS=300 HISTORY=60s

@@ -217,10 +217,11 @@ class ControlConfig(BaseModel):
     # VNI and UDP port cannot coexist in one network namespace, so clouds sharing
     # a machine (`make up`'s and a test's) are given disjoint ranges.
     vni_range: tuple[int, int] = (1, 2**24 - 1)
-    # The network and floating IP quotas of a project without overrides, with
-    # tenant networks on (a project's "default" network is not counted).
+    # The network, floating IP and security group quotas of a project without
+    # overrides, with tenant networks on (a project's "default" network is not
+    # counted; its "default" security group is: Neutron's defaults, 10 and 100).
     default_network_quota: dict[str, int] = Field(default_factory=lambda: {
-        "networks": 10, "floating_ips": 10})
+        "networks": 10, "floating_ips": 10, "security_groups": 10, "security_group_rules": 100})
 
     @model_validator(mode="after")
     def _vni_range_in_vxlan(self) -> ControlConfig:

@@ -181,6 +181,37 @@ class FloatingIp(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+class SecurityGroupRule(BaseModel):
+    """One rule of a security group (control/network/security_groups.py says what
+    each field may hold; validated there before it is stored)."""
+
+    id: str
+    direction: str       # ingress or egress
+    protocol: str        # tcp, udp, icmp or any
+    port_min: int = 0    # tcp and udp; 0 and 0: every port
+    port_max: int = 0
+    remote_cidr: str = ""      # an IPv4 CIDR; or
+    remote_group_id: str = ""  # a group of the same project; neither: anyone
+
+
+class SecurityGroup(BaseModel):
+    """A project's named set of rules; its rules are in its record."""
+
+    id: str
+    project: str
+    name: str
+    description: str = ""
+    rules: list[SecurityGroupRule] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+
+
+class SecurityGroupRef(BaseModel):
+    """A security group an instance is in (groups are never renamed)."""
+
+    id: str
+    name: str
+
+
 class Fault(BaseModel):
     message: str
     phase: str
@@ -217,6 +248,9 @@ class Instance(BaseModel):
     # Its NICs on tenant networks, in order (none when tenant networks are off:
     # the guest is on its host's NAT network).
     nics: list[Nic] = Field(default_factory=list)
+    # Its security groups (tenant networks): their rules filter its NICs' traffic.
+    # Records made before security groups existed have none.
+    security_groups: list[SecurityGroupRef] = Field(default_factory=list)
     fault: Fault | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)

@@ -27,6 +27,7 @@ from control.images.files import ImageStore
 from control.metering.metrics import Metrics
 from control.network.floating_ips import FloatingIps
 from control.network.networks import Networks
+from control.network.security_groups import SecurityGroups
 from control.placement.aggregates import Aggregates
 from control.placement.allocations import Placement
 from control.placement.hosts import Hosts
@@ -59,6 +60,7 @@ class ControlPlane:
     scaling: ScalingGroups
     networks: Networks
     floating_ips: FloatingIps
+    security_groups: SecurityGroups
 
 
 def build_control_plane(config: ControlConfig) -> ControlPlane:
@@ -72,11 +74,14 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     groups = ServerGroups(store)
     keypairs = Keypairs(store)
     networks = Networks(store, quotas, config)
-    instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs, networks)
+    security_groups = SecurityGroups(store, quotas)
+    instances = Instances(store, queue, catalog, images, quotas, groups, config, keypairs, networks,
+                          security_groups)
     scheduler = Scheduler(store, config, placement)
     hosts = Hosts(store)
     agents = AgentClient(credentials=channel_credentials(config), name_of=host_at(hosts))
     networks.nudge = lambda host: agents.sync_networks(hosts.get(host).address)
+    security_groups.nudge = networks.nudge
     metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
                       stale_after_s=max(5.0, 3.0 * config.metrics_interval_s),
                       sentinel_master=config.redis_sentinel_master)
@@ -93,4 +98,5 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
         networks=networks,
         floating_ips=FloatingIps(store, quotas, networks, instances, config,
                                  nudge=lambda host: agents.sync_networks(hosts.get(host).address)),
+        security_groups=security_groups,
     )

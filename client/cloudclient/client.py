@@ -24,6 +24,7 @@ from cloudapi.v1 import (
     identity_pb2_grpc,
     network_pb2_grpc,
     scaling_pb2_grpc,
+    security_group_pb2_grpc,
     usage_pb2_grpc,
 )
 
@@ -118,6 +119,7 @@ class CloudClient:
         self.events = events_pb2_grpc.EventServiceStub(channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(channel)
         self.networks = network_pb2_grpc.NetworkServiceStub(channel)
+        self.security_groups = security_group_pb2_grpc.SecurityGroupServiceStub(channel)
 
     def login(self, username: str, password: str, project: str = "") -> identity_pb2.Token:
         result = self.identity.Login(identity_pb2.LoginRequest(

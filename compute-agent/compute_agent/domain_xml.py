@@ -115,6 +115,8 @@ def build_domain_xml(spec: DomainSpec) -> str:
             _sub(nic, "mac", address=interface.mac)
         _sub(nic, "source", **{interface.type: interface.source})
         _sub(nic, "model", type=interface.model)
+        if interface.target:  # a name the host's firewall knows the tap by (tenant/firewall.py)
+            _sub(nic, "target", dev=interface.target)
 
     # A pty for interactive use; virtlogd copies everything to the log file.
     serial = _sub(devices, "serial", type="pty")

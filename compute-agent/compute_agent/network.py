@@ -47,6 +47,7 @@ class InterfaceDevice:
     source: str           # that network's or bridge's name
     mac: str = ""         # empty: no <mac>, libvirt generates one
     model: str = "virtio"
+    target: str = ""      # the tap's name (<target dev>); empty: libvirt picks one (vnetN)
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def make_driver(config: AgentConfig) -> ComputeDriver:
                          tunnel_address=config.tunnel_address,
                          router_prefix=config.router_prefix(),
                          external_host_gateway=config.external_host_gateway,
-                         device_tag=config.device_tag)
+                         device_tag=config.device_tag, security_groups=config.security_groups)
 
 
 def create_agent(config: AgentConfig, driver: ComputeDriver | None = None,

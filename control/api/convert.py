@@ -6,6 +6,7 @@ from cloudapi.v1 import agent_pb2 as apb
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import network_pb2 as npb
+from cloudapi.v1 import security_group_pb2 as spb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control.api.state_enums import to_wire
@@ -15,7 +16,17 @@ from control.compute.server_groups import ServerGroup
 from control.compute.states import allowed_operations, status
 from control.identity.accounts import Caller, Project, User
 from control.identity.quotas import QuotaValues
-from control.models import Fault, Flavor, FloatingIp, Host, Image, Instance, Network
+from control.models import (
+    Fault,
+    Flavor,
+    FloatingIp,
+    Host,
+    Image,
+    Instance,
+    Network,
+    SecurityGroup,
+    SecurityGroupRule,
+)
 from control.network.networks import HostView, Usage
 from control.placement.aggregates import Aggregate, effective
 from control.placement.allocations import Provider
@@ -104,6 +115,7 @@ def instance(i: Instance, floating: dict[tuple[str, str], str] | None = None) ->
     if i.fault:
         msg.fault.CopyFrom(fault(i.fault))
     msg.attempts.extend(fault(a) for a in i.attempts)
+    msg.security_groups.extend(spb.SecurityGroupRef(id=g.id, name=g.name) for g in i.security_groups)
     msg.nics.extend(npb.Nic(network_id=n.network_id, network_name=n.network_name, mac=n.mac,
                             fixed_ip=n.fixed_ip,
                             floating_ip=(floating or {}).get((i.id, n.network_id), ""))
@@ -147,15 +159,36 @@ def floating_ip(f: FloatingIp) -> npb.FloatingIp:
                           fixed_ip=f.fixed_ip, network_id=f.network_id, created_at=_ts(f.created_at))
 
 
+def security_group(g: SecurityGroup, names: dict[str, str]) -> spb.SecurityGroup:
+    """`names`: id -> name of the project's groups (for remote groups' names)."""
+    return spb.SecurityGroup(id=g.id, name=g.name, description=g.description, project=g.project,
+                             rules=[security_group_rule(g.id, r, names) for r in g.rules],
+                             created_at=_ts(g.created_at))
+
+
+def security_group_rule(group_id: str, r: SecurityGroupRule, names: dict[str, str]) -> spb.SecurityGroupRule:
+    return spb.SecurityGroupRule(id=r.id, security_group_id=group_id, direction=r.direction,
+                                 protocol=r.protocol, port_min=r.port_min, port_max=r.port_max,
+                                 remote_cidr=r.remote_cidr, remote_group_id=r.remote_group_id,
+                                 remote_group_name=names.get(r.remote_group_id, ""))
+
+
 def host_networks(view: HostView) -> apb.HostNetworks:
     return apb.HostNetworks(
         networks=[apb.TenantNetwork(
             id=h.network.id, project=h.network.project, vni=h.network.vni, cidr=h.network.cidr,
             gateway_ip=h.network.gateway_ip, mtu=h.network.mtu,
             ports=[apb.NetworkPort(instance_id=p.instance_id, mac=p.mac, fixed_ip=p.fixed_ip,
-                                   vtep=p.vtep, floating_ip=p.floating_ip) for p in h.ports],
+                                   vtep=p.vtep, floating_ip=p.floating_ip,
+                                   security_group_ids=p.security_group_ids) for p in h.ports],
             vteps=h.vteps, router_host=h.router_host, snat_ip=h.network.snat_ip)
             for h in view.networks],
         external=apb.ExternalNetwork(cidr=view.external_cidr, gateway_ip=view.external_gateway,
                                      bridge=view.external_bridge),
-        revision=view.revision)
+        revision=view.revision,
+        security_groups=[apb.HostSecurityGroup(
+            id=g.id, member_ips=g.member_ips,
+            rules=[apb.HostSecurityGroupRule(
+                id=r.id, direction=r.direction, protocol=r.protocol, port_min=r.port_min,
+                port_max=r.port_max, remote_cidr=r.remote_cidr, remote_group_id=r.remote_group_id)
+                for r in g.rules]) for g in view.security_groups])

@@ -18,7 +18,7 @@ from control.api.interceptors import caller_project, current_caller
 from control.api.paging import paged
 from control.compute import actions
 from control.compute.states import VmState
-from control.errors import NotFound
+from control.errors import InvalidArgument, NotFound
 from control.models import validate_name
 from control.placement.scheduler import flavor_request
 from control.plane import ControlPlane
@@ -33,7 +33,8 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
     def CreateInstance(self, request, context):
         instance = self.plane.instances.create(
             current_caller(), request.name, request.flavor, request.image, request.request_id,
-            request.group, request.key_name, request.user_data, networks=list(request.networks))
+            request.group, request.key_name, request.user_data, networks=list(request.networks),
+            security_groups=list(request.security_groups))
         return convert.instance(instance)
 
     def CreateInstances(self, request, context):
@@ -124,6 +125,16 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
             return agent_pb2.InstanceStats(power_state=instance.power_state.value)
         address = self._host_address(instance, request.id_or_name)
         return self.plane.agents.stats(address, instance.id)
+
+    def SetInstanceSecurityGroups(self, request, context):
+        project = caller_project(context)
+        if not self.plane.config.tenant_networks:
+            raise InvalidArgument("this cloud has no tenant networks (tenant_networks is off): "
+                                  "instances have no security groups")
+        instance = self.plane.security_groups.set_for_instance(
+            project, lambda: self.plane.instances.record(project, request.id_or_name),
+            list(request.security_groups))
+        return convert.instance(instance, self._floating(project, [instance]))
 
     def GetConsoleOutput(self, request, context):
         instance = self.plane.instances.get(caller_project(context), request.id_or_name)

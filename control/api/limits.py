@@ -42,6 +42,7 @@ from cloudapi.v1 import (
     identity_pb2,
     network_pb2,
     scaling_pb2,
+    security_group_pb2,
     usage_pb2,
 )
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
@@ -191,6 +192,9 @@ LIMITS: dict[str, Limit] = {
     "CreateInstanceRequest.key_name": NAME,
     "CreateInstanceRequest.user_data": USER_DATA,
     "CreateInstanceRequest.networks": many(ID_OR_NAME, 16),  # as SpawnRequest.nics
+    "CreateInstanceRequest.security_groups": many(ID_OR_NAME, 16),  # security_groups.MAX_GROUPS_PER_INSTANCE
+    "SetInstanceSecurityGroupsRequest.id_or_name": ID_OR_NAME,
+    "SetInstanceSecurityGroupsRequest.security_groups": many(ID_OR_NAME, 16),
     "CreateInstancesRequest.name": NAME,
     "CreateInstancesRequest.flavor": NAME,
     "CreateInstancesRequest.image": ID_OR_NAME,
@@ -307,6 +311,21 @@ LIMITS: dict[str, Limit] = {
     "AttachFloatingIpRequest.network": ID_OR_NAME,
     "FloatingIpRequest.address": IP_ADDRESS,
 
+    # security_group.proto: SecurityGroupService
+    "CreateSecurityGroupRequest.name": NAME,
+    "CreateSecurityGroupRequest.description": FREE_TEXT,  # security_groups.MAX_DESCRIPTION
+    "CreateSecurityGroupRequest.request_id": REQUEST_ID,
+    "GetSecurityGroupRequest.id_or_name": ID_OR_NAME,
+    "ListSecurityGroupsRequest.page_token": PAGE_TOKEN,
+    "DeleteSecurityGroupRequest.id_or_name": ID_OR_NAME,
+    "CreateSecurityGroupRuleRequest.security_group": ID_OR_NAME,
+    "CreateSecurityGroupRuleRequest.direction": KEYWORD,
+    "CreateSecurityGroupRuleRequest.protocol": KEYWORD,
+    "CreateSecurityGroupRuleRequest.remote_cidr": CIDR,
+    "CreateSecurityGroupRuleRequest.remote_group": ID_OR_NAME,
+    "CreateSecurityGroupRuleRequest.request_id": REQUEST_ID,
+    "DeleteSecurityGroupRuleRequest.id": ID,
+
     # usage.proto
     "GetProjectUsageRequest.project": NAME,
     "ListUsageRecordsRequest.project": NAME,
@@ -316,7 +335,8 @@ LIMITS: dict[str, Limit] = {
 
 # ---------------------------------------------------------------- services
 
-_FILES = (agent_pb2, compute_pb2, events_pb2, identity_pb2, network_pb2, scaling_pb2, usage_pb2)
+_FILES = (agent_pb2, compute_pb2, events_pb2, identity_pb2, network_pb2, scaling_pb2,
+          security_group_pb2, usage_pb2)
 
 
 def all_services() -> list[ServiceDescriptor]:

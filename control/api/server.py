@@ -21,6 +21,8 @@ from cloudapi.v1 import (
     network_pb2_grpc,
     scaling_pb2,
     scaling_pb2_grpc,
+    security_group_pb2,
+    security_group_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -41,6 +43,7 @@ from control.api.limits import LimitsInterceptor, public_services, server_option
 from control.api.networks import NetworkServicer
 from control.api.quotas import QuotaServicer
 from control.api.scaling import MetricsServicer, ScalingGroupServicer
+from control.api.security_groups import SecurityGroupServicer
 from control.api.server_groups import ServerGroupServicer
 from control.api.streams import StreamGuard
 from control.api.usage import UsageServicer
@@ -66,7 +69,8 @@ def _service_names() -> list[str]:
                for n in ("MetricsService", "ScalingGroupService")]
             + [events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name]
             + [usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name]
-            + [network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name])
+            + [network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name]
+            + [security_group_pb2.DESCRIPTOR.services_by_name["SecurityGroupService"].full_name])
 
 
 def create_server(config: ControlConfig, plane: ControlPlane | None = None,
@@ -99,6 +103,8 @@ def create_server(config: ControlConfig, plane: ControlPlane | None = None,
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(plane), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(plane), server)
     network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(plane), server)
+    security_group_pb2_grpc.add_SecurityGroupServiceServicer_to_server(SecurityGroupServicer(plane),
+                                                                       server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

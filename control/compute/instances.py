@@ -12,6 +12,7 @@ import random
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from control import deadlines
 from control.compute import actions, guest_data, records
@@ -30,6 +31,9 @@ from control.network.networks import Networks
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
 from control.store import keys
 from control.store.etcd import CAS_ATTEMPTS, Record, Store, Txn
+
+if TYPE_CHECKING:  # it imports this module (request ids)
+    from control.network.security_groups import Joined, SecurityGroups
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +78,10 @@ def _is_uuid(value: str) -> bool:
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, images: Images,
                  quotas: Quotas, groups: ServerGroups, config: ControlConfig, keypairs: Keypairs,
-                 networks: Networks | None = None):
+                 networks: Networks | None = None, security_groups: SecurityGroups | None = None):
         self.groups = groups
         self.networks = networks
+        self.security_groups = security_groups
         self.keypairs = keypairs
         self.config = config
         self.store = store
@@ -125,11 +130,13 @@ class Instances:
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str,
                request_id: str = "", group: str = "", key_name: str = "",
                user_data: bytes = b"", scaling_group: str = "",
-               networks: builtins.list[str] | None = None) -> Instance:
+               networks: builtins.list[str] | None = None,
+               security_groups: builtins.list[str] | None = None) -> Instance:
         """Record a new instance (and its user data) and claim its quota in one
         transaction, then queue its build. With tenant networks, the same
         transaction gives it a NIC (address and MAC) on each of `networks` (ids
-        or names; none: the project's default network)."""
+        or names; none: the project's default network) and makes it a member of
+        `security_groups` (ids or names; none: the project's default group)."""
         project = caller.project
         validate_name(name, "instance name")
         self._check_request_id(request_id)
@@ -141,6 +148,8 @@ class Instances:
             self.groups.record(project, group)  # NOT_FOUND before anything is written
         if key_name:
             self.keypairs.get(project, key_name)
+        # Groups first: a group not found refuses the create before a default network is made.
+        in_groups = self.security_groups_of(project, security_groups or [])
         on_networks = self.networks_of(project, networks or [])
         instance = self.new_instance(project, name, flavor, image, request_id, group)
         instance.key_name = key_name
@@ -155,6 +164,12 @@ class Instances:
                 if attempt:  # a network deleted meanwhile is NOT_FOUND now
                     on_networks = self.networks.reread(on_networks)
                 instance.nics = self.networks.nics_into(txn, on_networks, instance.id)
+            if in_groups:
+                assert self.security_groups is not None
+                if attempt:  # a group deleted meanwhile is NOT_FOUND now
+                    in_groups = self.security_groups.reread(in_groups)
+                instance.security_groups = self.security_groups.join_into(txn, project, in_groups,
+                                                                          instance.id)
             data = instance.model_dump(mode="json")
             action_key = records.create_into(txn, instance, actions.Begin(
                 "create", request_id, caller.username))
@@ -199,6 +214,16 @@ class Instances:
             return []
         return self.networks.for_instance(project, refs)
 
+    def security_groups_of(self, project: str, refs: builtins.list[str]) -> builtins.list[Joined]:
+        """The security groups a new instance joins (none when tenant networks are
+        off: its host's NAT network has no filtering)."""
+        if self.security_groups is None or not self.config.tenant_networks:
+            if refs:
+                raise InvalidArgument("this cloud has no tenant networks (tenant_networks is off): "
+                                      "create the instance without security groups")
+            return []
+        return self.security_groups.for_instance(project, refs)
+
     def flavor_and_image(self, caller: Caller, flavor_name: str, image_ref: str) -> tuple[Flavor, Image]:
         flavor = self.catalog.flavor(flavor_name, caller.project, caller.is_admin)
         image, _ = self.images.bootable(caller, image_ref or self.default_image)
@@ -225,6 +250,8 @@ class Instances:
             txn = Txn()
             records.forget_into(txn, instance)
             ipam.release_nics_into(txn, instance)
+            for ref in instance.security_groups:  # (security_groups.leave_into: it imports this module)
+                txn.delete(keys.security_group_member(project, ref.id, instance.id))
             guest_data.delete_user_data_into(txn, project, instance.id)
             if request_id:
                 txn.delete(keys.request(project, request_id))

@@ -35,6 +35,7 @@ from control.identity.quotas import QuotaValues
 from control.models import Allocation, Fault, Flavor, Instance
 from control.network import ipam
 from control.network.floating_ips import detach_instance_into
+from control.network.security_groups import leave_into
 from control.placement.scheduler import Request, flavor_request
 from control.plane import ControlPlane
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, INSTANCE_OPERATION
@@ -189,7 +190,7 @@ class InstanceWork:
                 return
             address = host_record.address
             self._nudge_hosts(instance.project, {n.nic.network_id for n in guest.nics},
-                              {instance.host})
+                              {instance.host} | self._group_hosts(instance))
             try:
                 power = self.plane.agents.spawn(address, instance, image,
                                                 self.plane.config.spawn_timeout_s, guest)
@@ -224,6 +225,13 @@ class InstanceWork:
             self._lost_spawn(address, instance_id, instance.host)
             return
         log.info("instance %s is active on %s", instance_id, instance.host)
+
+    def _group_hosts(self, instance: Instance) -> set[str]:
+        """The hosts whose firewall names this instance's address: those of its
+        groups' members and of members of groups whose rules name its groups as
+        remote (on other networks too: the network nudge misses those)."""
+        ids = {ref.id for ref in instance.security_groups}
+        return self.plane.security_groups.hosts_of(instance.project, ids, remote_too=True) if ids else set()
 
     def _nudge_hosts(self, project: str, network_ids: set[str], also: set[str] | None = None) -> None:
         """Ask every host that has these networks (and the hosts in `also`) to
@@ -389,6 +397,7 @@ class InstanceWork:
             # Its addresses go back, and its floating IPs are detached, with its record.
             ipam.release_nics_into(txn, latest)
             detach_instance_into(self.plane.store, txn, latest)
+            leave_into(txn, latest)  # and its security groups
             if latest.quota_held:
                 # A scale in flight has claimed its new sizes already.
                 held = latest.scaling_to or latest.resources
@@ -402,6 +411,7 @@ class InstanceWork:
         # The hosts to tell, read while the instance (its host, its NICs) is still there.
         networks = {n.network_id for n in instance.nics}
         hosts = self.plane.networks.hosts_of(instance.project, networks) if networks else set()
+        hosts |= self._group_hosts(instance)
         self.plane.store.update(record.key, change)
         log.info("instance %s deleted", instance_id)
         self._nudge_hosts(instance.project, networks, hosts | {instance.host} - {""})

@@ -37,7 +37,7 @@ ACTIONS: dict[str, str] = {
     "compute:start_instance": MEMBER, "compute:reboot_instance": MEMBER,
     "compute:scale_instance": MEMBER, "compute:rename_instance": MEMBER,
     "compute:resize_instance": MEMBER, "compute:list_instance_actions": READER,
-    "compute:get_instance_stats": READER,
+    "compute:get_instance_stats": READER, "compute:set_instance_security_groups": MEMBER,
     # ServerGroupService
     "compute:create_server_group": MEMBER, "compute:delete_server_group": MEMBER,
     "compute:get_server_group": READER, "compute:list_server_groups": READER,
@@ -79,6 +79,10 @@ ACTIONS: dict[str, str] = {
     "network:create_floating_ip": MEMBER, "network:delete_floating_ip": MEMBER,
     "network:attach_floating_ip": MEMBER, "network:detach_floating_ip": MEMBER,
     "network:list_floating_ips": READER,
+    # SecurityGroupService: members manage their project's groups and rules
+    "network:create_security_group": MEMBER, "network:delete_security_group": MEMBER,
+    "network:get_security_group": READER, "network:list_security_groups": READER,
+    "network:create_security_group_rule": MEMBER, "network:delete_security_group_rule": MEMBER,
 }
 
 # An RPC of the gRPC API is the action "<its service's area>:<its name in
@@ -88,7 +92,7 @@ AREAS: dict[str, str] = {
     "FlavorService": "compute", "ImageService": "image", "HostAdminService": "placement",
     "IdentityService": "identity", "QuotaService": "identity", "MetricsService": "scaling",
     "ScalingGroupService": "scaling", "EventService": "events", "UsageService": "usage",
-    "NetworkService": "network",
+    "NetworkService": "network", "SecurityGroupService": "network",
 }
 
 

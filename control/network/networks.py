@@ -37,7 +37,8 @@ Neutron's legacy L3 agent, and what this kernel's primitives do plainly.
 What a host must have (GetHostNetworks): every network with a NIC on the host
 or its router there, with every port of the network on every host (so the
 agent programs forwarding entries: no flooding) and the tunnel endpoints of
-every host that has the network.
+every host that has the network; and the security groups of the host's ports
+with what their rules need (security_groups.host_groups).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ from control.errors import (
 )
 from control.identity.accounts import check_project, expect_project_into
 from control.identity.quotas import Quotas, QuotaValues
-from control.models import FloatingIp, Host, Instance, Network, Nic, validate_name
+from control.models import FloatingIp, Host, Instance, Network, Nic, SecurityGroup, validate_name
 from control.network import ipam
+from control.network.security_groups import HostGroup, host_groups
 from control.store import keys
 from control.store.etcd import Record, Store, Txn
 
@@ -113,6 +115,7 @@ class Port:
     fixed_ip: str
     vtep: str
     floating_ip: str = ""
+    security_group_ids: tuple[str, ...] = ()  # its instance's groups
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class HostView:
     external_gateway: str
     external_bridge: str
     revision: int
+    security_groups: list[HostGroup] = field(default_factory=list)  # of this host's ports
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,7 @@ class Networks:
         candidates = router_candidates(hosts)
         index, _ = self.store.list_at_revision(keys.network_indexes(), revision)
         found = []
+        groups: list[HostGroup] = []
         for project in sorted({r.value["project"] for r in index}):
             networks = [Network(**r.value)
                         for r in self.store.list_at_revision(keys.networks(project), revision)[0]]
@@ -380,9 +385,15 @@ class Networks:
                 if router != host_name and not any(i.host == host_name for i, _ in placed):
                     continue
                 ports = [Port(i.id, n.mac, n.fixed_ip, vteps.get(i.host, ""),
-                              floating.get((i.id, network.id), "")) for i, n in placed]
+                              floating.get((i.id, network.id), ""),
+                              tuple(g.id for g in i.security_groups)) for i, n in placed]
                 on = {vteps[h] for h in {i.host for i, _ in placed} | {router} if h in vteps}
                 found.append(HostNetwork(network, ports, sorted(on), router))
+            local = [i for i in instances if i.host == host_name and i.nics and i.security_groups]
+            if local:
+                in_project = [SecurityGroup(**r.value) for r in self.store.list_at_revision(
+                    keys.security_groups(project), revision)[0]]
+                groups.extend(host_groups(in_project, instances, local))
         external = ipam.external_network(self.config.external_cidr)
         return HostView(found, str(external), str(ipam.gateway_of(external)),
-                        self.config.external_bridge, revision)
+                        self.config.external_bridge, revision, groups)

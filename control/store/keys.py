@@ -22,6 +22,9 @@ Layout (all under one prefix so a cloud can share an etcd cluster):
     /cloud/projects/{project}/network-names/{name}   name -> id (names unique per project)
     /cloud/projects/{project}/fixed-ips/{network_id}/{ip}  an address IPAM gave a NIC (one per address)
     /cloud/projects/{project}/floating-ips/{address}  a floating IP the project holds, and its NIC
+    /cloud/projects/{project}/security-groups/{id}  a security group and its rules
+    /cloud/projects/{project}/security-group-names/{name}  name -> id (names unique per project)
+    /cloud/projects/{project}/security-group-members/{group_id}/{instance_id}  an instance in the group
     /cloud/network-index/{id}                      id -> project (every network, for the hosts' view)
     /cloud/network-vnis/{vni}                      a VXLAN id taken, cloud-wide -> its network
     /cloud/external-ips/{address}                  an external address taken (SNAT or floating) -> owner
@@ -332,3 +335,36 @@ def external_ip(address: str) -> str:
 
 def external_ips() -> str:
     return f"{PREFIX}/external-ips/"
+
+
+# ------------------------------------------------------- security groups (control/network/security_groups.py)
+
+def security_group(project: str, group_id: str) -> str:
+    """A group with its rules (a rule's create or delete rewrites the group's record)."""
+    return f"{PREFIX}/projects/{_part(project)}/security-groups/{_part(group_id)}"
+
+
+def security_groups(project: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/security-groups/"
+
+
+def security_group_name(project: str, name: str) -> str:
+    """Name -> id; written at the group's create, deleted at its delete, never
+    changed in between: what an instance joining the group compares."""
+    return f"{PREFIX}/projects/{_part(project)}/security-group-names/{_part(name)}"
+
+
+def security_group_member(project: str, group_id: str, instance_id: str) -> str:
+    """An instance in the group: a key per member, so a group's members are one
+    prefix read (the hosts' view) and a delete can compare the prefix empty."""
+    return (f"{PREFIX}/projects/{_part(project)}/security-group-members/{_part(group_id)}/"
+            f"{_part(instance_id)}")
+
+
+def security_group_members(project: str, group_id: str) -> str:
+    return f"{PREFIX}/projects/{_part(project)}/security-group-members/{_part(group_id)}/"
+
+
+def security_group_memberships(project: str) -> str:
+    """Every membership of every group of the project."""
+    return f"{PREFIX}/projects/{_part(project)}/security-group-members/"

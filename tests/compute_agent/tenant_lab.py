@@ -128,12 +128,13 @@ class Topology:
             self.hosts[name] = Host(ns, VTEP[name], name,
                                     lambda v=VTEP[name], n=name: build(v, n, self.tmp_path / n))
 
-    def guest(self, name: str, host: str, network: Network, port: Port) -> str:
+    def guest(self, name: str, host: str, network: Network, port: Port, tap: str = "") -> str:
         """A namespace with eth0 (the port's MAC and address, the network's MTU),
-        its peer on the network's bridge on `host`: as a guest's tap would be.
-        No IPv6 on either end, so an idle guest sends nothing at all."""
+        its peer (named `tap`, or gv<name>) on the network's bridge on `host`: as
+        a guest's tap would be. No IPv6 on either end, so an idle guest sends
+        nothing at all."""
         ns, host_ns = self.netns(name), self.hosts[host].netns
-        veth = f"gv{name}"
+        veth = tap or f"gv{name}"
         sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", veth, "netns", host_ns)
         prefix = network.cidr.split("/")[1]
         sh("ip", "-n", ns, "link", "set", "eth0", "address", port.mac, "mtu", str(MTU),

@@ -105,7 +105,7 @@ def wait_line(api, instance_id: str, pattern: str, timeout_s: float = CONSOLE_TI
 
 
 WAIT_NET = """while [ ! -s /run/cloud-net.ip ]; do usleep 100000; done
-echo "NET ip=$(cat /run/cloud-net.ip)"
+echo "NET ip=$(cat /run/cloud-net.ip) mtu=$(cat /sys/class/net/eth0/mtu)"
 gw=$(ip route | awk '/^default/ {{print $3}}')
 if ping -c 1 -W 2 "$gw" > /dev/null; then echo "GW-OK $gw"; else echo "GW-FAIL $gw"; fi
 """
@@ -292,8 +292,10 @@ def test_guests_get_their_fixed_ips_by_dhcp_and_reach_their_gateway(guests):
         assert shown.status == "ACTIVE" and nic.network_name == "default"
         wait_line(api, instance.id, r"^GW-(OK|FAIL) ")  # the user data script's first lines
         lines = console(api, instance.id)
-        assert f"CLOUD-NET-OK ip={nic.fixed_ip}" in lines and f"NET ip={nic.fixed_ip}" in lines
         network = api.networks.GetNetwork(npb.GetNetworkRequest(id_or_name="default"))
+        # The MTU DHCP gave (the underlay's less VXLAN's 50 bytes), applied by the guest.
+        assert network.mtu == 1450
+        assert f"CLOUD-NET-OK ip={nic.fixed_ip}" in lines and f"NET ip={nic.fixed_ip} mtu=1450" in lines
         assert f"GW-OK {network.gateway_ip}" in lines, lines[-20:]
         # `instance list` shows the address (Instance.addresses), not only `show`'s NICs.
         listed = {i.id: i for i in api.instances.ListInstances(pb.ListInstancesRequest()).instances}

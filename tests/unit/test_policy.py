@@ -11,9 +11,10 @@ def public_methods():
 
 
 def all_api_methods():
-    from cloudapi.v1 import events_pb2, network_pb2, scaling_pb2, usage_pb2
+    from cloudapi.v1 import events_pb2, network_pb2, scaling_pb2, security_group_pb2, usage_pb2
 
-    for module in (compute_pb2, identity_pb2, scaling_pb2, events_pb2, usage_pb2, network_pb2):
+    for module in (compute_pb2, identity_pb2, scaling_pb2, events_pb2, usage_pb2, network_pb2,
+                   security_group_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             if service.name != "HostService":  # the agents' (mutual TLS, not by role)
                 for method in service.methods:

@@ -13,6 +13,7 @@ from cloudclient.cli import (  # noqa: F401 (register commands)
     keypairs,
     networks,
     placement,
+    security_groups,
     usage,
 )
 from cloudclient.cli.base import cli

@@ -79,6 +79,8 @@ def print_instance(i: pb.Instance, output: str) -> None:
                 "addresses", "group", "created_at", "launched_at"]:
         value = data.get(key)
         table.add_row(key, cell(value))
+    if i.security_groups:
+        table.add_row("security_groups", ", ".join(g.name for g in i.security_groups))
     if data["fault"]:
         table.add_row("fault", f"[red]{data['fault']['phase']}: {data['fault']['message']}[/red]")
     out.print(table)

@@ -27,6 +27,7 @@ from compute_agent.libvirt_driver.nat_network import LibvirtNatNetwork
 from compute_agent.local_storage import LocalFileStorage, make_private
 from compute_agent.network import HostNetworking
 from compute_agent.storage import GiB, InstanceStorage
+from compute_agent.tenant.firewall import Firewall
 from compute_agent.tenant.l2 import bridge_name
 from compute_agent.tenant.networking import TenantNetworking
 from compute_agent.tenant.router import Router, run_dir
@@ -123,7 +124,8 @@ class LibvirtDriver(ComputeDriver):
                  network_cidr: str = "10.213.0.0/24", network: HostNetworking | None = None,
                  storage: InstanceStorage | None = None, networking: str = "nat",
                  tunnel_address: str = "", router_prefix: str = "qrouter-",
-                 external_host_gateway: bool = False, device_tag: str = ""):
+                 external_host_gateway: bool = False, device_tag: str = "",
+                 security_groups: bool = False):
         self.uri = uri
         self.state_dir = Path(state_dir)
         self.host_name = host_name
@@ -140,8 +142,10 @@ class LibvirtDriver(ComputeDriver):
                             network_bridge=lambda n: bridge_name(n.vni, device_tag))
             # The embedded QEMU driver has no libvirt network driver, so no NAT
             # network for NICs that name none: there, every NIC is on a tenant network.
+            firewall = Firewall(tunnel_address, device_tag) if security_groups else None
             network = TenantNetworking(tunnel_address, host_name, self.state_dir / "tenant-network",
-                                       default=None if self.embedded else nat, router=router, tag=device_tag)
+                                       default=None if self.embedded else nat, router=router, tag=device_tag,
+                                       firewall=firewall)
         self.network = network or nat
         self.storage = storage or LocalFileStorage(self.state_dir, self.qemu_group)
         self._conn: libvirt.virConnect | None = None

@@ -1,8 +1,8 @@
 """What a host must have of the tenant networks: the agent's desired state, as the
 control plane's HostService.GetHostNetworks answers it (agent.proto's
 HostNetworks), in plain dataclasses so the data plane code and its tests need no
-gRPC. from_proto() converts; the data plane (l2.py, router.py, networking.py)
-converges the kernel to these."""
+gRPC. from_proto() converts; the data plane (l2.py, router.py, firewall.py,
+networking.py) converges the kernel to these."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ class Port:
     fixed_ip: str
     vtep: str              # the underlay address of the host it is on
     floating_ip: str = ""  # 1:1 NAT on the network's router, if attached
+    # Its instance's security groups (HostNetworks.security_groups has them): the
+    # host the NIC is on filters its traffic by their rules (firewall.py).
+    security_group_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,36 @@ class External:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """One security group rule: what it lets in (ingress) or out (egress) of a
+    NIC of the group; replies to what it lets through pass too (stateful)."""
+
+    id: str
+    direction: str            # "ingress" or "egress"
+    protocol: str = "any"     # "tcp", "udp", "icmp" or "any"
+    port_min: int = 0         # tcp and udp: the first port; 0 with port_max 0: every port
+    port_max: int = 0         # the last port (port_min for one port)
+    remote_cidr: str = ""     # the peers it allows, as an IPv4 CIDR; or
+    remote_group_id: str = ""  # the members of this group; neither: anyone
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    """A security group as a host applies it: its rules, and the fixed IPs of
+    its members (for rules, of any group, that name it as their remote group)."""
+
+    id: str
+    rules: tuple[Rule, ...] = ()
+    member_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HostNetworks:
     networks: tuple[Network, ...] = ()
     external: External = field(default_factory=External)
     revision: int = 0
+    # The groups of this host's NICs, and the groups their rules name as remote.
+    security_groups: tuple[SecurityGroup, ...] = ()
 
 
 def network_from_proto(message) -> Network:
@@ -57,7 +86,8 @@ def network_from_proto(message) -> Network:
     return Network(
         id=message.id, project=message.project, vni=message.vni, cidr=message.cidr,
         gateway_ip=message.gateway_ip, mtu=message.mtu,
-        ports=tuple(Port(p.instance_id, p.mac, p.fixed_ip, p.vtep, p.floating_ip)
+        ports=tuple(Port(p.instance_id, p.mac, p.fixed_ip, p.vtep, p.floating_ip,
+                         tuple(p.security_group_ids))
                     for p in message.ports),
         vteps=tuple(message.vteps), router_host=message.router_host, snat_ip=message.snat_ip)
 
@@ -69,9 +99,19 @@ def segment_from_proto(message) -> Network:
                    router_host=message.router_host, snat_ip=message.snat_ip)
 
 
+def security_group_from_proto(message) -> SecurityGroup:
+    """agent_pb2.HostSecurityGroup -> SecurityGroup."""
+    return SecurityGroup(
+        id=message.id, member_ips=tuple(message.member_ips),
+        rules=tuple(Rule(r.id, r.direction, r.protocol, r.port_min, r.port_max, r.remote_cidr,
+                         r.remote_group_id) for r in message.rules))
+
+
 def from_proto(message) -> HostNetworks:
     """agent_pb2.HostNetworks -> HostNetworks."""
     e = message.external
     return HostNetworks(networks=tuple(network_from_proto(n) for n in message.networks),
                         external=External(e.cidr, e.gateway_ip, e.bridge),
-                        revision=message.revision)
+                        revision=message.revision,
+                        security_groups=tuple(security_group_from_proto(g)
+                                              for g in message.security_groups))

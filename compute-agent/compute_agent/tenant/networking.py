@@ -7,7 +7,12 @@ next sync; the domain then gets <interface type='bridge'> on the network's
 bridge (libvirt's network driver is not used for tenant networks: it is not
 in the embedded QEMU driver either). converge() applies what the control plane
 says this host must have (sync.py fetches it): every network's layer 2, then
-the routers of the networks whose router runs here (tenant/router.py).
+the routers of the networks whose router runs here (tenant/router.py), then,
+with a firewall (the agent's security_groups setting), the security groups and
+anti-spoofing of this host's NICs (tenant/firewall.py). With a firewall, a NIC's
+tap is named by it (firewall.tap_name, the domain's <target dev>): a tap the
+desired state does not list yet (a guest started before the next sync) passes
+nothing until the sync that lists it.
 
 A NIC with no network (network_id "") goes to `default`, the host's NAT network,
 as before tenant networks. Plugs are recorded on disk (NicRecords, as the NAT
@@ -32,6 +37,7 @@ from compute_agent.network import (
     PluggedNic,
     check_nic,
 )
+from compute_agent.tenant.firewall import Firewall
 from compute_agent.tenant.l2 import L2
 from compute_agent.tenant.model import External, HostNetworks, Network
 
@@ -52,12 +58,13 @@ class Router(Protocol):
 class TenantNetworking(HostNetworking):
     def __init__(self, local_vtep: str, host_name: str, records_dir: Path,
                  default: HostNetworking | None = None, router: Router | None = None,
-                 tag: str = ""):
+                 tag: str = "", firewall: Firewall | None = None):
         self.l2 = L2(local_vtep, tag)  # tag: names this agent's devices (l2.py)
         self.host_name = host_name       # routers run where router_host names this host
         self.records = NicRecords(records_dir)
         self.default = default           # NICs without a network; None: refused
         self.router = router             # None: this host runs no routers
+        self.firewall = firewall         # None: the guests' traffic is not filtered
         self.desired: dict[str, Network] = {}  # as of the last converge, by id
         # One change at a time to the kernel: a spawn's plug and the sync loop.
         self._lock = threading.Lock()
@@ -89,7 +96,8 @@ class TenantNetworking(HostNetworking):
             changes = self.l2.ensure(network)  # refuses a bad network before any change
         if changes:
             log.info("plug %s/%d: %s", instance_id, index, "; ".join(changes))
-        device = InterfaceDevice("bridge", self.l2.bridge(network.vni), nic.mac)
+        tap = self.firewall.tap(nic.mac) if self.firewall is not None and nic.mac else ""
+        device = InterfaceDevice("bridge", self.l2.bridge(network.vni), nic.mac, target=tap)
         self.records.put(instance_id, index, device)
         return device
 
@@ -119,5 +127,7 @@ class TenantNetworking(HostNetworking):
             if self.router is not None:
                 for network in routed:
                     changes += self.router.converge(network, desired.external)
+            if self.firewall is not None:
+                changes += self.firewall.converge(desired)
             self.desired = {n.id: n for n in desired.networks}
         return changes
