@@ -87,10 +87,11 @@ def create_app(config: dict[str, Any]) -> Flask:
         launch,
         networks,
         quotas,
+        security_groups,
         usage,
     )
-    for module in (auth, instances, launch, networks, floating_ips, keypairs, images, quotas, usage,
-                   admin):
+    for module in (auth, instances, launch, networks, floating_ips, security_groups, keypairs, images,
+                   quotas, usage, admin):
         app.register_blueprint(module.bp)
 
     app.before_request(_guard)

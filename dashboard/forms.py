@@ -13,6 +13,7 @@ from wtforms import (
     PasswordField,
     SelectChoice,
     SelectField,
+    SelectMultipleField,
     StringField,
     TextAreaField,
 )
@@ -61,6 +62,9 @@ class LaunchForm(FlaskForm):
     count = IntegerField("Count", default=1, validators=[DataRequired(), NumberRange(min=1, max=100)])
     key_name = SelectField("Keypair", validators=[Optional()], choices=[])
     network = SelectField("Network", validators=[Optional()], choices=[])
+    # Not checked against the choices: the API decides which groups the project has.
+    security_groups = SelectMultipleField("Security groups", choices=[], validate_choice=False,
+                                          description="none chosen: the project's default group")
     user_data = TextAreaField("User data", validators=[Optional(), Length(max=65536)],
                               description="a #! script or #cloud-config, at most 64 KiB")
     request_id = HiddenField()
@@ -70,6 +74,12 @@ class LaunchForm(FlaskForm):
         if field.data and (self.count.data or 1) > 1:
             raise ValidationError("a network can be chosen for one instance at a time: "
                                   "launch them one by one, or leave the default network")
+
+    def validate_security_groups(self, field: SelectMultipleField) -> None:
+        # As networks: on a single create only (CreateInstancesRequest has none).
+        if field.data and (self.count.data or 1) > 1:
+            raise ValidationError("security groups can be chosen for one instance at a time: "
+                                  "launch them one by one, or leave the default group")
 
 
 class KeypairForm(FlaskForm):
@@ -85,6 +95,41 @@ class NetworkForm(FlaskForm):
     name = StringField("Name", validators=NAME)
     cidr = StringField("Subnet (CIDR)", validators=[Optional(), Length(max=43)],
                        description="a private IPv4 range, /16 to /29; empty: 10.0.0.0/24")
+
+
+class SecurityGroupForm(FlaskForm):
+    name = StringField("Name", validators=NAME)
+    description = StringField("Description", validators=[Optional(), Length(max=255)])
+
+
+class SecurityGroupRuleForm(FlaskForm):
+    """A rule to add. The choices are not checked here: the API decides which
+    directions, protocols, ports and remotes are valid, and its refusal is shown."""
+
+    group = SelectField("Group", validators=[DataRequired()], choices=[], validate_choice=False)
+    direction = SelectField("Direction", choices=options([("ingress", "ingress (in)"),
+                                                          ("egress", "egress (out)")]),
+                            validate_choice=False)
+    protocol = SelectField("Protocol", choices=options([(p, p) for p in ("tcp", "udp", "icmp", "any")]),
+                           validate_choice=False)
+    port = StringField("Port or range", validators=[Optional(), Regexp(
+        r"^\s*\d{1,5}\s*(-\s*\d{1,5}\s*)?$", message="a port (22) or a range (8000-8080)")],
+        description="tcp and udp; empty: every port")
+    remote_cidr = StringField("Remote CIDR", validators=[Optional(), Length(max=43)],
+                              description="e.g. 100.64.0.0/24")
+    remote_group = SelectField("Remote group", choices=[], validate_choice=False,
+                               description="or the members of a group; neither: anyone")
+
+    def ports(self) -> tuple[int, int]:
+        """(port_min, port_max) as the API takes them: (0, 0) for every port."""
+        low, _, high = (self.port.data or "").replace(" ", "").partition("-")
+        return (int(low), int(high or low)) if low else (0, 0)
+
+
+class InstanceSecurityGroupsForm(FlaskForm):
+    # Not checked against the choices, nor required: the API decides (at least one).
+    security_groups = SelectMultipleField("Its groups", choices=[], validate_choice=False,
+                                          description="Ctrl-click to choose several")
 
 
 class AttachFloatingIpForm(FlaskForm):

@@ -10,10 +10,18 @@ from typing import Any
 
 import grpc
 from cloudapi.v1 import compute_pb2 as pb
+from cloudapi.v1 import security_group_pb2 as spb
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 
 from dashboard import api
-from dashboard.forms import ActionForm, RebootForm, ResizeForm, ScaleForm, options
+from dashboard.forms import (
+    ActionForm,
+    InstanceSecurityGroupsForm,
+    RebootForm,
+    ResizeForm,
+    ScaleForm,
+    options,
+)
 from dashboard.helpers import age, back, timestamp
 
 bp = Blueprint("instances", __name__)
@@ -36,6 +44,7 @@ def instance_dict(i: pb.Instance, images: dict[str, str]) -> dict[str, Any]:
         "addresses": list(i.addresses), "key_name": i.key_name, "group": i.group,
         "nics": [{"network": n.network_name, "network_id": n.network_id, "fixed_ip": n.fixed_ip,
                   "mac": n.mac, "floating_ip": n.floating_ip} for n in i.nics],
+        "security_groups": [{"id": g.id, "name": g.name} for g in i.security_groups],
         "age": age(i.created_at), "created_at": timestamp(i.created_at),
         "launched_at": timestamp(i.launched_at),
         "fault": f"{i.fault.phase}: {i.fault.message}" if i.HasField("fault") else "",
@@ -77,9 +86,16 @@ def detail(ref: str) -> Any:
         for f in flavors() if f.name != instance.flavor])
     scale = ScaleForm(data={"vcpus": instance.vcpus, "memory_mb": instance.memory_mb,
                             "disk_gb": instance.disk_gb})
+    groups = None
+    if instance.nics or instance.security_groups:  # tenant networks: it can be in groups
+        groups = InstanceSecurityGroupsForm(data={
+            "security_groups": [g.name for g in instance.security_groups]})
+        groups.security_groups.choices = options([
+            (g.name, g.name) for g in api.every_page(api.client().security_groups.ListSecurityGroups,
+                                                     spb.ListSecurityGroupsRequest, "security_groups")])
     return render_template("instance.html", i=instance_dict(instance, api.image_names()),
                            actions=actions_of(instance.id), form=ActionForm(), reboot=RebootForm(),
-                           resize=resize, scale=scale)
+                           resize=resize, scale=scale, groups=groups)
 
 
 def actions_of(instance_id: str) -> list[dict[str, Any]]:
@@ -160,4 +176,11 @@ def operate(ref: str, operation: str) -> Any:
             id_or_name=instance.id, vcpus=scale.vcpus.data or 0, memory_mb=scale.memory_mb.data or 0,
             disk_gb=scale.disk_gb.data or 0, request_id=str(uuid.uuid4())))
         return _done(changed, "scale requested")
+    if operation == "security-groups":
+        chosen = InstanceSecurityGroupsForm().security_groups.data or []
+        changed = api.call(stub.SetInstanceSecurityGroups, pb.SetInstanceSecurityGroupsRequest(
+            id_or_name=instance.id, security_groups=chosen))
+        flash(f"{changed.name}: security groups set to "
+              f"{', '.join(g.name for g in changed.security_groups)}", "info")
+        return back()
     abort(404)

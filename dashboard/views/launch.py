@@ -10,6 +10,7 @@ import grpc
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import network_pb2 as npb
+from cloudapi.v1 import security_group_pb2 as spb
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
 from dashboard import api
@@ -51,6 +52,9 @@ def choices(form: LaunchForm) -> dict[str, pb.Flavor]:
     networks = api.every_page(client.networks.ListNetworks, npb.ListNetworksRequest, "networks")
     form.network.choices = options([("", "the project's default network")] + [
         (n.name, f"{n.name} ({n.cidr})") for n in networks if n.name != "default"])
+    groups = api.every_page(client.security_groups.ListSecurityGroups, spb.ListSecurityGroupsRequest,
+                            "security_groups")
+    form.security_groups.choices = options([(g.name, g.name) for g in groups])
     return flavors
 
 
@@ -94,7 +98,8 @@ def _create(form: LaunchForm) -> Any:
     created = api.call(stub.CreateInstance, pb.CreateInstanceRequest(
         name=form.name.data, flavor=form.flavor.data, image=form.image.data or "",
         request_id=request_id, key_name=form.key_name.data or "", user_data=user_data,
-        networks=[form.network.data] if form.network.data else []))
+        networks=[form.network.data] if form.network.data else [],
+        security_groups=form.security_groups.data or []))
     flash(f"{created.name}: launch requested", "info")
     return redirect(url_for("instances.detail", ref=created.id))
 
