@@ -21,7 +21,7 @@ from control.compute.keypairs import Keypairs
 from control.compute.server_groups import ServerGroups, with_member, without_member
 from control.compute.states import Event, TaskState
 from control.config import ControlConfig
-from control.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from control.errors import AlreadyExists, Conflict, InvalidArgument, Unavailable
 from control.identity.accounts import Caller
 from control.identity.quotas import Quotas, QuotaValues
 from control.images.catalog import Images
@@ -29,7 +29,7 @@ from control.models import Flavor, Image, Instance, validate_name
 from control.network import ipam
 from control.network.networks import Networks
 from control.queue import BUILD_INSTANCE, DELETE_INSTANCE, TaskQueue
-from control.store import keys
+from control.store import keys, lookup
 from control.store.etcd import CAS_ATTEMPTS, Record, Store, Txn
 
 if TYPE_CHECKING:  # it imports this module (request ids)
@@ -68,12 +68,6 @@ def recorded_request(store: Store, project: str, request_id: str, kind: str) -> 
     return record.value
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
 
 class Instances:
     def __init__(self, store: Store, queue: TaskQueue, catalog: Catalog, images: Images,
@@ -94,16 +88,8 @@ class Instances:
     # ---------------------------------------------------------------- reads
 
     def record(self, project: str, id_or_name: str) -> Record:
-        if id_or_name and "/" not in id_or_name:
-            instance_id = id_or_name
-            if not _is_uuid(id_or_name):
-                index = self.store.get(keys.instance_name(project, id_or_name))
-                instance_id = index.value["id"] if index else ""
-            if instance_id:
-                record = self.store.get(keys.instance(project, instance_id))
-                if record is not None:
-                    return record
-        raise NotFound(f"instance {id_or_name!r} not found")
+        return lookup.by_id_or_name(self.store, id_or_name, lambda i: keys.instance(project, i),
+                                    lambda n: keys.instance_name(project, n), "instance")
 
     def get(self, project: str, id_or_name: str) -> Instance:
         return Instance(**self.record(project, id_or_name).value)

@@ -68,7 +68,7 @@ from control.identity.quotas import Quotas, QuotaValues
 from control.models import FloatingIp, Host, Instance, Network, Nic, SecurityGroup, validate_name
 from control.network import ipam
 from control.network.security_groups import HostGroup, host_groups
-from control.store import keys
+from control.store import keys, lookup
 from control.store.etcd import Record, Store, Txn
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,6 @@ NETWORKS_QUOTA = "networks"
 # the external addresses; each loss means another one won.
 ATTEMPTS = 50
 
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 def vtep_of(host: Host) -> str:
@@ -172,16 +166,8 @@ class Networks:
     def record(self, project: str, id_or_name: str) -> Record:
         """The network's record, by id or name, in this project only (another
         project's network is NOT_FOUND, like one that does not exist)."""
-        if id_or_name and "/" not in id_or_name:
-            network_id = id_or_name
-            if not _is_uuid(id_or_name):
-                index = self.store.get(keys.network_name(project, id_or_name))
-                network_id = index.value["id"] if index else ""
-            if network_id:
-                record = self.store.get(keys.network(project, network_id))
-                if record is not None:
-                    return record
-        raise NotFound(f"network {id_or_name!r} not found")
+        return lookup.by_id_or_name(self.store, id_or_name, lambda i: keys.network(project, i),
+                                    lambda n: keys.network_name(project, n), "network")
 
     def get(self, project: str, id_or_name: str) -> Network:
         return Network(**self.record(project, id_or_name).value)

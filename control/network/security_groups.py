@@ -59,7 +59,7 @@ from control.errors import (
 )
 from control.identity.quotas import Quotas, QuotaValues
 from control.models import Instance, SecurityGroup, SecurityGroupRef, SecurityGroupRule, validate_name
-from control.store import keys
+from control.store import keys, lookup
 from control.store.etcd import Record, Store, Txn
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,6 @@ ATTEMPTS = 50
 CREATE_GROUP = "CreateSecurityGroup"
 CREATE_RULE = "CreateSecurityGroupRule"
 
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- validation (pure)
@@ -210,16 +204,8 @@ class SecurityGroups:
     def record(self, project: str, id_or_name: str) -> Record:
         """The group's record, by id or name, in this project only (another
         project's group is NOT_FOUND, like one that does not exist)."""
-        if id_or_name and "/" not in id_or_name:
-            group_id = id_or_name
-            if not _is_uuid(id_or_name):
-                index = self.store.get(keys.security_group_name(project, id_or_name))
-                group_id = index.value["id"] if index else ""
-            if group_id:
-                record = self.store.get(keys.security_group(project, group_id))
-                if record is not None:
-                    return record
-        raise NotFound(f"security group {id_or_name!r} not found")
+        return lookup.by_id_or_name(self.store, id_or_name, lambda i: keys.security_group(project, i),
+                                    lambda n: keys.security_group_name(project, n), "security group")
 
     def get(self, project: str, id_or_name: str) -> SecurityGroup:
         return SecurityGroup(**self.record(project, id_or_name).value)
