@@ -15,6 +15,8 @@
    external gateway: external_host_gateway). Pings every 10 ms, timestamped
    (-D); between samples the IP is detached and the bench waits until it no
    longer answers.
+   Then security groups: `rule create` (ingress icmp in the default group) RPC
+   -> the first reply, and `rule delete` RPC -> no reply, the same way.
 3. ping RTT and TCP throughput endpoint to endpoint, on one host and across two
    hosts (VXLAN over a veth underlay), each against the same two endpoints on
    one plain Linux bridge. Namespace endpoints, not guests (a guest under QEMU
@@ -55,6 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
 from cloudapi.v1 import network_pb2 as npb  # noqa: E402
+from cloudapi.v1 import security_group_pb2 as spb  # noqa: E402
 from compute_agent.tenant.model import HostNetworks  # noqa: E402
 from compute_agent.tenant.networking import TenantNetworking  # noqa: E402
 
@@ -65,6 +68,7 @@ from tests.integration.test_tenant_networks import free_external_cidr  # noqa: E
 
 GUESTS = 3               # real guests booted, one at a time
 ATTACHES = 20            # floating IP attach samples
+RULES = 20               # security group rule create/delete samples
 ROUNDS = 5               # interleaved rounds of the namespace measurements
 PINGS = 20               # per case and round: ping -c 20 -i 0.01
 TCP_BYTES = 2**30        # per TCP run (1 GiB)
@@ -120,6 +124,44 @@ def boot(api: ApiClient, name: str) -> tuple[float, str, str]:
         return False
     seen = wait_for(leased, CONSOLE_TIMEOUT_S, what=f"CLOUD-NET-OK ip={fixed_ip} on {name}'s console")
     return seen - started, created.id, fixed_ip
+
+
+def first_reply_after(address: str, act) -> float:
+    """Seconds from act() (an RPC) to the first ping reply from `address`, pinged
+    every 10 ms, timestamped (-D)."""
+    pinger = subprocess.Popen(["ping", "-n", "-D", "-i", "0.01", "-W", "1", "-w", "15", address],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.05)
+        acted_at = time.time()
+        act()
+        assert pinger.stdout is not None
+        for line in pinger.stdout:
+            if (m := re.match(r"\[(\d+\.\d+)\] \d+ bytes from", line)):
+                return float(m.group(1)) - acted_at
+        raise TimeoutError(f"no reply from {address} within 15 s")
+    finally:
+        pinger.kill()
+        pinger.wait()
+
+
+def rule_to_effect(api: ApiClient, address: str) -> tuple[list[float], list[float]]:
+    """A guest behind `address` (floating IP attached), in the default group
+    alone: `rule create` (ingress icmp) RPC -> the first ping reply; `rule
+    delete` RPC -> pings unanswered. Seconds, RULES samples each."""
+    created, deleted = [], []
+    for _ in range(RULES):
+        rule: list[spb.SecurityGroupRule] = []
+
+        def create(made: list = rule) -> None:
+            made.append(api.security_groups.CreateSecurityGroupRule(spb.CreateSecurityGroupRuleRequest(
+                security_group="default", direction="ingress", protocol="icmp")))
+        created.append(first_reply_after(address, create))
+        started = time.monotonic()
+        api.security_groups.DeleteSecurityGroupRule(spb.DeleteSecurityGroupRuleRequest(id=rule[0].id))
+        silent = wait_for(lambda: not answers(address), 10, interval=0, what=f"{address} silent")
+        deleted.append(silent - started)
+    return created, deleted
 
 
 def attach_to_reply(api: ApiClient, address: str, instance_id: str) -> tuple[float, float]:
@@ -179,6 +221,9 @@ def real_guests() -> dict:
             request_id=str(uuid.uuid4()))).address
         assert ipaddress.ip_address(address) in ipaddress.ip_network(external)
         assert not answers(address), "answers before any attach"
+        # The default group lets in only its members: pings from outside need a rule.
+        icmp = api.security_groups.CreateSecurityGroupRule(spb.CreateSecurityGroupRuleRequest(
+            security_group="default", direction="ingress", protocol="icmp"))
         first_reply: list[float] = []
         rpc: list[float] = []
         detach_to_silence: list[float] = []
@@ -195,6 +240,9 @@ def real_guests() -> dict:
         out = subprocess.run(["ping", "-n", "-c", str(PINGS), "-i", "0.01", address],
                              capture_output=True, text=True).stdout
         rtt = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        api.security_groups.DeleteSecurityGroupRule(spb.DeleteSecurityGroupRuleRequest(id=icmp.id))
+        wait_for(lambda: not answers(address), 10, what=f"{address} silent without the rule")
+        rule_created, rule_deleted = rule_to_effect(api, address)
         api.networks.DetachFloatingIp(npb.FloatingIpRequest(address=address))
         api.networks.DeleteFloatingIp(npb.FloatingIpRequest(address=address))
         return {
@@ -204,6 +252,8 @@ def real_guests() -> dict:
             "floating_ip_detach_rpc_to_silence_s": summary(detach_to_silence),
             "ping_rtt_root_namespace_to_floating_ip_ms": {"median": round(statistics.median(rtt), 3),
                                                           "n": len(rtt)},
+            "security_group_rule_create_to_effect_s": summary(rule_created),
+            "security_group_rule_delete_to_effect_s": summary(rule_deleted),
         }
     finally:
         for instance_id in made:
@@ -373,11 +423,14 @@ def main() -> None:
         "sources": {
             "real_guests": ["create_to_dhcp_address_s", "floating_ip_attach_to_first_reply_s",
                             "floating_ip_attach_rpc_returns_s", "floating_ip_detach_rpc_to_silence_s",
-                            "ping_rtt_root_namespace_to_floating_ip_ms"],
+                            "ping_rtt_root_namespace_to_floating_ip_ms",
+                            "security_group_rule_create_to_effect_s",
+                            "security_group_rule_delete_to_effect_s"],
             "namespace_endpoints": ["ping_rtt_ms", "tcp_gbit_s", "ratio_to_plain_bridge",
                                     "cross_host_over_same_host_throughput"],
         },
-        "setup": {"guests_booted": GUESTS, "attach_samples": ATTACHES, "rounds": ROUNDS,
+        "setup": {"guests_booted": GUESTS, "attach_samples": ATTACHES, "rule_samples": RULES,
+                  "rounds": ROUNDS,
                   "pings_per_case_and_round": PINGS, "tcp_bytes_per_run": TCP_BYTES,
                   "endpoint_mtu": MTU, "cores": 2,
                   "guests": "QEMU emulation (no KVM), the agent's embedded libvirt (qemu:///embed)"},
@@ -387,6 +440,9 @@ def main() -> None:
             "attach_effective_within_1s": {"median_met": attach["median"] <= 1.0,
                                            "p99_met": attach["p99"] <= 1.0},
             "cross_host_throughput_at_least_half_of_same_host": cross_over_same >= 0.5,
+            "rule_in_effect_median_under_100ms_p99_under_300ms": {
+                "median_met": guests["security_group_rule_create_to_effect_s"]["median"] < 0.1,
+                "p99_met": guests["security_group_rule_create_to_effect_s"]["p99"] < 0.3},
         },
     }, indent=2))
 

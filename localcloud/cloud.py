@@ -556,8 +556,8 @@ class LocalCloud:
         """With its agent in tenant mode, remove what it made on this machine of
         the cloud's networks once the agent and the guests are stopped: its
         routers (namespaces with their NAT tables, dnsmasq, veths), its bridges
-        and VXLAN devices (by its device tag: no other agent's), and the external
-        bridge. An agent's stop leaves them (the data plane outlives the agent);
+        and VXLAN devices (by its device tag: no other agent's), its firewall's
+        tables, and the external bridge. An agent's stop leaves them (the data plane outlives the agent);
         a stopped cloud should not. The next `up` makes them again: the agent
         converges at its start."""
         import tomllib
@@ -565,6 +565,7 @@ class LocalCloud:
         if not self.config_path.exists():
             return
         from compute_agent.config import AgentConfig
+        from compute_agent.tenant.firewall import Firewall
         from compute_agent.tenant.l2 import L2
         from compute_agent.tenant.router import Router, run_dir
 
@@ -578,6 +579,7 @@ class LocalCloud:
             Router(runs, prefix=agent.router_prefix()).remove_absent(set())
             runs.rmdir()  # emptied by remove_absent
             L2(agent.tunnel_address, agent.device_tag).converge([])
+            Firewall(agent.tunnel_address, agent.device_tag).remove()
         except Exception as exc:  # the rest of the cloud is stopped all the same
             print(f"removing the tenant networks' devices: {exc}", file=sys.stderr)
         bridge = str(written.get("control", {}).get("external_bridge", "cloud-ext"))

@@ -74,24 +74,31 @@ def program_of(word: str) -> str | None:
 
 # --- Python -------------------------------------------------------------------
 
-def _first_string(node: ast.AST, scope: dict[str, list[ast.AST]]) -> list[str]:
+def _first_string(node: ast.AST, scope: dict[str, list[ast.AST]],
+                  seen: frozenset[str] = frozenset()) -> list[str]:
     """The literal first words of an argv expression, following names assigned
-    in the same scope, `[*command, ...]` and calls to functions returning a list."""
+    in the same scope, `[*command, ...]` and calls to functions returning a list.
+    `seen` holds the names being followed, so `command = [*command, "-v"]`
+    does not send the scan round in a circle."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value.split()[0]] if node.value.split() else []
     if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
         first = node.elts[0]
         if isinstance(first, ast.Starred):
-            return _first_string(first.value, scope)
+            return _first_string(first.value, scope, seen)
         if isinstance(first, ast.Constant) and isinstance(first.value, str):
             return [first.value]
         return []
     if isinstance(node, ast.Name):
-        return [w for value in scope.get(node.id, []) for w in _first_string(value, scope)]
-    if isinstance(node, ast.Call):
+        key = node.id
+    elif isinstance(node, ast.Call):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        return [w for value in scope.get(f"return:{name}", []) for w in _first_string(value, scope)]
-    return []
+        key = f"return:{name}"
+    else:
+        return []
+    if key in seen:
+        return []
+    return [w for value in scope.get(key, []) for w in _first_string(value, scope, seen | {key})]
 
 
 def _scope_of(tree: ast.AST) -> dict[str, list[ast.AST]]:

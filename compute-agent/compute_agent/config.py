@@ -74,8 +74,9 @@ class AgentConfig(BaseModel):
     external_host_gateway: bool = False
     # "tenant" only: security groups and anti-spoofing on this host's NICs
     # (tenant/firewall.py: nftables tables cloudfw<device_tag>, taps named
-    # tq<device_tag>-...). Off: guests' traffic is not filtered at all.
-    security_groups: bool = False
+    # tq<device_tag>-...). Off: guests' traffic is not filtered at all, and a
+    # guest can take its neighbours' addresses: only for a trusted single tenant.
+    security_groups: bool = True
     # Until registered; then the control plane's heartbeat_interval_s applies.
     heartbeat_interval_s: float = 2.0
     # Memory reclaim (compute_agent/reclaim.py): what an idle guest does not use goes

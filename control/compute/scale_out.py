@@ -25,10 +25,11 @@ from control.store.etcd import Store, Txn
 log = logging.getLogger(__name__)
 
 MAX_COUNT = 20  # bounded so that one etcd transaction holds them all
-# With tenant networks each instance also takes an address key: 7 writes each
-# (record, name, index, action, user data, allocation, address), plus one per
-# host and a few, must stay within etcd's 128 operations per transaction.
-MAX_COUNT_WITH_NICS = 15
+# With tenant networks each instance also takes an address key and a member key
+# of the default security group: 8 writes each (record, name, index, action,
+# user data, allocation, address, membership), plus one per host and a few,
+# must stay within etcd's 128 operations per transaction.
+MAX_COUNT_WITH_NICS = 13
 ATTEMPTS = 20
 
 
@@ -84,6 +85,7 @@ class ScaleOut:
         if key_name:
             self.instances.keypairs.get(project, key_name)  # NOT_FOUND before anything is written
         on_networks = self.instances.networks_of(project, [])  # the default one made, if need be
+        in_groups = self.instances.security_groups_of(project, [])  # the default group, likewise
         one = QuotaValues.of(flavor.resources)
         request = flavor_request(flavor)
 
@@ -115,6 +117,13 @@ class ScaleOut:
                 on_networks = networks.reread(on_networks) if attempt else on_networks
                 for instance in made:  # each its own address: nics_into sees the txn's
                     instance.nics = networks.nics_into(txn, on_networks, instance.id)
+            if in_groups:
+                security_groups = self.instances.security_groups
+                assert security_groups is not None
+                in_groups = security_groups.reread(in_groups) if attempt else in_groups
+                for instance in made:
+                    instance.security_groups = security_groups.join_into(txn, project, in_groups,
+                                                                          instance.id)
             for instance in made:
                 action_keys.append(records.create_into(txn, instance, actions.Begin(
                     "create", request_id, caller.username)))

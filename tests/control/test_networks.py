@@ -397,16 +397,21 @@ def test_get_host_networks_tells_the_host_its_networks_ports_and_routers(net_clo
 
 
 
-def test_a_scale_out_gives_each_instance_its_own_nic(net_cloud):
+def test_a_scale_out_gives_each_instance_its_own_nic_and_the_default_group(net_cloud):
+    """A scale-out's instances are in the project's default security group (in
+    no group, a host's firewall would pass none of their traffic)."""
     _, client = tenant(net_cloud)
     made = client.instances.CreateInstances(pb.CreateInstancesRequest(
-        name="web", flavor="tiny", count=15), timeout=60).instances
+        name="web", flavor="tiny", count=13), timeout=60).instances
     addresses = [i.nics[0].fixed_ip for i in made]
-    assert sorted(addresses) == sorted(f"10.0.0.{n}" for n in range(2, 17))
+    assert sorted(addresses) == sorted(f"10.0.0.{n}" for n in range(2, 15))
     assert {i.nics[0].network_name for i in made} == {"default"}
+    assert {tuple(g.name for g in i.security_groups) for i in made} == {("default",)}
+    shown = client.instances.GetInstance(pb.GetInstanceRequest(id_or_name=made[0].id))
+    assert [g.name for g in shown.security_groups] == ["default"]
     got, details = code(lambda: client.instances.CreateInstances(pb.CreateInstancesRequest(
-        name="big", flavor="tiny", count=16), timeout=60))
-    assert got == grpc.StatusCode.INVALID_ARGUMENT and "1 to 15 with tenant networks" in details
+        name="big", flavor="tiny", count=14), timeout=60))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and "1 to 13 with tenant networks" in details
     delete_all(client)
 
 

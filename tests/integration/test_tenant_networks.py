@@ -33,6 +33,7 @@ import pytest
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import network_pb2 as npb
+from cloudapi.v1 import security_group_pb2 as spb
 from compute_agent.tenant.router import run_dir, short_id
 
 from control.store import keys
@@ -69,13 +70,15 @@ def free_external_cidr() -> str:
 def leftovers(tag: str, router_dir: str, network_ids: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """What the kernel has of this cloud's tenant networks: bridges and VXLAN
     devices of its tag, the host ends of its routers' veths (of these networks),
-    its router namespaces (each with its nft table), and dnsmasq processes
-    serving from its router directory."""
+    its router namespaces (each with its nft table), dnsmasq processes
+    serving from its router directory, and its firewall's nft tables."""
     links = [link["ifname"] for link in ip_json("link", "show")]
     namespaces = [n["name"] for n in ip_json("netns", "list")]
     processes = subprocess.run(["pgrep", "-a", "dnsmasq"], capture_output=True, text=True).stdout
     veths = {f"{end}-{short_id(i)}" for i in network_ids for end in ("tr", "tg")}
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.splitlines()
     return {"bridges": [n for n in links if re.fullmatch(rf"brq{tag}-\d+", n)],
+            "firewall": [t for t in tables if t.endswith(f" cloudfw{tag}")],
             "vxlans": [n for n in links if re.fullmatch(rf"vxq{tag}-\d+", n)],
             "veths": [n for n in links if n in veths],
             "namespaces": [n for n in namespaces if n.startswith(f"qrouter{tag}-")],
@@ -342,6 +345,9 @@ def test_floating_ip_answers_from_this_machine_until_detached(guests, tenant_clo
     until(lambda: listener.peers_since(before, "a1"), 10, "a tick from a1")  # one a second
     assert listener.peers_since(before, "a1") == {snat_ip}
 
+    # The default group lets in only its own members: pings from the external
+    # network need a rule (made before the attach: the attach is what is timed).
+    icmp = allow(demo, "icmp", remote_cidr=net["external"])
     floating = demo.networks.CreateFloatingIp(
         npb.CreateFloatingIpRequest(request_id=str(uuid.uuid4()))).address
     assert ipaddress.ip_address(floating) in ipaddress.ip_network(net["external"])
@@ -383,6 +389,58 @@ def test_floating_ip_answers_from_this_machine_until_detached(guests, tenant_clo
     until(lambda: listener.peers_since(since, "a1"), 10, "a tick from a1 after the detach")
     assert listener.peers_since(since, "a1") == {snat_ip}
     demo.networks.DeleteFloatingIp(npb.FloatingIpRequest(address=floating))
+    demo.security_groups.DeleteSecurityGroupRule(spb.DeleteSecurityGroupRuleRequest(id=icmp.id))
+
+
+def allow(api, protocol: str, port: int = 0, remote_cidr: str = "") -> spb.SecurityGroupRule:
+    """An ingress rule in the project's default group."""
+    return api.security_groups.CreateSecurityGroupRule(spb.CreateSecurityGroupRuleRequest(
+        security_group="default", direction="ingress", protocol=protocol, port_min=port,
+        remote_cidr=remote_cidr, request_id=str(uuid.uuid4())))
+
+
+def reaches(address: str, port: int, message: str) -> bool:
+    """Whether a TCP connection from this machine to address:port opens and takes `message`."""
+    try:
+        with socket.create_connection((address, port), timeout=1) as conn:
+            conn.sendall(f"{message}\n".encode())
+        return True
+    except OSError:
+        return False
+
+
+def test_a_rule_opens_a_port_to_the_outside_and_its_delete_closes_it(guests, tenant_cloud):
+    """a2 listens on PORT behind a floating IP. From this machine (the external
+    network): closed under the default group; open once a rule allows it, in
+    effect within 1 s of the RPC (the rule's hosts are nudged); closed again
+    once the rule is deleted. Each accepted connection's line reaches a2's console."""
+    _, _, net = tenant_cloud
+    demo, a2 = guests["demo"], guests["a2"]
+    floating = demo.networks.CreateFloatingIp(
+        npb.CreateFloatingIpRequest(request_id=str(uuid.uuid4()))).address
+    demo.networks.AttachFloatingIp(npb.AttachFloatingIpRequest(address=floating, instance=a2.id))
+    try:
+        # The floating IP's NAT is in place within a second of the attach (measured
+        # 0.08-0.32 s): wait for it with a rule that lets pings in, then drop it.
+        icmp = allow(demo, "icmp", remote_cidr=net["external"])
+        until(lambda: ping_replies(floating, count=1) == 1, 10, f"{floating} answers")
+        demo.security_groups.DeleteSecurityGroupRule(spb.DeleteSecurityGroupRuleRequest(id=icmp.id))
+        until(lambda: ping_replies(floating, count=1) == 0, 10, f"{floating} stops answering pings")
+        assert not reaches(floating, PORT, "closed-1"), "the default group let the outside in"
+
+        started = time.monotonic()
+        tcp = allow(demo, "tcp", PORT, remote_cidr=net["external"])
+        until(lambda: reaches(floating, PORT, "open-1"), 5, f"{floating}:{PORT} opens")
+        print(f"\nrule create RPC -> port open from outside: {time.monotonic() - started:.3f} s",
+              file=sys.stderr)
+        wait_line(demo, a2.id, r"^GOT open-1$", timeout_s=10)  # a2's listener got it
+        assert ping_replies(floating, count=2) == 0, "a tcp rule let pings in"
+
+        demo.security_groups.DeleteSecurityGroupRule(spb.DeleteSecurityGroupRuleRequest(id=tcp.id))
+        until(lambda: not reaches(floating, PORT, "closed-2"), 5, f"{floating}:{PORT} closes")
+        assert "GOT closed-1" not in console(demo, a2.id) and "GOT closed-2" not in console(demo, a2.id)
+    finally:
+        demo.networks.DeleteFloatingIp(npb.FloatingIpRequest(address=floating))
 
 
 def test_a_freed_address_is_leased_at_once_to_the_next_guest(guests):
@@ -406,9 +464,9 @@ def test_deleting_instances_and_networks_leaves_nothing_of_theirs(guests, tenant
                 for api in (guests["demo"], guests["other"]))
     during = leftovers(net["tag"], net["router_dir"], ids)
     # Two networks here: a bridge, a VXLAN device, two veths, a router namespace
-    # (with its NAT table) and a dnsmasq each.
+    # (with its NAT table) and a dnsmasq each; the agent's firewall, two tables.
     assert {k: len(v) for k, v in during.items()} == {"bridges": 2, "vxlans": 2, "veths": 4, "namespaces": 2,
-                                                       "dnsmasq": 2}, during
+                                                       "dnsmasq": 2, "firewall": 2}, during
     for namespace in during["namespaces"]:
         tables = subprocess.run(["ip", "netns", "exec", namespace, "nft", "list", "tables"],
                                 capture_output=True, text=True).stdout
@@ -425,7 +483,15 @@ def test_deleting_instances_and_networks_leaves_nothing_of_theirs(guests, tenant
     for api in (guests["demo"], guests["other"]):
         api.networks.DeleteNetwork(npb.DeleteNetworkRequest(id_or_name="default"))
     # Each network's delete nudges its hosts; a missed nudge costs a sync interval (5 s).
-    until(lambda: not any(leftovers(net["tag"], net["router_dir"], ids).values()), 15,
-          lambda: f"nothing left of the networks: {leftovers(net['tag'], net['router_dir'], ids)}")
+    # The firewall's tables stay while the agent runs (`down` removes them): no
+    # port of the deleted guests is left in them.
+    def left() -> dict[str, list[str]]:
+        found = leftovers(net["tag"], net["router_dir"], ids)
+        del found["firewall"]
+        rules = subprocess.run(["nft", "list", "table", "bridge", f"cloudfw{net['tag']}"],
+                               capture_output=True, text=True).stdout
+        found["ports"] = re.findall(rf"tq{net['tag']}-\w+", rules)
+        return found
+    until(lambda: not any(left().values()), 15, lambda: f"nothing left of the networks: {left()}")
     for namespace in during["namespaces"]:
         assert subprocess.run(["ip", "netns", "exec", namespace, "true"], capture_output=True).returncode != 0

@@ -88,7 +88,11 @@ def test_scanner_finds_programs_in_python(tmp_path):
         "subprocess.Popen(argv())\n"
         "shutil.which('ip')\n"
         "procs.start('redis', ['redis-server', 'conf'])\n"
-        "CHROMIUM = '/usr/bin/chromium'\n")
+        "CHROMIUM = '/usr/bin/chromium'\n"
+        # a name built from itself: the scan once recursed until RecursionError
+        "probe = ['ping', '-c1']\n"
+        "probe = [*probe, '-W1']\n"
+        "subprocess.run(probe)\n")
     import tests.programs as programs
 
     original = programs.REPO
@@ -97,7 +101,8 @@ def test_scanner_finds_programs_in_python(tmp_path):
         found = {use.program for use in python_uses(source)}
     finally:
         programs.REPO = original
-    assert found == {"etcd", "etcdctl", "prlimit", "ip", "redis-server", "chromium"}
+    assert found == {"etcd", "etcdctl", "prlimit", "ip", "redis-server", "chromium",
+                     "ping"}
 
 
 def test_scanner_finds_programs_in_shell():
