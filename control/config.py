@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, Field, model_validator
 
 VXLAN_OVERHEAD = 50  # bytes a VXLAN packet adds: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8
+MAX_NETWORK_VNIS = 65535  # networks per cloud: a host's conntrack zones are 16 bits (firewall.zone)
 
 
 class ControlConfig(BaseModel):
@@ -215,8 +216,10 @@ class ControlConfig(BaseModel):
     external_bridge: str = "cloud-ext"  # the host bridge routers' external side plugs into
     # The VNIs networks get (inclusive, at random within). VXLAN devices with one
     # VNI and UDP port cannot coexist in one network namespace, so clouds sharing
-    # a machine (`make up`'s and a test's) are given disjoint ranges.
-    vni_range: tuple[int, int] = (1, 2**24 - 1)
+    # a machine (`make up`'s and a test's) are given disjoint ranges. At most
+    # 65535 of them: a host's firewall keeps each network's connections in the
+    # conntrack zone VNI % 65535 + 1 (16 bits), which must not be another's.
+    vni_range: tuple[int, int] = (1, MAX_NETWORK_VNIS)
     # The network, floating IP and security group quotas of a project without
     # overrides, with tenant networks on (a project's "default" network is not
     # counted; its "default" security group is: Neutron's defaults, 10 and 100).
@@ -228,6 +231,10 @@ class ControlConfig(BaseModel):
         low, high = self.vni_range
         if not 1 <= low <= high <= 2**24 - 1:
             raise ValueError(f"vni_range {list(self.vni_range)} must be within 1..{2**24 - 1}, low first")
+        if high - low + 1 > MAX_NETWORK_VNIS:
+            raise ValueError(f"vni_range {list(self.vni_range)} holds {high - low + 1} VNIs; at most "
+                             f"{MAX_NETWORK_VNIS} (each network's conntrack zone on a host is its "
+                             f"VNI modulo {MAX_NETWORK_VNIS})")
         return self
 
     def network_mtu(self) -> int:

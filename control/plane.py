@@ -81,7 +81,8 @@ def build_control_plane(config: ControlConfig) -> ControlPlane:
     hosts = Hosts(store)
     agents = AgentClient(credentials=channel_credentials(config), name_of=host_at(hosts))
     networks.nudge = lambda host: agents.sync_networks(hosts.get(host).address)
-    security_groups.nudge = networks.nudge
+    security_groups.nudge = lambda host: agents.sync_networks(hosts.get(host).address,
+                                                              firewall_only=True)
     metrics = Metrics(config.redis_url, config.metrics_retention_s, config.metrics_window_s,
                       stale_after_s=max(5.0, 3.0 * config.metrics_interval_s),
                       sentinel_master=config.redis_sentinel_master)

@@ -75,12 +75,6 @@ class LaunchForm(FlaskForm):
             raise ValidationError("a network can be chosen for one instance at a time: "
                                   "launch them one by one, or leave the default network")
 
-    def validate_security_groups(self, field: SelectMultipleField) -> None:
-        # As networks: on a single create only (CreateInstancesRequest has none).
-        if field.data and (self.count.data or 1) > 1:
-            raise ValidationError("security groups can be chosen for one instance at a time: "
-                                  "launch them one by one, or leave the default group")
-
 
 class KeypairForm(FlaskForm):
     name = StringField("Name", validators=NAME)

@@ -54,7 +54,7 @@ class Ports:
 
 def tenant_network_settings(tag: str = "up", external_cidr: str = "100.64.0.0/24",
                             external_bridge: str = "cloud-ext", tunnel_address: str = "127.0.0.1",
-                            vni_range: tuple[int, int] = (1, 999_999),
+                            vni_range: tuple[int, int] = (1, 65_535),
                             ) -> tuple[dict[str, object], dict[str, object]]:
     """The control plane's and the agent's settings for tenant networks on one
     machine: (control_settings, agent_settings).

@@ -122,10 +122,11 @@ class ComputeAgentServicer(agent_pb2_grpc.ComputeAgentServicer):
                                           for k, v in counters.items()})
 
     def SyncNetworks(self, request, context):
-        """The control plane's nudge: converge the tenant networks now (on a NAT
-        host: nothing to do, no changes)."""
+        """The control plane's nudge: converge the tenant networks (or only the
+        firewall) now; on a NAT host: nothing to do, no changes."""
         try:
-            return agent_pb2.SyncNetworksResponse(changes=self.networks.sync())
+            return agent_pb2.SyncNetworksResponse(
+                changes=self.networks.sync(firewall_only=request.firewall_only))
         except grpc.RpcError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"cannot read this host's networks: {exc.details() or exc.code()}")

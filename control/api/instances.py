@@ -41,7 +41,8 @@ class InstanceServicer(compute_pb2_grpc.InstanceServiceServicer):
         made = self.plane.scale_out.create(current_caller(), request.name, request.flavor,
                                            request.image, request.count, request.min_count,
                                            request.request_id, request.key_name,
-                                           request.user_data, request.group)
+                                           request.user_data, request.group,
+                                           list(request.security_groups))
         return compute_pb2.ListInstancesResponse(instances=[convert.instance(i) for i in made])
 
     def PreviewPlacement(self, request, context):

@@ -202,6 +202,7 @@ LIMITS: dict[str, Limit] = {
     "CreateInstancesRequest.key_name": NAME,
     "CreateInstancesRequest.user_data": USER_DATA,
     "CreateInstancesRequest.group": NAME,
+    "CreateInstancesRequest.security_groups": many(ID_OR_NAME, 16),
     "GetInstanceRequest.id_or_name": ID_OR_NAME,
     "ListInstancesRequest.page_token": PAGE_TOKEN,
     "DeleteInstanceRequest.id_or_name": ID_OR_NAME,

@@ -148,10 +148,12 @@ class AgentClient:
             nics=[guest_nic(n) for n in guest.nics])
         return self._call(address, "Spawn", request, timeout_s).power_state
 
-    def sync_networks(self, address: str, timeout_s: float = 3.0) -> list[str]:
-        """Ask the agent to converge its tenant networks now; what it changed."""
-        return list(self._call(address, "SyncNetworks", agent_pb2.SyncNetworksRequest(),
-                               timeout_s).changes)
+    def sync_networks(self, address: str, timeout_s: float = 3.0, firewall_only: bool = False,
+                      ) -> list[str]:
+        """Ask the agent to converge its tenant networks now (only its firewall,
+        when only security groups changed); what it changed."""
+        request = agent_pb2.SyncNetworksRequest(firewall_only=firewall_only)
+        return list(self._call(address, "SyncNetworks", request, timeout_s).changes)
 
     def destroy(self, address: str, instance_id: str) -> bool:
         return self._call(address, "Destroy", agent_pb2.InstanceRef(instance_id=instance_id)).existed

@@ -26,10 +26,19 @@ log = logging.getLogger(__name__)
 
 MAX_COUNT = 20  # bounded so that one etcd transaction holds them all
 # With tenant networks each instance also takes an address key and a member key
-# of the default security group: 8 writes each (record, name, index, action,
-# user data, allocation, address, membership), plus one per host and a few,
-# must stay within etcd's 128 operations per transaction.
-MAX_COUNT_WITH_NICS = 13
+# per security group: 7 writes (record, name, index, action, user data,
+# allocation, address) and one per group each, plus one per host (at most one
+# per instance) and a few, must stay within etcd's 128 operations per
+# transaction: 13 instances in the default group alone, 9 in five groups.
+ETCD_MAX_TXN_OPS = 128
+TXN_OPS_BESIDES_INSTANCES = 8  # quota, request id, image check, ...
+
+
+def max_count_with_nics(groups: int) -> int:
+    """The most instances one scale-out with tenant networks can create when
+    each joins `groups` security groups."""
+    per_instance = 7 + max(groups, 1) + 1  # its writes, its groups', its host's
+    return min(MAX_COUNT, (ETCD_MAX_TXN_OPS - TXN_OPS_BESIDES_INSTANCES) // per_instance)
 ATTEMPTS = 20
 
 
@@ -54,7 +63,8 @@ class ScaleOut:
 
     def create(self, caller: Caller, name: str, flavor_name: str, image_ref: str, count: int,
                min_count: int = 0, request_id: str = "", key_name: str = "",
-               user_data: bytes = b"", group: str = "") -> list[Instance]:
+               user_data: bytes = b"", group: str = "",
+               security_groups: list[str] | None = None) -> list[Instance]:
         project = caller.project
         min_count = min_count or count
         if not 1 <= count <= MAX_COUNT:
@@ -77,15 +87,19 @@ class ScaleOut:
         self.instances._check_request_id(request_id)
         if (earlier := self._replay(project, request_id)) is not None:
             return earlier
+        refs = list(dict.fromkeys(security_groups or []))
         # With tenant networks: a NIC each on the project's default network.
-        if self.instances.config.tenant_networks and count > MAX_COUNT_WITH_NICS:
-            raise InvalidArgument(f"count must be 1 to {MAX_COUNT_WITH_NICS} with tenant networks "
-                                  "(one transaction holds them all, addresses included)")
+        if self.instances.config.tenant_networks and count > (most := max_count_with_nics(len(refs))):
+            raise InvalidArgument(f"count must be 1 to {most} with tenant networks and "
+                                  f"{max(len(refs), 1)} security group(s) (one transaction holds "
+                                  "them all, addresses and memberships included)")
         flavor, image = self.instances.flavor_and_image(caller, flavor_name, image_ref)
         if key_name:
             self.instances.keypairs.get(project, key_name)  # NOT_FOUND before anything is written
         on_networks = self.instances.networks_of(project, [])  # the default one made, if need be
-        in_groups = self.instances.security_groups_of(project, [])  # the default group, likewise
+        # The groups asked for (NOT_FOUND, or refused without tenant networks,
+        # before anything is written), or the default group, made if need be.
+        in_groups = self.instances.security_groups_of(project, refs)
         one = QuotaValues.of(flavor.resources)
         request = flavor_request(flavor)
 
@@ -118,12 +132,12 @@ class ScaleOut:
                 for instance in made:  # each its own address: nics_into sees the txn's
                     instance.nics = networks.nics_into(txn, on_networks, instance.id)
             if in_groups:
-                security_groups = self.instances.security_groups
-                assert security_groups is not None
-                in_groups = security_groups.reread(in_groups) if attempt else in_groups
+                group_service = self.instances.security_groups
+                assert group_service is not None
+                in_groups = group_service.reread(in_groups) if attempt else in_groups
                 for instance in made:
-                    instance.security_groups = security_groups.join_into(txn, project, in_groups,
-                                                                          instance.id)
+                    instance.security_groups = group_service.join_into(txn, project, in_groups,
+                                                                        instance.id)
             for instance in made:
                 action_keys.append(records.create_into(txn, instance, actions.Begin(
                     "create", request_id, caller.username)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from celery import Celery, Task
@@ -35,6 +34,7 @@ from control.identity.quotas import QuotaValues
 from control.models import Allocation, Fault, Flavor, Instance
 from control.network import ipam
 from control.network.floating_ips import detach_instance_into
+from control.network.nudge import nudge_in_parallel
 from control.network.security_groups import leave_into
 from control.placement.scheduler import Request, flavor_request
 from control.plane import ControlPlane
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 # to create answers in tens of milliseconds; one that starts a router's dnsmasq
 # in a few hundred).
 NUDGE_TIMEOUT_S = 3.0
-NUDGE_WAIT_S = 2.0
 
 # An unreachable agent is retried this many times (with backoff) before the
 # operation is given up and recorded as a fault.
@@ -237,32 +236,17 @@ class InstanceWork:
         """Ask every host that has these networks (and the hosts in `also`) to
         converge them now: a port just came (before its spawn: the guest's DHCP
         lease, and its peers' forwarding entries to it, are there before it
-        boots) or went. In parallel and best effort: each agent also polls
-        (network_sync_interval_s), so a nudge that fails or is slow costs at most
-        that; the build waits for the answers at most NUDGE_WAIT_S."""
+        boots) or went. In parallel and best effort (control/network/nudge.py)."""
         if not network_ids:
             return
-        hosts = sorted(self.plane.networks.hosts_of(project, network_ids) | (also or set()))
-        if not hosts:
-            return
+        hosts = self.plane.networks.hosts_of(project, network_ids) | (also or set())
 
         def nudge(name: str) -> None:
             found = self.plane.hosts.find(name)
-            if found is None:
-                return
-            try:
+            if found is not None:
                 self.plane.agents.sync_networks(found.address, NUDGE_TIMEOUT_S)
-            except CloudError as exc:
-                log.info("nudging host %s failed (it converges on its timer): %s", name, exc)
 
-        pool = ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="nudge")
-        try:
-            _, late = wait([pool.submit(nudge, h) for h in hosts], timeout=NUDGE_WAIT_S)
-            if late:
-                log.info("%d of %d nudged hosts did not answer within %ss; not waiting",
-                         len(late), len(hosts), NUDGE_WAIT_S)
-        finally:
-            pool.shutdown(wait=False)  # a late answer finishes in the background
+        nudge_in_parallel(hosts, nudge, f"networks {', '.join(sorted(network_ids))}")
 
     def _schedule(self, instance: Instance, group_key: str) -> str:
         try:

@@ -30,9 +30,10 @@ transaction that writes the group or the rule.
 What the hosts get (networks.py's host_view, through `host_groups`): each port
 its instance's group ids; every group of the host's ports and every group
 their rules name as remote, with its rules and its members' fixed IPs. After a
-change the hosts whose view changed are nudged (SyncNetworks), best effort:
-agents also poll. This release records rules and sends them to the hosts; the
-hosts' firewall enforces them with the agent's part of issue 19.
+change the hosts whose view changed are nudged to converge their firewall
+(SyncNetworks with firewall_only: nothing else of theirs changed), in parallel
+and best effort (nudge.py): agents also converge on their timer. Each host's
+firewall (compute-agent's tenant/firewall.py) enforces the groups with nftables.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from control.compute import records
 from control.compute.states import TaskState
 from control.errors import (
     AlreadyExists,
-    CloudError,
     Conflict,
     InvalidArgument,
     InvalidTransition,
@@ -59,6 +59,7 @@ from control.errors import (
 )
 from control.identity.quotas import Quotas, QuotaValues
 from control.models import Instance, SecurityGroup, SecurityGroupRef, SecurityGroupRule, validate_name
+from control.network.nudge import nudge_in_parallel
 from control.store import keys, lookup
 from control.store.etcd import Record, Store, Txn
 
@@ -195,7 +196,7 @@ class SecurityGroups:
     def __init__(self, store: Store, quotas: Quotas):
         self.store = store
         self.quotas = quotas
-        # nudge(host name): ask that host's agent to converge its networks now
+        # nudge(host name): ask that host's agent to converge its firewall now
         # (control/plane.py wires it once the agents' client exists).
         self.nudge: Callable[[str], object] = lambda host: None
 
@@ -480,13 +481,9 @@ class SecurityGroups:
 
     def nudge_hosts(self, project: str, group_ids: set[str], remote_too: bool,
                     also: set[str] | None = None) -> None:
-        """Tell the affected hosts to converge now (best effort: they poll anyway)."""
-        for host in sorted(self.hosts_of(project, group_ids, remote_too) | (also or set()) - {""}):
-            try:
-                self.nudge(host)
-            except CloudError as exc:
-                log.info("nudging %s about security groups failed (it converges on its timer): %s",
-                         host, exc)
+        """Tell the affected hosts to converge their firewall now."""
+        nudge_in_parallel(self.hosts_of(project, group_ids, remote_too) | (also or set()), self.nudge,
+                    f"security groups {', '.join(sorted(group_ids))}")
 
 
 def leave_into(txn: Txn, instance: Instance) -> None:

@@ -92,7 +92,7 @@ def _create(form: LaunchForm) -> Any:
         made = api.call(stub.CreateInstances, pb.CreateInstancesRequest(
             name=form.name.data, flavor=form.flavor.data, image=form.image.data or "",
             count=form.count.data, request_id=request_id, key_name=form.key_name.data or "",
-            user_data=user_data)).instances
+            user_data=user_data, security_groups=form.security_groups.data or [])).instances
         flash(f"{len(made)} instances requested: {', '.join(i.name for i in made)}", "info")
         return redirect(url_for("instances.index"))
     created = api.call(stub.CreateInstance, pb.CreateInstanceRequest(

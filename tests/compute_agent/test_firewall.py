@@ -169,7 +169,10 @@ def test_ingress_is_denied_until_a_rule_allows_it_and_again_once_it_goes(topo):
     assert not ping(g_client, web.fixed_ip, wait_s=WAIT_S), "closed again"
 
 
-def test_an_established_connection_survives_an_unrelated_rule_change(topo):
+def test_an_open_connection_survives_an_unrelated_rule_change_and_is_cut_by_its_rules_removal(topo):
+    """Neutron's semantics: the rules' change that still allows a connection
+    leaves it alone; the one that no longer allows it cuts it (the opener's
+    packets go through the rules every time, not only the first)."""
     h1 = topo.hosts["h1"]
     web, client = nic(11, "web"), nic(12, "client")
     tcp = Rule("r1", "ingress", "tcp", 5000, 5000, remote_group_id="client")
@@ -196,9 +199,19 @@ def test_an_established_connection_survives_an_unrelated_rule_change(topo):
             # Tracked in the network's own conntrack zone (the VNI + 1).
             tracked = sh("ip", "netns", "exec", h1.netns, "conntrack", "-L", "-p", "tcp", "--dport", "5000")
             assert f"zone={VNI + 1}" in tracked and web.fixed_ip in tracked
+
+            changes = h1.converge(desired((web, client), SecurityGroup("web", (dns,)), client_members))
+            assert changes == ["firewall: change bridge cloudfw / chain sg-web-ingress",
+                               "firewall: remove bridge cloudfw / set rg-client"]  # no rule names it
+            conn.stdin.write("three\n")
+            conn.stdin.flush()
+            # No echo: the client's read times out (2 s) and it ends.
+            assert conn.stdout.readline() == "", "the rule that allowed it is gone: cut"
         finally:
             conn.kill()
             conn.wait()
+        assert not tcp_opens(g_client, web.fixed_ip, 5000)
+        h1.converge(desired((web, client), SecurityGroup("web", (tcp, dns)), client_members))
         assert tcp_opens(g_client, web.fixed_ip, 5000)
         assert not tcp_opens(g_client, web.fixed_ip, 5001), "only the rule's port"
     finally:

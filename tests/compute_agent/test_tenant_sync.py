@@ -18,6 +18,7 @@ import pytest
 from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 from compute_agent.fake_driver import FakeDriver
 from compute_agent.server import ComputeAgentServicer
+from compute_agent.tenant.firewall import Firewall
 from compute_agent.tenant.model import Network
 from compute_agent.tenant.networking import TenantNetworking
 from compute_agent.tenant.sync import NetworkSync, host_networks_fetcher
@@ -61,12 +62,13 @@ class ControlPlane(agent_pb2_grpc.HostServiceServicer):
 
 @pytest.fixture
 def synced(tmp_path):
-    """h1 has a NetworkSync (loop every INTERVAL_S once started) against the control plane."""
+    """h1 has a NetworkSync (loop every INTERVAL_S once started) against the
+    control plane, with a firewall (security_groups on, the agent's default)."""
     socket = str(tmp_path / "control.sock")
 
     def build(vtep, name, state):
         channel = grpc.insecure_channel(f"unix:{socket}", options=CHANNEL_OPTIONS)  # the agent's backoff
-        return NetworkSync(TenantNetworking(vtep, name, state),
+        return NetworkSync(TenantNetworking(vtep, name, state, firewall=Firewall(vtep)),
                            host_networks_fetcher(channel, timeout_s=FETCH_TIMEOUT_S), INTERVAL_S)
 
     # The hosts fork before the control plane starts any gRPC thread in this process.
@@ -91,6 +93,20 @@ def test_a_nudge_converges_at_once_and_answers_with_the_changes(synced):
     assert f"add fdb {a.ports[1].mac} dst 192.0.2.2 on vxlan-601" in changes
     assert h1.links() == {"brq-601", "vxlan-601"}
     assert h1.sync() == []
+
+
+def test_a_firewall_only_nudge_converges_the_firewall_alone(synced):
+    """After a security group change the control plane asks for the firewall
+    alone (SyncNetworksRequest.firewall_only): the rest waits for a whole pass."""
+    t, control = synced
+    h1 = t.hosts["h1"]
+    control.desired = [network(601, port(11, "h1", 601), port(12, "h2", 601))]
+    changes = h1.sync(True)
+    assert changes and all(c.startswith("firewall: ") for c in changes), changes
+    assert h1.links() == set(), "no bridge: only the firewall was converged"
+    changes = h1.sync()
+    assert "add bridge brq-601" in changes and not any(c.startswith("firewall: ") for c in changes)
+    assert h1.sync(True) == [] and h1.sync() == []
 
 
 def test_the_loop_converges_and_keeps_all_while_the_control_plane_is_down(synced):

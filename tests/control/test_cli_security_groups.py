@@ -100,5 +100,11 @@ def test_instance_groups(cloudctl):
     changed = json.loads(cloudctl("instance", "set-security-groups", vm, "default", "-o", "json").stdout)
     assert [g["name"] for g in changed["security_groups"]] == ["default"]
     refused(cloudctl("instance", "set-security-groups", vm, "ghost", check=False), "NOT_FOUND")
-    cloudctl("security-group", "delete", web)  # no longer in use
     cloudctl("instance", "delete", vm, "--wait")
+    # A scale-out joins them too.
+    many = json.loads(cloudctl("instance", "create", "--flavor", "tiny", "--name", vm, "--count", "2",
+                               "--security-group", web, "-o", "json").stdout)
+    assert [[g["name"] for g in i["security_groups"]] for i in many] == [[web], [web]]
+    for made in many:
+        cloudctl("instance", "delete", made["name"], "--wait")
+    cloudctl("security-group", "delete", web)  # no longer in use

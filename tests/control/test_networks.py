@@ -18,6 +18,7 @@ from cloudapi.v1 import agent_pb2, agent_pb2_grpc
 from cloudapi.v1 import compute_pb2 as pb
 from cloudapi.v1 import identity_pb2 as ipb
 from cloudapi.v1 import network_pb2 as npb
+from cloudapi.v1 import security_group_pb2 as spb
 
 from control import pki
 from control.store import keys
@@ -413,6 +414,28 @@ def test_a_scale_out_gives_each_instance_its_own_nic_and_the_default_group(net_c
         name="big", flavor="tiny", count=14), timeout=60))
     assert got == grpc.StatusCode.INVALID_ARGUMENT and "1 to 13 with tenant networks" in details
     delete_all(client)
+
+
+def test_a_scale_out_joins_the_security_groups_asked_for(net_cloud):
+    """Each group is a write per instance in the one transaction: two groups
+    allow 12 instances, not 13; a group not of the project writes nothing."""
+    _, store, _ = net_cloud
+    project, client = tenant(net_cloud)
+    web = client.security_groups.CreateSecurityGroup(spb.CreateSecurityGroupRequest(name="web"))
+    got, details = code(lambda: client.instances.CreateInstances(pb.CreateInstancesRequest(
+        name="web", flavor="tiny", count=2, security_groups=["web", "nope"]), timeout=60))
+    assert got == grpc.StatusCode.NOT_FOUND and "nope" in details
+    assert list(client.instances.ListInstances(pb.ListInstancesRequest()).instances) == []
+    got, details = code(lambda: client.instances.CreateInstances(pb.CreateInstancesRequest(
+        name="web", flavor="tiny", count=13, security_groups=["web", "default"]), timeout=60))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and "1 to 12 with tenant networks" in details
+    made = client.instances.CreateInstances(pb.CreateInstancesRequest(
+        name="web", flavor="tiny", count=12, security_groups=["web", "default"]), timeout=60).instances
+    assert {tuple(g.name for g in i.security_groups) for i in made} == {("web", "default")}
+    members = store.list(keys.security_group_members(project, web.id))
+    assert sorted(r.key.rsplit("/", 1)[1] for r in members) == sorted(i.id for i in made)
+    delete_all(client)
+    client.security_groups.DeleteSecurityGroup(spb.DeleteSecurityGroupRequest(id_or_name="web"))
 
 
 def test_a_project_with_networks_or_floating_ips_is_not_deleted(net_cloud):

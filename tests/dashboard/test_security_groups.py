@@ -234,10 +234,14 @@ def test_launch_with_a_group(web, demo_api):
     try:
         page = web.get("/launch").get_data(as_text=True)
         assert 'name="security_groups"' in page and f'<option value="{name}">{name}</option>' in page
-        # Several at once take no groups (the API's CreateInstances has none): the form says so.
+        # Several at once join the groups chosen too.
         response = web.post("/launch", data={"name": vm, "flavor": "tiny", "count": "2",
                                              "security_groups": [name], "request_id": str(uuid.uuid4())})
-        assert response.status_code == 400 and "one instance at a time" in response.get_data(as_text=True)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        for n in (1, 2):
+            instance = demo_api.instances.GetInstance(cpb.GetInstanceRequest(id_or_name=f"{vm}-{n}"))
+            assert [g.name for g in instance.security_groups] == [name]
+            remove(demo_api, instance)
         response = web.post("/launch", data={"name": vm, "flavor": "tiny", "count": "1",
                                              "security_groups": [name], "request_id": str(uuid.uuid4())})
         assert response.status_code == 302, response.get_data(as_text=True)

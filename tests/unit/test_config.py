@@ -41,3 +41,15 @@ def test_leader_lease_below_etcds_minimum_is_refused():
     assert ControlConfig(leader_lease_s=3).leader_lease_s == 3
     with pytest.raises(ValidationError, match="leader_lease_s"):
         ControlConfig(leader_lease_s=1)
+
+
+def test_a_vni_range_wider_than_the_conntrack_zones_is_refused():
+    """A host's firewall keeps each network's connections in zone VNI % 65535 + 1:
+    two networks of one cloud must never share a zone (once the default range,
+    1..2**24-1, let them)."""
+    assert ControlConfig().vni_range == (1, 65535)
+    assert ControlConfig(vni_range=(1_000_000, 1_065_534)).vni_range == (1_000_000, 1_065_534)
+    with pytest.raises(ValidationError, match="at most 65535"):
+        ControlConfig(vni_range=(1, 65536))
+    with pytest.raises(ValidationError, match="within 1..16777215"):
+        ControlConfig(vni_range=(0, 10))

@@ -75,16 +75,14 @@ def instance_create(ctx: click.Context, name: str, flavor_name: str, image_ref: 
                     output: str) -> None:
     """Create an instance (or, with --count, several); --wait follows its build."""
     user_data = user_data_file.read() if user_data_file else b""
-    # CreateInstancesRequest has no such fields (yet): refuse rather than ignore them.
+    # CreateInstancesRequest has no networks (yet): refuse rather than ignore them.
     if count and networks:
         raise click.UsageError("--network does not go with --count: create them one by one")
-    if count and security_groups:
-        raise click.UsageError("--security-group does not go with --count: create them one by one")
     if count:
         create_many(ctx, pb.CreateInstancesRequest(
             name=name, flavor=flavor_name, image=image_ref, count=count, min_count=min_count,
             request_id=request_id or str(uuid.uuid4()), key_name=key_name, user_data=user_data,
-            group=group), wait, timeout, output)
+            group=group, security_groups=list(security_groups)), wait, timeout, output)
         return
     request = pb.CreateInstanceRequest(name=name, flavor=flavor_name, image=image_ref,
                                        request_id=request_id or str(uuid.uuid4()), group=group,

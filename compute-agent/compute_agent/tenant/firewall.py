@@ -31,6 +31,15 @@ together:
   host never share an entry, as Neutron's zones do), then copies conntrack's
   verdict into two bits of the packet mark (MARK_*, mangle priority, after
   conntrack). The mark travels with the frame back into the bridge hooks.
+  What passes on the mark alone is a reply (a packet of an established
+  connection's reply direction) and a related packet (an ICMP error about an
+  allowed flow); a packet of the opener's direction goes through the rules
+  every time, not only when it opens the connection. So a rule's removal cuts
+  the connections it alone allowed at their next packet, while a connection
+  the rules still allow (an unrelated rule's change) carries on: Neutron's
+  semantics, which it gets by deleting conntrack entries after a change, here
+  without touching conntrack. The cost: the port's rules (a few lines and set
+  lookups) for each packet the opener sends (bench/network.py's TCP figure).
 - `bridge cloudfw<tag>`: the rules. `from-guests` (prerouting, priority 10:
   after br_netfilter's hook at 0 ran conntrack, so the mark is set; measured)
   sends a frame from a tap to its port's `from-<tap>` chain by a verdict map;
@@ -43,8 +52,8 @@ A port's from- chain (egress), in order: anti-spoofing first, stateless (a
 guest's frame must carry its own MAC; ARP only with its own MAC and IP, or
 0.0.0.0 for an address probe; IPv4 only from its fixed IP, except a DHCP
 client's 0.0.0.0 -> broadcast; never DHCP server traffic, udp sport 67), and
-only then the state (established and related pass; invalid is dropped), so a
-spoofed packet can never ride a neighbour's established connection. Then the
+only then the state (replies and related packets pass; invalid is dropped),
+so a spoofed packet can never ride a neighbour's established connection. Then the
 DHCP client's unicast renewals, then a jump to each of the port's groups'
 egress chains (an accept there ends the hook), then drop. The to- chain
 (ingress): ARP passes; then state; then DHCP from the network's router
@@ -68,7 +77,7 @@ ONE `nft -f` transaction (only the differing blocks flushed and written again:
 patch()), or both tables replaced in one (declare, delete, define) when a
 patch cannot do it (a table missing). Either way there is never a moment
 without rules, and conntrack is not touched: established connections that
-the new rules still allow carry on. It returns one line per block that
+the new rules still allow carry on, the others are cut (above). It returns one line per block that
 differed, so a second converge returns [], and so does the first converge
 of a restarted agent when nothing changed. Reading 2,000 rules back takes
 ~120 ms here, so a desired state that differs from the last one applied is
@@ -78,10 +87,10 @@ under it the transaction fails as a whole and converge reads the kernel
 instead. A pass with nothing new always reads the kernel: drift is repaired
 within one sync interval.
 
-Known limits: connections that a rule removal no longer allows are not cut
-(Neutron deletes their conntrack entries); the zone is the VNI modulo 65535
-(two networks of one host whose VNIs differ by a multiple of 65535 would share
-a zone); br_netfilter sends every bridged IPv4 frame of this host's network
+Known limits: the zone is the VNI modulo 65535 plus one, unique in a cloud
+because its vni_range holds at most 65535 VNIs (control/config.py), not across
+two clouds sharing a network namespace unless their ranges differ modulo
+65535; br_netfilter sends every bridged IPv4 frame of this host's network
 namespace through the inet hooks, so another program's inet or iptables rules
 in that namespace see tenant traffic too (that is the kernel's default here
 already; converge only turns the setting on if someone turned it off).
@@ -104,7 +113,7 @@ from compute_agent.tenant.model import HostNetworks, Network, Port, Rule, Securi
 
 TABLE = "cloudfw"                 # + the agent's tag; one in the bridge family, one in inet
 MARK_MASK = 0x30000000            # the packet mark's bits that carry conntrack's verdict
-MARK_ESTABLISHED = 0x10000000     # established or related: a reply, or part of an allowed flow
+MARK_REPLY = 0x10000000           # a reply of an established connection, or related to one
 MARK_INVALID = 0x20000000         # conntrack could not place it
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 GROUP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # names chains and sets
@@ -232,7 +241,7 @@ def _elements(items: list[str]) -> list[str]:
 
 
 def _state_line() -> str:
-    return (f"meta mark & {MARK_MASK:#010x} vmap {{ {MARK_ESTABLISHED:#010x} : accept, "
+    return (f"meta mark & {MARK_MASK:#010x} vmap {{ {MARK_REPLY:#010x} : accept, "
             f"{MARK_INVALID:#010x} : drop }}")
 
 
@@ -321,7 +330,8 @@ def render(desired: HostNetworks, local_vtep: str, tag: str = "") -> str:
     inet += _chain("state", [
         "iifname != @bridges return",
         f"meta mark set meta mark & {~MARK_MASK & 0xffffffff:#010x}",
-        f"ct state established,related meta mark set meta mark | {MARK_ESTABLISHED:#010x}",
+        f"ct state related meta mark set meta mark | {MARK_REPLY:#010x}",
+        f"ct direction reply ct state established meta mark set meta mark | {MARK_REPLY:#010x}",
         f"ct state invalid meta mark set meta mark | {MARK_INVALID:#010x}",
     ], "type filter hook prerouting priority mangle; policy accept;")
     inet.append("}")

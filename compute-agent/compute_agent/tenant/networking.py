@@ -131,3 +131,11 @@ class TenantNetworking(HostNetworking):
                 changes += self.firewall.converge(desired)
             self.desired = {n.id: n for n in desired.networks}
         return changes
+
+    def converge_firewall(self, desired: HostNetworks) -> list[str]:
+        """Only the firewall (a security group changed; the networks' devices,
+        forwarding entries and routers wait for the next whole converge)."""
+        if self.firewall is None:
+            return []
+        with self._lock:
+            return self.firewall.converge(desired)

@@ -65,16 +65,20 @@ class NetworkSync:
         if self._thread.is_alive():
             self._thread.join(timeout=FETCH_TIMEOUT_S + 5)
 
-    def sync(self) -> list[str]:
-        """One pass: fetch, converge; the changes made. grpc.RpcError when the
-        control plane cannot be reached, NetworkError when the desired state
-        cannot be applied: either way nothing was removed."""
+    def sync(self, firewall_only: bool = False) -> list[str]:
+        """One pass: fetch, converge (with firewall_only, the firewall alone: a
+        nudge after a security group change); the changes made. grpc.RpcError
+        when the control plane cannot be reached, NetworkError when the desired
+        state cannot be applied: either way nothing was removed."""
         if self.networking is None:
             return []
         with self._pass:
             desired = self.fetch()
-            changes = self.networking.converge(desired)
-            self.last = desired
+            if firewall_only:
+                changes = self.networking.converge_firewall(desired)
+            else:
+                changes = self.networking.converge(desired)
+                self.last = desired
         if changes:
             log.info("networks at revision %d: %s", desired.revision, "; ".join(changes))
         return changes
