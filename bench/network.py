@@ -18,8 +18,10 @@
    Then security groups: `rule create` (ingress icmp in the default group) RPC
    -> the first reply, and `rule delete` RPC -> no reply, the same way.
 3. ping RTT and TCP throughput endpoint to endpoint, on one host and across two
-   hosts (VXLAN over a veth underlay), each against the same two endpoints on
-   one plain Linux bridge. Namespace endpoints, not guests (a guest under QEMU
+   hosts (VXLAN over a veth underlay), and on one host between two NICs
+   behind the firewall (security group "open": the TCP runs go through its
+   rules), each against the same two endpoints on one plain Linux bridge.
+   Namespace endpoints, not guests (a guest under QEMU
    emulation would measure QEMU, not the network): tests/compute_agent/
    tenant_lab.py's approach, with its Host (the agent's TenantNetworking in a
    forked child that entered a "host" namespace) and its guest namespaces (a
@@ -50,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +61,8 @@ sys.path.insert(0, str(REPO))
 from cloudapi.v1 import compute_pb2 as pb  # noqa: E402
 from cloudapi.v1 import network_pb2 as npb  # noqa: E402
 from cloudapi.v1 import security_group_pb2 as spb  # noqa: E402
-from compute_agent.tenant.model import HostNetworks  # noqa: E402
+from compute_agent.tenant.firewall import Firewall, tap_name  # noqa: E402
+from compute_agent.tenant.model import HostNetworks, Rule, SecurityGroup  # noqa: E402
 from compute_agent.tenant.networking import TenantNetworking  # noqa: E402
 
 from localcloud.cloud import tenant_network_settings  # noqa: E402
@@ -366,21 +370,40 @@ def tcp_gbits(src: str, dst: str, address: str) -> float:
         receiver.wait()
 
 
+# The firewalled case's group: TCP and ICMP in from anyone, anything out (the
+# packets of the TCP runs go through its rules: the opener's every packet).
+OPEN = SecurityGroup("open", (Rule("tcp-in", "ingress", "tcp"), Rule("icmp-in", "ingress", "icmp"),
+                              Rule("all-out", "egress")))
+
+
+def firewalled(vtep: str, name: str, state: Path) -> TenantNetworking:
+    """A host as the agent has it with security_groups on (its default)."""
+    return TenantNetworking(vtep, name, state, firewall=Firewall(vtep))
+
+
 def namespace_endpoints() -> dict:
-    vni = 4242
+    vni, walled = 4242, 4243
     records = Path(tempfile.mkdtemp(prefix="bench-network-"))  # the hosts' NIC records (none)
     topo = BenchTopology(records)
     try:
-        topo.underlay(TenantNetworking)
+        topo.underlay(firewalled)
         net = network(vni, port(2, "h1", vni), port(3, "h1", vni), port(4, "h2", vni))
+        # A second network whose two NICs on h1 are in OPEN: their taps are the
+        # firewall's (tap_name), so its rules apply; the first network's taps
+        # are not, so only conntrack (br_netfilter) sees their frames.
+        walled_ports = tuple(replace(port(n, "h1", walled), security_group_ids=("open",)) for n in (2, 3))
+        net_walled = network(walled, *walled_ports)
         for host in topo.hosts.values():
-            host.converge(HostNetworks(networks=(net,)))
+            host.converge(HostNetworks(networks=(net, net_walled), security_groups=(OPEN,)))
         ends = {n: topo.guest(f"g{n}", "h1" if n < 4 else "h2", net, port(n, "h1" if n < 4 else "h2", vni))
                 for n in (2, 3, 4)}
+        walled_ends = [topo.guest(f"w{p.fixed_ip.rsplit('.', 1)[1]}", "h1", net_walled, p,
+                                  tap=tap_name(p.mac)) for p in walled_ports]
         plain_a, plain_b = plain_bridge(topo)
         cases = {
             "plain_bridge": (plain_a, plain_b, "10.0.0.3"),
             "same_host": (ends[2], ends[3], "10.0.0.3"),
+            "same_host_firewalled": (walled_ends[0], walled_ends[1], "10.0.0.3"),
             "cross_host_vxlan": (ends[2], ends[4], "10.0.0.4"),
         }
         for src, _, address in cases.values():  # ARP, warm caches: not counted
@@ -401,7 +424,7 @@ def namespace_endpoints() -> dict:
             "ratio_to_plain_bridge": {
                 case: {"ping_rtt": round(rtt[case] / base_rtt, 2),
                        "tcp_throughput": round(tput[case] / base_tput, 2)}
-                for case in ("same_host", "cross_host_vxlan")},
+                for case in ("same_host", "same_host_firewalled", "cross_host_vxlan")},
             "cross_host_over_same_host_throughput": round(tput["cross_host_vxlan"] / tput["same_host"], 2),
         }
     finally:
