@@ -136,8 +136,9 @@ class ComputeDriver(ABC):
         """Move the running guest's balloon to target_kib (capped at its entitlement),
         live only: its persistent size (the entitlement) stays, so a restart, scale or
         hard reboot gives the whole entitlement back. Returns False, changing nothing,
-        if the entitlement is no longer entitled_kib (a scale came in between) or the
-        guest is not running. DriverError if it is not on this host."""
+        if the entitlement is no longer entitled_kib (a scale came in between), the
+        guest is not running or it is not on this host (deleted meanwhile: the
+        reclaim loop races with deletes)."""
 
     @abstractmethod
     def stats(self, instance_id: str) -> dict[str, float]:

@@ -187,8 +187,8 @@ class FakeDriver(ComputeDriver):
                              report_id=self._reports, run_id=str(self._runs.get(instance_id, 0)))
 
     def set_balloon(self, instance_id: str, target_kib: int, entitled_kib: int) -> bool:
-        spec = self._require(instance_id)
-        if instance_id in self.stopped or spec.memory_mb * 1024 != entitled_kib:
+        spec = self.instances.get(instance_id)
+        if spec is None or instance_id in self.stopped or spec.memory_mb * 1024 != entitled_kib:
             return False
         self.balloon[instance_id] = min(target_kib, entitled_kib)
         return True

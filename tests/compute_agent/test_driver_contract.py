@@ -196,6 +196,22 @@ def test_balloon_moves_live_only_within_the_entitlement(driver):
         driver.destroy(s.instance_id)
 
 
+def test_an_instance_deleted_while_its_balloon_is_read_is_gone_not_an_error(driver, monkeypatch):
+    """The reclaim loop looks a guest up, then reads its balloon: a delete in
+    between left it a handle to a domain that no longer exists, and the loop
+    logged an ERROR traceback every time (libvirt's "no domain" escaped)."""
+    s = spec()
+    driver.spawn(s)
+    if isinstance(driver, FakeDriver):  # no handles to go stale
+        driver.destroy(s.instance_id)
+    else:
+        stale = driver._domain(s.instance_id)
+        driver.destroy(s.instance_id)
+        monkeypatch.setattr(driver, "_domain", lambda instance_id: stale)
+    assert driver.balloon_status(s.instance_id) is None
+    assert driver.set_balloon(s.instance_id, 64 * 1024, s.memory_mb * 1024) is False
+
+
 def _mode(path) -> int:
     return Path(path).stat().st_mode & 0o7777
 

@@ -482,8 +482,8 @@ class LibvirtDriver(ComputeDriver):
             entitled = _entitled_kib(domain)
             run_id = f"{domain.ID()}.{self._hard_reboots.get(instance_id, 0)}"
         except libvirt.libvirtError as exc:
-            if not domain.isActive():
-                return None  # stopped while we looked
+            if _gone_or_stopped(domain):
+                return None  # stopped or deleted while we looked
             raise DriverError(f"balloon stats failed: {exc}") from exc
         # Without "usable" (a guest kernel that does not report MemAvailable) its
         # needs are unknown: report no figures, and reclaim leaves it alone.
@@ -494,7 +494,9 @@ class LibvirtDriver(ComputeDriver):
                              report_id=memory.get("last_update", 0), run_id=run_id)
 
     def set_balloon(self, instance_id: str, target_kib: int, entitled_kib: int) -> bool:
-        domain = self._require(instance_id)
+        domain = self._domain(instance_id)
+        if domain is None:
+            return False
         with self._memory_lock:
             try:
                 if not domain.isActive() or _entitled_kib(domain) != entitled_kib:
@@ -502,10 +504,21 @@ class LibvirtDriver(ComputeDriver):
                 # AFFECT_LIVE only: the persistent currentMemory stays the entitlement.
                 domain.setMemoryFlags(min(target_kib, entitled_kib), libvirt.VIR_DOMAIN_AFFECT_LIVE)
             except libvirt.libvirtError as exc:
-                if not domain.isActive():
+                if _gone_or_stopped(domain):
                     return False
                 raise DriverError(f"balloon move failed: {exc}") from exc
         return True
+
+
+def _gone_or_stopped(domain: libvirt.virDomain) -> bool:
+    """Whether a domain we hold a handle to has stopped or been deleted since
+    (the reclaim loop races with deletes: that is not an error)."""
+    try:
+        return not domain.isActive()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return True
+        raise DriverError(str(exc)) from exc
 
 
 def _entitled_kib(domain: libvirt.virDomain) -> int:
