@@ -39,7 +39,12 @@ DISK_SIZE_MB=512   # must stay <= 1 GiB so the image fits the smallest flavor
 # "crc32c" through the crypto API, which would need modprobe to resolve.
 # Anything built into the kernel is skipped.
 INITRD_MODULES="virtio_pci virtio_blk crc32c_generic ext4"
-ROOT_MODULES="virtio_net virtio_balloon evdev button"
+# virtio_mem: memory plugged live (a scale-up) comes from a virtio-mem device;
+# the cmdline's memhp_default_state=online_movable onlines it as it comes (the
+# kernel does not by itself, and there is no udev), movable so that it can be
+# unplugged again, and swiotlb=2048 keeps the guest from reserving 64 MiB of
+# bounce buffers because the device's range lies above 4 GiB.
+ROOT_MODULES="virtio_net virtio_balloon virtio_mem evdev button"
 # The config drive: an ISO 9660 cdrom on the "pc" machine's PIIX IDE controller
 # (the cloud kernel has no AHCI, so no SATA). ata_piix pulls in libata and
 # scsi_mod; sr_mod gives /dev/sr0; isofs (after cdrom) reads it. They get their
@@ -340,7 +345,7 @@ cat > "$WORK/image.json.new" << 'EOF'
   "kernel": "vmlinuz",
   "initrd": "initrd.img",
   "disk": "disk.qcow2",
-  "cmdline": "console=ttyS0 root=/dev/vda rw quiet",
+  "cmdline": "console=ttyS0 root=/dev/vda rw quiet memhp_default_state=online_movable swiotlb=2048",
   "min_disk_gb": 1,
   "min_ram_mb": 128
 }

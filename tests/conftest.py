@@ -3,6 +3,7 @@ with real etcd, Redis, Celery worker, compute agent, libvirtd and QEMU."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,7 +153,8 @@ def cached_image(cache_dir: Path, image_dir: Path = IMAGE_DIR, kernel: str = "vm
              "initrd": image_dir / "initrd.img"}
     sums = {part: hashlib.sha256(path.read_bytes()).hexdigest() for part, path in files.items()}
     cache = ImageCache(cache_dir, lambda _image_id, part: [files[part].read_bytes()])
-    return cache.ensure("image-" + sums["kernel"][:8], "qcow2", "console=ttyS0 root=/dev/vda rw quiet",
+    cmdline = json.loads((image_dir / "image.json").read_text())["cmdline"]  # as the catalog has it
+    return cache.ensure("image-" + sums["kernel"][:8], "qcow2", cmdline,
                         sums["disk"], sums["kernel"], sums["initrd"])
 
 

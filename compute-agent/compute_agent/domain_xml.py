@@ -16,6 +16,10 @@ from compute_agent.storage import DiskDevice
 
 METADATA_NS = "https://smallcloud.dev/xmlns/instance/1"
 MAX_DATA_DISKS = 24  # virtio disks vdb to vdy (vda is the root disk)
+# Memory plugged live comes in blocks of this size (virtio-mem's block: the
+# least libvirt takes, x86's huge page).
+MEMORY_BLOCK_MIB = 2
+TCG_TB_CACHE_MIB = 128  # QEMU's translation cache under software emulation (default: 1 GiB)
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
     etree.SubElement(ours, f"{{{METADATA_NS}}}name").text = spec.display_name
     etree.SubElement(ours, f"{{{METADATA_NS}}}host").text = spec.owner_host
 
-    # Maximums above the current sizes leave room for live scale-up.
-    _sub(domain, "memory", str(spec.max_memory_mb), unit="MiB")
-    _sub(domain, "currentMemory", str(spec.memory_mb), unit="MiB")
+    # A vCPU maximum above the current count leaves room for live scale-up.
     _sub(domain, "vcpu", str(spec.max_vcpus), placement="static", current=str(spec.vcpus))
 
     os_ = _sub(domain, "os")
@@ -75,8 +77,12 @@ def build_domain_xml(spec: DomainSpec) -> str:
     features = _sub(domain, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if spec.virt_type == "kvm":
-        _sub(domain, "cpu", mode="host-passthrough")
+    if spec.virt_type == "qemu":
+        # TCG's translated code counts in QEMU's memory, capped here so that
+        # QEMU's overhead above the guest's memory is bounded (the agent sets a
+        # hard limit of the guest's memory plus QEMU_OVERHEAD_MIB).
+        _sub(_sub(features, "tcg"), "tb-cache", str(TCG_TB_CACHE_MIB), unit="MiB")
+    cpu = _sub(domain, "cpu", mode="host-passthrough") if spec.virt_type == "kvm" else None
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")
@@ -129,7 +135,59 @@ def build_domain_xml(spec: DomainSpec) -> str:
     # The guest reports its memory every 2 s: the agent's reclaim sees a guest
     # getting busy within a few seconds (compute_agent/reclaim.py).
     _sub(balloon, "stats", period="2")
+    set_memory(domain, spec.memory_mb, spec.max_memory_mb, spec.max_vcpus, cpu)
     return etree.tostring(domain, pretty_print=True, encoding="unicode")
+
+
+def plug_size_mib(memory_mb: int, max_memory_mb: int) -> int:
+    """The virtio-mem device's size: what a live scale-up can add, whole blocks."""
+    return max(0, max_memory_mb - memory_mb) // MEMORY_BLOCK_MIB * MEMORY_BLOCK_MIB
+
+
+def set_memory(domain: etree._Element, memory_mb: int, max_memory_mb: int, max_vcpus: int,
+               cpu: etree._Element | None = None) -> None:
+    """A domain's memory, (re)written in place: the guest boots with exactly
+    memory_mb (its one NUMA cell), and room to grow to max_memory_mb live is a
+    virtio-mem device with nothing plugged. Never a boot-time maximum hidden
+    by the balloon: a guest controls its balloon driver, and one that unloaded
+    it took the whole maximum (issue 20). The balloon stays, for reclaim
+    within the boot memory."""
+    for tag in ("maxMemory", "memory", "currentMemory"):
+        for old in domain.findall(tag):
+            domain.remove(old)
+    for old in domain.findall("devices/memory[@model='virtio-mem']"):
+        old.getparent().remove(old)
+    plug = plug_size_mib(memory_mb, max_memory_mb)
+    # Right after <uuid>/<metadata>, where libvirt keeps them.
+    at = list(domain).index(domain.find("metadata")) + 1
+    elements = []
+    if plug:
+        elements.append(etree.Element("maxMemory", slots="1", unit="MiB"))
+        elements[-1].text = str(memory_mb + plug)
+    for tag, mib in (("memory", memory_mb + plug), ("currentMemory", memory_mb)):
+        elements.append(etree.Element(tag, unit="MiB"))
+        elements[-1].text = str(mib)
+    for offset, element in enumerate(elements):
+        domain.insert(at + offset, element)
+    cpu = cpu if cpu is not None else domain.find("cpu")
+    if cpu is not None:
+        for old in cpu.findall("numa"):
+            cpu.remove(old)
+    if not plug:
+        if cpu is not None and not len(cpu) and not cpu.attrib:
+            domain.remove(cpu)
+        return
+    if cpu is None:  # memory hotplug needs a NUMA node; with TCG, QEMU's default CPU model
+        cpu = etree.Element("cpu")
+        domain.insert(list(domain).index(domain.find("features")) + 1, cpu)
+    cpus = "0" if max_vcpus == 1 else f"0-{max_vcpus - 1}"
+    _sub(_sub(cpu, "numa"), "cell", id="0", cpus=cpus, memory=str(memory_mb), unit="MiB")
+    device = _sub(domain.find("devices"), "memory", model="virtio-mem")
+    target = _sub(device, "target")
+    _sub(target, "size", str(plug), unit="MiB")
+    _sub(target, "node", "0")
+    _sub(target, "block", str(MEMORY_BLOCK_MIB * 1024), unit="KiB")
+    _sub(target, "requested", "0", unit="MiB")
 
 
 def network_xml(name: str, bridge: str, gateway: str, netmask: str, dhcp_start: str,

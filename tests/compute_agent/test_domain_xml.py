@@ -40,7 +40,29 @@ def test_domain_is_named_by_uuid_and_typed():
 
 def test_kvm_uses_host_cpu():
     assert parse(build_domain_xml(spec(virt_type="kvm"))).find("cpu").get("mode") == "host-passthrough"
-    assert parse(build_domain_xml(spec())).find("cpu") is None
+    assert parse(build_domain_xml(spec())).find("cpu").get("mode") is None  # TCG: QEMU's default
+    assert parse(build_domain_xml(spec(max_memory_mb=512))).find("cpu") is None
+
+
+def test_the_guest_boots_with_its_memory_and_can_grow_by_virtio_mem_only():
+    """Issue 20: the domain once booted with its maximum (2 GiB for a 512 MiB
+    flavor) hidden by a balloon the guest controls. Now its one NUMA cell is
+    its memory, and the room to grow is a virtio-mem device with nothing plugged."""
+    root = parse(build_domain_xml(spec()))
+    assert root.find("maxMemory").get("slots") == "1" and root.findtext("maxMemory") == "2048"
+    cell = root.find("cpu/numa/cell")
+    assert (cell.get("memory"), cell.get("unit"), cell.get("cpus")) == ("512", "MiB", "0-3")
+    device = root.find("devices/memory[@model='virtio-mem']/target")
+    assert (device.findtext("size"), device.findtext("requested"), device.findtext("block")) == \
+        ("1536", "0", "2048")
+    assert device.find("block").get("unit") == "KiB" and device.findtext("node") == "0"
+    # No room to grow: no device, no maximum, no NUMA.
+    fixed = parse(build_domain_xml(spec(max_memory_mb=512)))
+    assert fixed.find("maxMemory") is None and fixed.find("devices/memory") is None
+    assert fixed.findtext("memory") == "512" == fixed.findtext("currentMemory")
+    # An odd MiB of room is not a whole block: left out.
+    assert parse(build_domain_xml(spec(max_memory_mb=515))).find(
+        "devices/memory/target").findtext("size") == "2"
 
 
 def test_hostile_display_name_cannot_change_the_document():
@@ -123,7 +145,10 @@ DATA = Path(__file__).parent / "data"
 def test_todays_spawn_defines_the_same_domain(tmp_path, kernel):
     """The domain the libvirt driver defines for a spawn without NICs or block devices
     is, byte for byte, the one it defined before networking and storage were split
-    out of it (data/*.xml: written by that version's code, paths under /state)."""
+    out of it (data/*.xml: written by that version's code, paths under /state),
+    but for its memory: since issue 20 the boot memory is a NUMA cell and the room
+    to grow a virtio-mem device, and TCG's translation cache is capped (data/*.xml
+    rewritten then, those changes alone)."""
     from compute_agent.driver import ImageFiles, InstanceSpec
     from compute_agent.libvirt_driver import LibvirtDriver
 

@@ -135,7 +135,7 @@ def test_failed_spawn_leaves_nothing(driver, tmp_path):
         return
     tmp_path.chmod(0o755)
     (tmp_path / "bad-vmlinuz").write_bytes(b"\x00not a kernel" * 100)
-    for name in ("disk.qcow2", "initrd.img"):
+    for name in ("disk.qcow2", "initrd.img", "image.json"):
         shutil.copy(IMAGE_DIR / name, tmp_path / name)
     s = spec(cached_image(CACHE, tmp_path, kernel="bad-vmlinuz"))
     with pytest.raises(DriverError):
@@ -210,6 +210,36 @@ def test_an_instance_deleted_while_its_balloon_is_read_is_gone_not_an_error(driv
         monkeypatch.setattr(driver, "_domain", lambda instance_id: stale)
     assert driver.balloon_status(s.instance_id) is None
     assert driver.set_balloon(s.instance_id, 64 * 1024, s.memory_mb * 1024) is False
+
+
+def test_a_domain_defined_before_virtio_mem_is_redefined_at_its_next_start(driver):
+    """Issue 20: such a domain booted with its maximum memory hidden by the
+    balloon. It keeps running as it is; its next start redefines it with its
+    memory as the boot memory and the rest as a virtio-mem device."""
+    if isinstance(driver, FakeDriver):
+        return  # no domain definitions
+    import libvirt
+    from lxml import etree
+
+    s = replace(spec(), max_memory_mb=512)
+    driver.spawn(s)
+    try:
+        driver.stop(s.instance_id, 30)
+        domain = driver._domain(s.instance_id)
+        root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        for tag in ("maxMemory", "cpu"):
+            root.remove(root.find(tag))
+        root.find("devices").remove(root.find("devices/memory"))
+        root.find("memory").text, root.find("memory").attrib["unit"] = "512", "MiB"
+        driver.conn.defineXML(etree.tostring(root, encoding="unicode"))  # as it was defined then
+        assert driver.start(s.instance_id) == "running"
+        defined = driver._domain(s.instance_id).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        now = etree.fromstring(defined.encode())
+        assert now.find("cpu/numa/cell").get("memory") == str(128 * 1024)  # KiB
+        assert now.find("devices/memory[@model='virtio-mem']/target/size").text == str(384 * 1024)
+        assert driver.balloon_status(s.instance_id).entitled_kib == 128 * 1024
+    finally:
+        driver.destroy(s.instance_id)
 
 
 def _mode(path) -> int:

@@ -1,6 +1,6 @@
 """Live scale-up on a real guest under QEMU: the running guest sees more vCPUs,
-memory and disk without a reboot (same boot id); stop/start keep the disk and
-the new sizes."""
+memory (plugged by virtio-mem) and disk without a reboot (same boot id);
+stop/start keep the disk and the new sizes."""
 
 import re
 import time
@@ -53,10 +53,10 @@ def test_live_scale_up_then_stop_and_start(api):
         active = api.wait_status(created.id, {"ACTIVE", "ERROR"})
         assert active.status == "ACTIVE", active.fault.message
         assert (active.max_vcpus, active.max_memory_mb) == (4, 2048)
-        # The guest boots seeing its maximum memory; the balloon then brings it to 512 MiB.
-        settled = wait_for(api, created.id,
-                           lambda out: [r for r in resources(out) if r[1] < 600 * 1024],
-                           "memory ballooned to the flavor's 512 MiB")
+        # The guest boots seeing its flavor's 512 MiB, never its 2 GiB maximum
+        # (issue 20: it once booted with the maximum, hidden by a balloon it controls).
+        settled = wait_for(api, created.id, resources, "the resources line")
+        assert settled[0][1] < 512 * 1024, settled
         cpus, mem_kb, disk, boot_id = settled[-1]
         assert (cpus, disk) == (1, 2 * 2**30)
 
@@ -75,7 +75,7 @@ def test_live_scale_up_then_stop_and_start(api):
 
         stats = api.instances.GetInstanceStats(pb.GetInstanceRequest(id_or_name=created.id))
         assert stats.power_state == "running" and stats.vcpus == 2 and stats.cpu_time_ns > 0
-        assert stats.memory_actual_kb == 1024 * 1024  # the balloon's target after the scale
+        assert stats.memory_actual_kb == 1024 * 1024  # 512 booted with, 512 plugged by virtio-mem
         assert stats.disk_read_bytes > 0
 
         api.instances.StopInstance(pb.InstanceOperationRequest(id_or_name=created.id))

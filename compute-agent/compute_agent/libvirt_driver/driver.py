@@ -14,7 +14,13 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from compute_agent.domain_xml import DomainSpec, build_domain_xml, owner_of
+from compute_agent.domain_xml import (
+    MEMORY_BLOCK_MIB,
+    DomainSpec,
+    build_domain_xml,
+    owner_of,
+    set_memory,
+)
 from compute_agent.driver import (
     BalloonStatus,
     ComputeDriver,
@@ -221,7 +227,7 @@ class LibvirtDriver(ComputeDriver):
     def _spawn(self, spec: InstanceSpec, domain: libvirt.virDomain | None) -> str:
         if domain is None:
             domain = self.conn.defineXML(self.domain_xml(spec))
-        domain.create()
+        domain = self._boot(domain)
         log.info("spawned %s (%s)", spec.instance_id, spec.name)
         return self.power_state(spec.instance_id)
 
@@ -349,10 +355,41 @@ class LibvirtDriver(ComputeDriver):
         domain = self._require(instance_id)
         try:
             if not domain.isActive():
-                domain.create()
+                self._boot(domain)
         except libvirt.libvirtError as exc:
             raise DriverError(f"start failed: {exc}") from exc
         return self.power_state(instance_id)
+
+    def _boot(self, domain: libvirt.virDomain) -> libvirt.virDomain:
+        """Start a defined domain, its memory laid out as set_memory does (a
+        domain defined before issue 20 is redefined so first), and cap QEMU's
+        memory."""
+        root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        if root.find(VIRTIO_MEM) is None and _kib(root.find("memory")) > _kib(root.find("currentMemory")):
+            # Its maximum was the boot memory, hidden by the balloon.
+            set_memory(root, _kib(root.find("currentMemory")) // 1024, _kib(root.find("memory")) // 1024,
+                       int(root.findtext("vcpu")))
+            domain = self.conn.defineXML(etree.tostring(root, encoding="unicode"))
+            log.info("redefined %s: its memory is now plugged, not ballooned", domain.UUIDString())
+        domain.create()
+        self._limit_memory(domain, _entitled_kib(domain))
+        return domain
+
+    @staticmethod
+    def _limit_memory(domain: libvirt.virDomain, entitled_kib: int) -> None:
+        """QEMU's memory (its cgroup's hard limit): the guest's entitlement plus
+        QEMU_OVERHEAD_MIB, so whatever the guest does, the host never gives it
+        more. A backstop: the guest sees only its entitlement (set_memory), and
+        QEMU exceeding the limit is killed by the host. Live only: with a hard
+        limit in the definition libvirt also sets QEMU's RLIMIT_MEMLOCK to it,
+        which a host without CAP_SYS_RESOURCE refuses (the domain would not start)."""
+        limit = entitled_kib + QEMU_OVERHEAD_MIB * 1024
+        try:
+            domain.setMemoryParameters({libvirt.VIR_DOMAIN_MEMORY_HARD_LIMIT: limit},
+                                       libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            log.warning("cannot limit the memory of %s to %d MiB (no memory cgroup?): %s",
+                        domain.UUIDString(), limit // 1024, exc)
 
     def reboot(self, instance_id: str, hard: bool) -> str:
         domain = self._require(instance_id)
@@ -390,7 +427,14 @@ class LibvirtDriver(ComputeDriver):
                 domain.setVcpusFlags(vcpus, flags)
             if memory_mb:
                 with self._memory_lock:
-                    domain.setMemoryFlags(memory_mb * 1024, flags)  # the balloon's target
+                    if not live:  # the next boot's memory, laid out anew
+                        stopped = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+                        set_memory(stopped, memory_mb, max_memory_mb, max_vcpus)
+                        self.conn.defineXML(etree.tostring(stopped, encoding="unicode"))
+                    elif root.find(VIRTIO_MEM) is not None:
+                        self._plug_memory(domain, root, memory_mb, live)
+                    else:  # defined before issue 20: the balloon's target, until a restart
+                        domain.setMemoryFlags(memory_mb * 1024, flags)
             if disk_gb and disk_gb * GiB > current:
                 if live:
                     domain.blockResize("vda", disk_gb * GiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
@@ -402,6 +446,33 @@ class LibvirtDriver(ComputeDriver):
                  memory_mb, disk_gb, live)
         return self.power_state(instance_id)
 
+    def _plug_memory(self, domain: libvirt.virDomain, root: etree._Element, memory_mb: int,
+                     live: bool) -> None:
+        """Scale memory by the virtio-mem device: plug (or unplug) what lies
+        above the boot memory, in whole blocks, in the persistent definition
+        and, if running, live (the guest onlines it as it comes). Below the
+        boot memory: DriverError (a stop and resize does that)."""
+        base_mib = _kib(root.find("cpu/numa/cell"), "memory") // 1024
+        if memory_mb < base_mib:
+            raise DriverError(f"{memory_mb} MiB is below the {base_mib} MiB this instance booted "
+                              "with: stop it and resize it to go lower")
+        requested = (memory_mb - base_mib) // MEMORY_BLOCK_MIB * MEMORY_BLOCK_MIB
+        entitled_kib = (base_mib + requested) * 1024
+        if live:  # the limit moves up before the memory comes, down after it went
+            self._limit_memory(domain, max(entitled_kib, _entitled_kib(domain)))
+        targets = [(root, libvirt.VIR_DOMAIN_AFFECT_CONFIG)]
+        if live:  # the live device, with its alias: libvirt finds it by that
+            targets.append((etree.fromstring(domain.XMLDesc().encode()), libvirt.VIR_DOMAIN_AFFECT_LIVE))
+        for definition, flag in targets:
+            device = definition.find(VIRTIO_MEM)
+            wanted = device.find("target/requested")
+            wanted.text, wanted.attrib["unit"] = str(requested), "MiB"
+            for runtime in device.findall("target/current"):
+                device.find("target").remove(runtime)
+            domain.updateDeviceFlags(etree.tostring(device, encoding="unicode"), flag)
+        if live:
+            self._limit_memory(domain, entitled_kib)
+
     def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int, max_vcpus: int,
                max_memory_mb: int) -> str:
         domain = self._require(instance_id)
@@ -412,9 +483,7 @@ class LibvirtDriver(ComputeDriver):
         root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
         vcpu = root.find("vcpu")
         vcpu.text, vcpu.attrib["current"] = str(max(vcpus, max_vcpus)), str(vcpus)
-        for tag, mib in (("memory", max(memory_mb, max_memory_mb)), ("currentMemory", memory_mb)):
-            element = root.find(tag)
-            element.text, element.attrib["unit"] = str(mib), "MiB"
+        set_memory(root, memory_mb, max(memory_mb, max_memory_mb), max(vcpus, max_vcpus))
         try:
             self.conn.defineXML(etree.tostring(root, encoding="unicode"))
             self.storage.grow_root(instance_id, disk_gb)
@@ -434,10 +503,11 @@ class LibvirtDriver(ComputeDriver):
         except libvirt.libvirtError as exc:
             raise DriverError(f"stats failed: {exc}") from exc
         entitled = _entitled_kib(domain)
+        actual = memory.get("actual", 0) + _plugged_kib(domain) if "actual" in memory else entitled
         result.update(cpu_time_ns=cpu_time, vcpus=vcpus,
                       memory_entitled_kb=entitled,
-                      memory_reclaimed_kb=max(0, entitled - memory.get("actual", entitled)),
-                      memory_actual_kb=memory.get("actual", 0),
+                      memory_reclaimed_kb=max(0, entitled - actual),
+                      memory_actual_kb=actual if "actual" in memory else 0,
                       memory_available_kb=memory.get("available", 0),
                       memory_unused_kb=memory.get("unused", 0),
                       memory_usable_kb=memory.get("usable", 0), memory_rss_kb=memory.get("rss", 0),
@@ -454,10 +524,10 @@ class LibvirtDriver(ComputeDriver):
         guest does not answer) for it to take it; it counts as a new run."""
         with self._memory_lock:
             self._hard_reboots[instance_id] = self._hard_reboots.get(instance_id, 0) + 1
-            entitled = _entitled_kib(domain)
-            domain.setMemoryFlags(entitled, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            full = _balloon_ceiling_kib(domain)
+            domain.setMemoryFlags(full, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         deadline = time.monotonic() + DEFLATE_BEFORE_RESET_WAIT_S
-        while (domain.memoryStats().get("actual", entitled) < entitled
+        while (domain.memoryStats().get("actual", full) < full
                and time.monotonic() < deadline):
             time.sleep(0.1)
 
@@ -488,7 +558,8 @@ class LibvirtDriver(ComputeDriver):
         # Without "usable" (a guest kernel that does not report MemAvailable) its
         # needs are unknown: report no figures, and reclaim leaves it alone.
         reporting = "usable" in memory and "available" in memory
-        return BalloonStatus(entitled_kib=entitled, actual_kib=memory.get("actual", 0),
+        actual = memory.get("actual", 0) + _plugged_kib(domain) if "actual" in memory else 0
+        return BalloonStatus(entitled_kib=entitled, actual_kib=actual,
                              available_kib=memory["available"] if reporting else 0,
                              usable_kib=memory["usable"] if reporting else 0,
                              report_id=memory.get("last_update", 0), run_id=run_id)
@@ -501,8 +572,12 @@ class LibvirtDriver(ComputeDriver):
             try:
                 if not domain.isActive() or _entitled_kib(domain) != entitled_kib:
                     return False
-                # AFFECT_LIVE only: the persistent currentMemory stays the entitlement.
-                domain.setMemoryFlags(min(target_kib, entitled_kib), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                # The balloon acts within the boot memory only; what virtio-mem
+                # plugged stays (target_kib counts both). AFFECT_LIVE only: the
+                # persistent definition stays the entitlement.
+                balloon = min(min(target_kib, entitled_kib) - _plugged_kib(domain),
+                              _balloon_ceiling_kib(domain))
+                domain.setMemoryFlags(max(balloon, MIN_BALLOON_KIB), libvirt.VIR_DOMAIN_AFFECT_LIVE)
             except libvirt.libvirtError as exc:
                 if _gone_or_stopped(domain):
                     return False
@@ -522,13 +597,52 @@ def _gone_or_stopped(domain: libvirt.virDomain) -> bool:
 
 
 def _entitled_kib(domain: libvirt.virDomain) -> int:
-    """The tenant's memory: currentMemory of the persistent definition (what the
-    next boot gets; scale and resize change it, reclaim never does)."""
+    """The tenant's memory, from the persistent definition (what the next boot
+    gets; scale and resize change it, reclaim never does): the boot memory plus
+    what the virtio-mem device is asked to plug; for a domain defined before
+    issue 20, its currentMemory."""
     root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
-    return int(root.findtext("currentMemory"))  # libvirt reports it in KiB
+    device = root.find(VIRTIO_MEM)
+    if device is None:
+        return int(root.findtext("currentMemory"))  # libvirt reports it in KiB
+    return _kib(root.find("cpu/numa/cell"), "memory") + _kib(device.find("target/requested"))
+
+
+def _plugged_kib(domain: libvirt.virDomain) -> int:
+    """What the virtio-mem device has plugged into the running guest now (the
+    balloon's figures leave it out); 0 without one."""
+    device = etree.fromstring(domain.XMLDesc().encode()).find(VIRTIO_MEM)
+    current = device.find("target/current") if device is not None else None
+    return _kib(current) if current is not None else 0
+
+
+def _balloon_ceiling_kib(domain: libvirt.virDomain) -> int:
+    """The most the balloon can give the guest: its boot memory (virtio-mem
+    gives the rest); for a domain defined before issue 20, its entitlement."""
+    root = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    if root.find(VIRTIO_MEM) is None:
+        return int(root.findtext("currentMemory"))
+    return _kib(root.find("cpu/numa/cell"), "memory")
+
+
+def _kib(element: etree._Element, attribute: str = "") -> int:
+    """A size from libvirt's XML (the text, or an attribute, with its unit), in KiB."""
+    value = int(element.get(attribute) if attribute else element.text)
+    return value * UNIT_BYTES[element.get("unit", "KiB")] // 1024
+
+
+UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2,
+              "G": 1024**3, "GiB": 1024**3}
+# The device a live memory scale plugs into (domain_xml.set_memory).
+VIRTIO_MEM = "devices/memory[@model='virtio-mem']"
 
 
 REBOOT_SHUTDOWN_TIMEOUT_S = 30
+MIN_BALLOON_KIB = 64 * 1024  # the least reclaim leaves within the boot memory
+# QEMU's own memory above the guest's: measured 50-60 MiB idle under TCG, plus
+# its translation cache (domain_xml.TCG_TB_CACHE_MIB). Its hard limit is the
+# guest's entitlement plus this.
+QEMU_OVERHEAD_MIB = 256
 SHUTDOWN_RETRY_S = 3
 DEFLATE_BEFORE_RESET_WAIT_S = 3
 
